@@ -1,1 +1,149 @@
-//! placeholder
+//! The workflow ports: [`WorkflowStorage`] (the activity journal and activity
+//! transactions) and [`WorkflowEngine`] (execution records, durable timers, deferred values).
+//!
+//! # Contract
+//!
+//! **Journal.** Every activity call of a workflow execution is recorded as a
+//! [`JournalEntry`] under `(execution id, ActivityKey { name, sequence })`, where `sequence`
+//! counts activity calls within the execution from 0. Entries are immutable: once stored, an
+//! entry is returned byte for byte by [`WorkflowStorage::journal_entry`] and
+//! [`WorkflowStorage::journal`] (sorted by sequence) until the journal is deleted.
+//!
+//! **Activity transactions.** [`WorkflowStorage::begin_activity`] opens an
+//! [`ActivityTransaction`]. The activity's own writes go through it (for SQL backends, the
+//! database transaction behind `self.tx`); [`ActivityTransaction::commit`] stores the journal
+//! entry *and* those writes atomically: both become visible, or neither does. If an entry
+//! for the same key already exists when committing (another runner finished the same
+//! activity first), nothing of this transaction is applied and
+//! [`CommitOutcome::AlreadyRecorded`] returns the existing entry. Dropping or rolling back a
+//! transaction applies nothing.
+//!
+//! Key-value writes ([`ActivityTransaction::put`]) are an optional capability: a backend
+//! without them answers `ClusterError::Unsupported`, never a silent no-op.
+//!
+//! **Executions** ([`WorkflowEngine::upsert_execution`]) are keyed by execution id; the last
+//! write wins. **Durable timers** are keyed by `(execution id, timer key)`; scheduling the
+//! same key twice keeps the first `fire_at`; [`WorkflowEngine::due_timers`] returns timers
+//! with `fire_at <= now` that are not completed, earliest first. **Deferred values** are
+//! write-once: the first [`WorkflowEngine::resolve_deferred`] wins.
+//!
+//! Backends run [`conformance`] (feature `conformance`).
+#![deny(missing_docs)]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod records;
+
+use std::any::Any;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cruster_types::{ClusterError, ExitResult};
+
+pub use records::{
+    ActivityKey, CommitOutcome, DurableTimer, ExecutionFilter, ExecutionRecord, ExecutionStatus,
+    JournalEntry,
+};
+
+/// The activity journal. Held as `Arc<dyn WorkflowStorage>`.
+#[async_trait]
+pub trait WorkflowStorage: Send + Sync + 'static {
+    /// The entry recorded for one activity call, if any.
+    async fn journal_entry(
+        &self,
+        execution_id: &str,
+        key: &ActivityKey,
+    ) -> Result<Option<JournalEntry>, ClusterError>;
+
+    /// Every entry of an execution, by sequence.
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalEntry>, ClusterError>;
+
+    /// Opens the transaction an activity writes through and commits its entry with.
+    async fn begin_activity(
+        &self,
+        execution_id: &str,
+        key: &ActivityKey,
+    ) -> Result<Box<dyn ActivityTransaction>, ClusterError>;
+
+    /// Deletes an execution's journal.
+    async fn delete_journal(&self, execution_id: &str) -> Result<(), ClusterError>;
+
+    /// Reads a value committed through [`ActivityTransaction::put`].
+    ///
+    /// # Errors
+    /// `Unsupported` when the backend has no key-value capability.
+    async fn get_value(&self, key: &str) -> Result<Option<Bytes>, ClusterError>;
+}
+
+/// One activity's transaction: its writes and its journal entry commit together.
+#[async_trait]
+pub trait ActivityTransaction: Send + 'static {
+    /// The backend's own transaction object (for example an `sqlx` transaction), for the
+    /// backend's typed accessors to downcast.
+    fn backend_mut(&mut self) -> &mut (dyn Any + Send);
+
+    /// Stages a key-value write, applied only on commit.
+    ///
+    /// # Errors
+    /// `Unsupported` when the backend has no key-value capability.
+    async fn put(&mut self, key: &str, value: Bytes) -> Result<(), ClusterError>;
+
+    /// Reads a key, seeing this transaction's own staged writes.
+    async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClusterError>;
+
+    /// Stores `entry` and every staged write atomically.
+    async fn commit(self: Box<Self>, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError>;
+
+    /// Discards every staged write.
+    async fn rollback(self: Box<Self>) -> Result<(), ClusterError>;
+}
+
+/// Executions, durable timers and deferred values. Held as `Arc<dyn WorkflowEngine>`.
+#[async_trait]
+pub trait WorkflowEngine: Send + Sync + 'static {
+    /// Creates or replaces an execution record.
+    async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError>;
+
+    /// One execution.
+    async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError>;
+
+    /// Executions matching `filter`, oldest first.
+    async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionRecord>, ClusterError>;
+
+    /// Schedules a timer; a second schedule of the same key keeps the first.
+    async fn schedule_timer(&self, timer: &DurableTimer) -> Result<(), ClusterError>;
+
+    /// One timer, completed or not.
+    async fn timer(
+        &self,
+        execution_id: &str,
+        timer_key: &str,
+    ) -> Result<Option<DurableTimer>, ClusterError>;
+
+    /// Uncompleted timers due at `now`, earliest first, at most `limit`.
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DurableTimer>, ClusterError>;
+
+    /// Marks a timer fired.
+    async fn complete_timer(&self, execution_id: &str, timer_key: &str)
+        -> Result<(), ClusterError>;
+
+    /// Resolves a deferred value. Returns `false` if it was already resolved (nothing changed).
+    async fn resolve_deferred(
+        &self,
+        execution_id: &str,
+        name: &str,
+        value: &ExitResult,
+    ) -> Result<bool, ClusterError>;
+
+    /// A deferred value, if resolved.
+    async fn deferred(&self, execution_id: &str, name: &str)
+        -> Result<Option<ExitResult>, ClusterError>;
+}
