@@ -1,1 +1,57 @@
-//! placeholder
+//! # cruster
+//!
+//! Distributed, stateful entity systems with durable workflows. See the README for the
+//! user guide; the main entry points are:
+//!
+//! * [`single_runner::SingleRunner`]: a one-node cluster (memory backends by default).
+//! * [`sharding_impl::ShardingImpl`]: a runner of a multi-runner cluster.
+//! * [`testing::MemoryCluster`]: several runners in one process, for tests.
+//! * [`singleton`], [`cron`]: cluster-wide unique tasks and distributed cron.
+//! * [`prelude`]: what entity and workflow code needs, including the macros.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod cron;
+pub mod metrics;
+pub mod prelude;
+pub mod sharding_impl;
+#[cfg(feature = "memory")]
+pub mod single_runner;
+pub mod singleton;
+pub mod storage;
+#[cfg(feature = "memory")]
+pub mod testing;
+pub mod transport;
+
+mod entity_manager;
+mod mailbox;
+mod membership;
+mod reply_waiters;
+mod shard_assignment;
+mod shard_table;
+mod singleton_supervisor;
+mod storage_poller;
+
+#[doc(hidden)]
+pub mod __private;
+
+/// Identifiers, envelopes, replies and errors (the `cruster-types` crate).
+pub mod types {
+    pub use cruster_types::*;
+}
+
+pub use cruster_sharding::{
+    Entity, EntityClient, EntityContext, EntityHandler, EntityOptions, IncomingRequest,
+    IntoSharding, Sharding, SingletonContext,
+};
+pub use cruster_types::ClusterError;
+pub use shard_assignment::RendezvousAssignment;
+
+/// The ports, for implementing a backend outside this workspace.
+pub mod ports {
+    pub use cruster_message_storage as message_storage;
+    pub use cruster_runner_storage as runner_storage;
+    pub use cruster_sharding as sharding;
+    pub use cruster_transport as transport;
+    pub use cruster_workflow_storage as workflow_storage;
+}
