@@ -24,9 +24,11 @@ pub mod testing;
 pub mod transport;
 
 mod entity_manager;
+mod in_flight;
 mod mailbox;
 mod membership;
 mod reply_waiters;
+mod runtime_core;
 mod shard_assignment;
 mod shard_table;
 mod singleton_supervisor;
@@ -42,7 +44,7 @@ pub mod types {
 
 pub use cruster_sharding::{
     Entity, EntityClient, EntityContext, EntityHandler, EntityOptions, IncomingRequest,
-    IntoSharding, Sharding, SingletonContext,
+    IntoSharding, ShardAssignment, Sharding, SingletonContext,
 };
 pub use cruster_types::ClusterError;
 pub use shard_assignment::RendezvousAssignment;

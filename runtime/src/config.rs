@@ -1,0 +1,156 @@
+//! [`ShardingConfig`]: every runtime option, with the defaults of the configuration table.
+
+use std::time::Duration;
+
+use cruster_types::{ClusterError, RunnerAddress};
+
+/// Runtime configuration of one runner.
+///
+/// ```
+/// use cruster::config::ShardingConfig;
+/// let config = ShardingConfig {
+///     runner_address: "10.0.0.1:9000".parse().unwrap(),
+///     shards_per_group: 300,
+///     ..Default::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ShardingConfig {
+    /// Where this runner is reachable by the others (default `127.0.0.1:9000`).
+    pub runner_address: RunnerAddress,
+    /// Relative capacity of this runner (1 = normal).
+    pub runner_weight: u32,
+    /// Shards per shard group (default 300). Must be equal on every runner.
+    pub shards_per_group: u32,
+    /// Shard groups this runner serves besides those its entity types name (default `["default"]`).
+    pub shard_groups: Vec<String>,
+    /// Idle time before an entity instance is evicted (default 60 s).
+    pub entity_max_idle_time: Duration,
+    /// Per-entity mailbox capacity (default 100).
+    pub entity_mailbox_capacity: usize,
+    /// Requests handled at once per entity (default 1; 0 = unbounded).
+    pub entity_max_concurrent_requests: usize,
+    /// How often message storage is polled for leftovers and due `deliver_at` messages (default 500 ms).
+    pub storage_poll_interval: Duration,
+    /// Most messages fetched by one poll (default 1000).
+    pub storage_poll_batch_size: usize,
+    /// Delivery attempts before a persisted message is dead-lettered (default 10).
+    pub storage_message_max_retries: u32,
+    /// TTL of this runner's registration and shard locks (default 30 s).
+    pub runner_lock_ttl: Duration,
+    /// Retries of a send that hit a routing failure during a rebalance (default 3).
+    pub send_retry_count: u32,
+    /// Pause before each routing retry, doubled each time (default 50 ms).
+    pub send_retry_backoff: Duration,
+    /// Base of the exponential backoff between singleton restarts (default 1 s).
+    pub singleton_crash_backoff_base: Duration,
+    /// Stop taking shards while message storage keeps failing (default false).
+    pub detachment_enabled: bool,
+    /// Consecutive storage failures that detach the runner (default 3).
+    pub detachment_error_threshold: u32,
+    /// How long `shutdown` waits for mailboxes and singletons to drain (default 10 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        ShardingConfig {
+            runner_address: RunnerAddress::default(),
+            runner_weight: 1,
+            shards_per_group: 300,
+            shard_groups: vec![cruster_types::DEFAULT_SHARD_GROUP.to_string()],
+            entity_max_idle_time: Duration::from_secs(60),
+            entity_mailbox_capacity: 100,
+            entity_max_concurrent_requests: 1,
+            storage_poll_interval: Duration::from_millis(500),
+            storage_poll_batch_size: 1000,
+            storage_message_max_retries: 10,
+            runner_lock_ttl: Duration::from_secs(30),
+            send_retry_count: 3,
+            send_retry_backoff: Duration::from_millis(50),
+            singleton_crash_backoff_base: Duration::from_secs(1),
+            detachment_enabled: false,
+            detachment_error_threshold: 3,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ShardingConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the first bad option.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        let bad = |field: &str, reason: &str| {
+            Err(ClusterError::InvalidConfig {
+                field: field.into(),
+                reason: reason.into(),
+            })
+        };
+        if self.shards_per_group == 0 {
+            return bad("shards_per_group", "must be at least 1");
+        }
+        if self.entity_mailbox_capacity == 0 {
+            return bad("entity_mailbox_capacity", "must be at least 1");
+        }
+        if self.storage_poll_interval.is_zero() {
+            return bad("storage_poll_interval", "must be more than zero");
+        }
+        if self.storage_poll_batch_size == 0 {
+            return bad("storage_poll_batch_size", "must be at least 1");
+        }
+        if self.storage_message_max_retries == 0 {
+            return bad("storage_message_max_retries", "must be at least 1");
+        }
+        if self.runner_lock_ttl < Duration::from_millis(100) {
+            return bad("runner_lock_ttl", "must be at least 100 ms");
+        }
+        if self.entity_max_idle_time.is_zero() {
+            return bad("entity_max_idle_time", "must be more than zero");
+        }
+        if self.runner_weight == 0 {
+            return bad("runner_weight", "must be at least 1");
+        }
+        if self.shard_groups.iter().any(|g| g.is_empty()) {
+            return bad("shard_groups", "a shard group name cannot be empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_configuration_table() {
+        let c = ShardingConfig::default();
+        assert_eq!(c.shards_per_group, 300);
+        assert_eq!(c.entity_max_idle_time, Duration::from_secs(60));
+        assert_eq!(c.entity_mailbox_capacity, 100);
+        assert_eq!(c.entity_max_concurrent_requests, 1);
+        assert_eq!(c.storage_poll_interval, Duration::from_millis(500));
+        assert_eq!(c.storage_message_max_retries, 10);
+        assert_eq!(c.runner_lock_ttl, Duration::from_secs(30));
+        assert_eq!(c.send_retry_count, 3);
+        assert_eq!(c.singleton_crash_backoff_base, Duration::from_secs(1));
+        assert!(!c.detachment_enabled);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let c = ShardingConfig {
+            shards_per_group: 0,
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "shards_per_group"));
+        let c = ShardingConfig {
+            entity_mailbox_capacity: 0,
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "entity_mailbox_capacity"));
+    }
+}

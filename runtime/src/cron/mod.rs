@@ -1,0 +1,1 @@
+//! Distributed cron (being written).

@@ -1,0 +1,131 @@
+//! The services every part of one runner shares: configuration, metrics, storage ports,
+//! the shard table, reply waiters, the in-flight set and the lifecycle tokens.
+//!
+//! Owns no task. It is a bag of `Arc`s handed to the entity managers, the poller, the
+//! membership loop and the singleton supervisor, so none of them needs the others.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+use cruster_message_storage::{FailedAttempt, MessageStorage};
+use cruster_sharding::Sharding;
+use cruster_types::{ClusterError, Reply, ReplyWithExit, Snowflake, SnowflakeGenerator};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ShardingConfig;
+use crate::in_flight::InFlight;
+use crate::metrics::ClusterMetrics;
+use crate::reply_waiters::ReplyWaiters;
+use crate::shard_table::ShardTable;
+
+pub(crate) struct RuntimeCore {
+    pub(crate) config: Arc<ShardingConfig>,
+    pub(crate) metrics: Arc<ClusterMetrics>,
+    pub(crate) message_storage: Option<Arc<dyn MessageStorage>>,
+    pub(crate) shard_table: ShardTable,
+    pub(crate) waiters: Arc<ReplyWaiters>,
+    pub(crate) in_flight: InFlight,
+    pub(crate) snowflakes: SnowflakeGenerator,
+    /// Cancelled when the runner stops taking work (graceful shutdown begins).
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when the runner is killed or fully shut down: every task ends at once.
+    pub(crate) killed: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) storage_failures: AtomicU32,
+    pub(crate) detached: AtomicBool,
+    pub(crate) sharding: Weak<dyn Sharding>,
+}
+
+impl RuntimeCore {
+    /// Spawns a task owned by this runner: it ends when the runner is killed or shut down.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let killed = self.killed.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = killed.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    pub(crate) fn sharding(&self) -> Result<Arc<dyn Sharding>, ClusterError> {
+        self.sharding.upgrade().ok_or(ClusterError::ShuttingDown)
+    }
+
+    pub(crate) fn storage(&self) -> Result<&Arc<dyn MessageStorage>, ClusterError> {
+        self.message_storage
+            .as_ref()
+            .ok_or_else(|| ClusterError::Unsupported {
+                operation: "persisted messaging (send_persisted, notify_persisted, send_at, workflows)"
+                    .into(),
+                backend: "this runner, which was built without message storage; pass one to \
+                          ShardingImpl::new_with_engines"
+                    .into(),
+            })
+    }
+
+    /// Records the outcome of a storage call for detachment.
+    pub(crate) fn storage_result<T>(&self, result: &Result<T, ClusterError>) {
+        match result {
+            Ok(_) => {
+                self.storage_failures.store(0, Ordering::Relaxed);
+                if self.detached.swap(false, Ordering::Relaxed) {
+                    tracing::info!("message storage recovered: runner re-attaches and takes shards again");
+                }
+            }
+            Err(err) => {
+                self.metrics.storage_errors.inc();
+                let failures = self.storage_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.config.detachment_enabled
+                    && failures >= self.config.detachment_error_threshold
+                    && !self.detached.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(%err, failures, "message storage keeps failing: runner detaches and gives up its shards");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Relaxed)
+    }
+
+    /// Stores the final reply of a persisted request, then wakes local waiters.
+    pub(crate) async fn store_reply(&self, reply: &ReplyWithExit) -> Result<(), ClusterError> {
+        let storage = self.storage()?;
+        let result = storage.save_reply(&Reply::WithExit(reply.clone())).await;
+        self.storage_result(&result);
+        result?;
+        self.in_flight.complete(reply.request_id);
+        self.waiters.complete(reply);
+        Ok(())
+    }
+
+    /// Counts a failed delivery of a persisted request (dead-lettering it at the limit).
+    pub(crate) async fn record_failure(&self, request_id: Snowflake, reason: &str) {
+        self.in_flight.abandon(request_id);
+        let Ok(storage) = self.storage() else { return };
+        let result = storage
+            .record_failed_attempt(request_id, reason, self.config.storage_message_max_retries)
+            .await;
+        self.storage_result(&result);
+        match result {
+            Ok(FailedAttempt::DeadLettered { attempts }) => {
+                self.metrics.messages_dead_lettered.inc();
+                tracing::warn!(%request_id, attempts, reason, "persisted message dead-lettered");
+            }
+            Ok(FailedAttempt::WillRetry { attempts }) => {
+                tracing::debug!(%request_id, attempts, reason, "persisted message will be retried");
+            }
+            Ok(FailedAttempt::NotPending) => {}
+            Err(err) => tracing::warn!(%request_id, %err, "could not count a failed delivery"),
+        }
+    }
+}

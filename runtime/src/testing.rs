@@ -1,0 +1,306 @@
+//! [`MemoryCluster`]: several runners in one process, over shared memory storage and the
+//! in-process transport, for tests of multi-runner behaviour.
+//!
+//! ```
+//! use cruster::prelude::*;
+//! use cruster::testing::MemoryCluster;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), ClusterError> {
+//! let cluster = MemoryCluster::builder()
+//!     .runners(3)
+//!     .setup(|_sharding| async move { Ok(()) }) // register entities here, as a runner binary does
+//!     .build()
+//!     .await?;
+//! cluster.wait_until_balanced(std::time::Duration::from_secs(5)).await?;
+//! cluster.kill_runner(1);
+//! cluster.start_runner(1).await?;
+//! cluster.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cruster_storage_memory::{
+    InProcessNetwork, MemoryMessageStorage, MemoryRunnerStorage, MemoryWorkflowEngine,
+    MemoryWorkflowStorage,
+};
+use cruster_types::{ClusterError, RunnerAddress};
+use parking_lot::Mutex;
+
+use crate::config::ShardingConfig;
+use crate::metrics::ClusterMetrics;
+use crate::sharding_impl::ShardingImpl;
+
+type SetupFn = Arc<
+    dyn Fn(Arc<ShardingImpl>) -> Pin<Box<dyn Future<Output = Result<(), ClusterError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// N runners in one process. See the module docs.
+pub struct MemoryCluster {
+    config: ShardingConfig,
+    network: InProcessNetwork,
+    /// The message storage all runners share.
+    pub message_storage: Arc<MemoryMessageStorage>,
+    /// The workflow journal all runners share.
+    pub workflow_storage: Arc<MemoryWorkflowStorage>,
+    /// The workflow engine storage all runners share.
+    pub workflow_engine: Arc<MemoryWorkflowEngine>,
+    /// The runner registry and shard locks all runners share.
+    pub runner_storage: Arc<MemoryRunnerStorage>,
+    setup: SetupFn,
+    slots: Mutex<Vec<Slot>>,
+}
+
+struct Slot {
+    sharding: Arc<ShardingImpl>,
+    running: bool,
+}
+
+impl MemoryCluster {
+    /// Starts building a cluster (3 runners, TTL 1 s, poll 100 ms by default).
+    pub fn builder() -> MemoryClusterBuilder {
+        MemoryClusterBuilder {
+            runners: 3,
+            config: ShardingConfig {
+                runner_lock_ttl: Duration::from_secs(1),
+                storage_poll_interval: Duration::from_millis(100),
+                shutdown_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+            setup: Arc::new(|_| Box::pin(async { Ok(()) })),
+        }
+    }
+
+    /// The address of runner `i`.
+    pub fn address(i: usize) -> RunnerAddress {
+        RunnerAddress::new(format!("memory-runner-{i}"), 9000)
+    }
+
+    /// How many runner slots the cluster has.
+    pub fn len(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// Whether the cluster has no runner slots.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runner `i` (the latest instance started in slot `i`, even if stopped since).
+    ///
+    /// # Panics
+    /// If `i` is not a slot of this cluster (a test bug).
+    #[allow(clippy::panic)]
+    pub fn runner(&self, i: usize) -> Arc<ShardingImpl> {
+        match self.slots.lock().get(i) {
+            Some(slot) => slot.sharding.clone(),
+            None => panic!("MemoryCluster has no runner {i}"),
+        }
+    }
+
+    /// Whether runner `i` is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.slots.lock().get(i).is_some_and(|s| s.running)
+    }
+
+    /// The running runners.
+    pub fn running(&self) -> Vec<Arc<ShardingImpl>> {
+        self.slots
+            .lock()
+            .iter()
+            .filter(|s| s.running)
+            .map(|s| s.sharding.clone())
+            .collect()
+    }
+
+    async fn launch(&self, i: usize) -> Result<Arc<ShardingImpl>, ClusterError> {
+        let config = Arc::new(ShardingConfig {
+            runner_address: Self::address(i),
+            ..self.config.clone()
+        });
+        let sharding = ShardingImpl::new_with_engines(
+            config.clone(),
+            Arc::new(self.network.runners()),
+            Some(self.runner_storage.clone()),
+            Some(self.runner_storage.clone()),
+            Some(self.message_storage.clone()),
+            Some(self.workflow_storage.clone()),
+            Some(self.workflow_engine.clone()),
+            Arc::new(ClusterMetrics::unregistered()),
+        )?;
+        (self.setup)(sharding.clone()).await?;
+        self.network
+            .register(config.runner_address.clone(), sharding.clone());
+        sharding.start().await?;
+        Ok(sharding)
+    }
+
+    /// Starts (or restarts) runner `i`, running the setup callback first.
+    ///
+    /// # Errors
+    /// `InvalidConfig` if it is running; errors of the setup callback or of starting.
+    pub async fn start_runner(&self, i: usize) -> Result<(), ClusterError> {
+        if self.is_running(i) {
+            return Err(ClusterError::InvalidConfig {
+                field: "runner".into(),
+                reason: format!("runner {i} is already running"),
+            });
+        }
+        let sharding = self.launch(i).await?;
+        let mut slots = self.slots.lock();
+        while slots.len() <= i {
+            slots.push(Slot {
+                sharding: sharding.clone(),
+                running: false,
+            });
+        }
+        slots[i] = Slot {
+            sharding,
+            running: true,
+        };
+        Ok(())
+    }
+
+    /// Graceful stop of runner `i`: drains, releases its shards and leaves.
+    ///
+    /// # Errors
+    /// As [`ShardingImpl::shutdown`].
+    pub async fn stop_runner(&self, i: usize) -> Result<(), ClusterError> {
+        let sharding = {
+            let mut slots = self.slots.lock();
+            match slots.get_mut(i) {
+                Some(slot) if slot.running => {
+                    slot.running = false;
+                    slot.sharding.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        sharding.shutdown().await?;
+        self.network.unregister(sharding.runner_address());
+        Ok(())
+    }
+
+    /// Abrupt stop of runner `i`, as a crash: nothing is released; its registration and
+    /// shard locks expire after `runner_lock_ttl`, and messages to it fail.
+    pub fn kill_runner(&self, i: usize) {
+        let sharding = {
+            let mut slots = self.slots.lock();
+            match slots.get_mut(i) {
+                Some(slot) if slot.running => {
+                    slot.running = false;
+                    slot.sharding.clone()
+                }
+                _ => return,
+            }
+        };
+        self.network.unregister(sharding.runner_address());
+        sharding.kill();
+    }
+
+    /// Waits until every shard of the default group is held by exactly one running runner
+    /// and each runner holds what the assignment gives it.
+    ///
+    /// # Errors
+    /// `Timeout` if that does not happen within `timeout`.
+    pub async fn wait_until_balanced(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let total = self.config.shards_per_group as usize;
+        loop {
+            let running = self.running();
+            let held: usize = running.iter().map(|r| r.owned_shards().len()).sum();
+            let every_runner_sees_all = running
+                .iter()
+                .all(|r| r.known_runners().len() == running.len());
+            let every_runner_holds_some = running.iter().all(|r| !r.owned_shards().is_empty());
+            if held >= total && every_runner_sees_all && every_runner_holds_some {
+                let mut all: Vec<_> = running.iter().flat_map(|r| r.owned_shards()).collect();
+                all.sort();
+                all.dedup();
+                if all.len() == held {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(ClusterError::Timeout {
+                    operation: format!(
+                        "cluster balance ({held} of {total} shards held by {} runners)",
+                        running.len()
+                    ),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every running runner gracefully.
+    ///
+    /// # Errors
+    /// The first shutdown error.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        for i in 0..self.len() {
+            self.stop_runner(i).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Builder of a [`MemoryCluster`].
+pub struct MemoryClusterBuilder {
+    runners: usize,
+    config: ShardingConfig,
+    setup: SetupFn,
+}
+
+impl MemoryClusterBuilder {
+    /// How many runners to start (default 3).
+    pub fn runners(mut self, n: usize) -> Self {
+        self.runners = n;
+        self
+    }
+
+    /// The configuration every runner uses (its `runner_address` is replaced per runner).
+    pub fn config(mut self, config: ShardingConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Runs at every runner start, before it starts: register entities, workflows,
+    /// singletons and cron here, as a runner binary does.
+    pub fn setup<F, Fut>(mut self, setup: F) -> Self
+    where
+        F: Fn(Arc<ShardingImpl>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ClusterError>> + Send + 'static,
+    {
+        self.setup = Arc::new(move |sharding| Box::pin(setup(sharding)));
+        self
+    }
+
+    /// Builds the cluster and starts every runner.
+    ///
+    /// # Errors
+    /// Errors of the setup callback or of starting a runner.
+    pub async fn build(self) -> Result<MemoryCluster, ClusterError> {
+        let cluster = MemoryCluster {
+            config: self.config,
+            network: InProcessNetwork::new(),
+            message_storage: Arc::new(MemoryMessageStorage::new()),
+            workflow_storage: Arc::new(MemoryWorkflowStorage::new()),
+            workflow_engine: Arc::new(MemoryWorkflowEngine::new()),
+            runner_storage: Arc::new(MemoryRunnerStorage::new()),
+            setup: self.setup,
+            slots: Mutex::new(Vec::new()),
+        };
+        for i in 0..self.runners {
+            cluster.start_runner(i).await?;
+        }
+        Ok(cluster)
+    }
+}
