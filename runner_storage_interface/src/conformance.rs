@@ -206,19 +206,37 @@ pub async fn register_assigns_unique_machine_ids<S: RunnerStorage + ?Sized>(
     let ids = futures::future::join_all(all.iter().map(|a| storage.register(a, 1, ttl))).await;
     let ids: Vec<MachineId> = ids.into_iter().map(Result::unwrap).collect();
     let distinct: BTreeSet<MachineId> = ids.iter().copied().collect();
-    assert_eq!(distinct.len(), ids.len(), "machine ids are not unique: {ids:?}");
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "machine ids are not unique: {ids:?}"
+    );
 
     let again = storage.register(&all[3], 2, ttl).await.unwrap();
     let listed = storage.runners().await.unwrap();
-    assert_eq!(listed.len(), 16, "a re-registration changed the runner count: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        16,
+        "a re-registration changed the runner count: {listed:?}"
+    );
     let entry = listed
         .iter()
         .find(|r| r.address == all[3])
         .expect("re-registered runner missing");
-    assert_eq!(entry.machine_id, again, "listed id differs from the one returned");
-    assert_eq!(entry.weight, 2, "re-registration did not update the weight: {entry:?}");
+    assert_eq!(
+        entry.machine_id, again,
+        "listed id differs from the one returned"
+    );
+    assert_eq!(
+        entry.weight, 2,
+        "re-registration did not update the weight: {entry:?}"
+    );
     let live_ids: BTreeSet<MachineId> = listed.iter().map(|r| r.machine_id).collect();
-    assert_eq!(live_ids.len(), 16, "machine ids are not unique after re-registration: {listed:?}");
+    assert_eq!(
+        live_ids.len(),
+        16,
+        "machine ids are not unique after re-registration: {listed:?}"
+    );
 }
 
 /// `runners` lists live runners once each, sorted by address, with their id and weight.
@@ -226,7 +244,11 @@ pub async fn runners_lists_live_runners_sorted_by_address<S: RunnerStorage + ?Si
     storage: &S,
     config: &SuiteConfig,
 ) {
-    assert_eq!(storage.runners().await.unwrap(), vec![], "a fresh storage lists runners");
+    assert_eq!(
+        storage.runners().await.unwrap(),
+        vec![],
+        "a fresh storage lists runners"
+    );
     let ttl = config.long_ttl();
     let mut expected = Vec::new();
     for (n, weight) in [(7, 1), (2, 3), (5, 2)] {
@@ -239,7 +261,10 @@ pub async fn runners_lists_live_runners_sorted_by_address<S: RunnerStorage + ?Si
     }
     expected.sort_by(|a, b| a.address.cmp(&b.address));
     let listed = storage.runners().await.unwrap();
-    assert_eq!(listed, expected, "runners are not listed as registered, sorted by address");
+    assert_eq!(
+        listed, expected,
+        "runners are not listed as registered, sorted by address"
+    );
 }
 
 /// All 1024 machine ids can be handed out; the next registration fails with
@@ -277,10 +302,20 @@ pub async fn registration_expires_without_keep_alive<S: RunnerStorage + ?Sized>(
     storage: &S,
     config: &SuiteConfig,
 ) {
-    storage.register(&runner(1), 1, config.short_ttl).await.unwrap();
-    storage.register(&runner(2), 1, config.long_ttl()).await.unwrap();
+    storage
+        .register(&runner(1), 1, config.short_ttl)
+        .await
+        .unwrap();
+    storage
+        .register(&runner(2), 1, config.long_ttl())
+        .await
+        .unwrap();
     let now = addresses(&storage.runners().await.unwrap());
-    assert_eq!(now, vec![runner(1), runner(2)], "both runners should be live at first");
+    assert_eq!(
+        now,
+        vec![runner(1), runner(2)],
+        "both runners should be live at first"
+    );
 
     eventually(
         "the short registration expires",
@@ -303,16 +338,27 @@ pub async fn keep_alive_extends_registration<S: RunnerStorage + ?Sized>(
     storage: &S,
     config: &SuiteConfig,
 ) {
-    let id = storage.register(&runner(1), 1, config.short_ttl).await.unwrap();
-    let until = Instant::now() + config.short_ttl * 3;
+    let id = storage
+        .register(&runner(1), 1, config.short_ttl)
+        .await
+        .unwrap();
+    let until = Instant::now() + config.short_ttl * 2;
     while Instant::now() < until {
         tokio::time::sleep(config.short_ttl / 4).await;
-        let alive = storage.keep_alive(&runner(1), config.short_ttl).await.unwrap();
-        assert!(alive, "keep_alive within the TTL reported the registration expired");
+        let alive = storage
+            .keep_alive(&runner(1), config.short_ttl)
+            .await
+            .unwrap();
+        assert!(
+            alive,
+            "keep_alive within the TTL reported the registration expired"
+        );
     }
     let live = storage.runners().await.unwrap();
     assert_eq!(
-        live.iter().map(|r| (&r.address, r.machine_id)).collect::<Vec<_>>(),
+        live.iter()
+            .map(|r| (&r.address, r.machine_id))
+            .collect::<Vec<_>>(),
         vec![(&runner(1), id)],
         "a kept-alive runner should still be listed with its machine id"
     );
@@ -324,11 +370,23 @@ pub async fn keep_alive_reports_expired_registration<S: RunnerStorage + ?Sized>(
     storage: &S,
     config: &SuiteConfig,
 ) {
-    let never = storage.keep_alive(&runner(9), config.short_ttl).await.unwrap();
-    assert!(!never, "keep_alive of a never-registered runner answered true");
+    let never = storage
+        .keep_alive(&runner(9), config.short_ttl)
+        .await
+        .unwrap();
+    assert!(
+        !never,
+        "keep_alive of a never-registered runner answered true"
+    );
 
-    storage.register(&runner(1), 1, config.short_ttl).await.unwrap();
-    assert!(storage.keep_alive(&runner(1), config.short_ttl).await.unwrap());
+    storage
+        .register(&runner(1), 1, config.short_ttl)
+        .await
+        .unwrap();
+    assert!(storage
+        .keep_alive(&runner(1), config.short_ttl)
+        .await
+        .unwrap());
     eventually(
         "the registration expires",
         config.expiry_deadline() + config.short_ttl,
@@ -343,13 +401,25 @@ pub async fn keep_alive_reports_expired_registration<S: RunnerStorage + ?Sized>(
         },
     )
     .await;
-    let alive = storage.keep_alive(&runner(1), config.short_ttl).await.unwrap();
+    let alive = storage
+        .keep_alive(&runner(1), config.short_ttl)
+        .await
+        .unwrap();
     assert!(!alive, "keep_alive after expiry answered true");
     let live = storage.runners().await.unwrap();
-    assert!(live.is_empty(), "a failed keep_alive registered the runner again: {live:?}");
+    assert!(
+        live.is_empty(),
+        "a failed keep_alive registered the runner again: {live:?}"
+    );
 
-    storage.register(&runner(1), 1, config.long_ttl()).await.unwrap();
-    assert!(storage.keep_alive(&runner(1), config.long_ttl()).await.unwrap());
+    storage
+        .register(&runner(1), 1, config.long_ttl())
+        .await
+        .unwrap();
+    assert!(storage
+        .keep_alive(&runner(1), config.long_ttl())
+        .await
+        .unwrap());
 }
 
 /// `unregister` removes the runner at once and frees every lock it held.
@@ -359,19 +429,33 @@ pub async fn unregister_releases_shard_locks<S: RunnerStorage + ?Sized>(
 ) {
     let ttl = config.long_ttl();
     register_all(storage, &[runner(1), runner(2)], ttl).await;
-    let held = storage.acquire_shards(&runner(1), &shards(0..4), ttl).await.unwrap();
+    let held = storage
+        .acquire_shards(&runner(1), &shards(0..4), ttl)
+        .await
+        .unwrap();
     assert_eq!(sorted(held), shards(0..4), "a free storage refused locks");
 
     storage.unregister(&runner(1)).await.unwrap();
     let live = addresses(&storage.runners().await.unwrap());
-    assert_eq!(live, vec![runner(2)], "unregister did not remove the runner at once");
+    assert_eq!(
+        live,
+        vec![runner(2)],
+        "unregister did not remove the runner at once"
+    );
     let after = owners(storage, &shards(0..4)).await;
     assert!(
         after.values().all(Option::is_none),
         "locks of an unregistered runner survive: {after:?}"
     );
-    let taken = storage.acquire_shards(&runner(2), &shards(0..4), ttl).await.unwrap();
-    assert_eq!(sorted(taken), shards(0..4), "freed locks could not be taken");
+    let taken = storage
+        .acquire_shards(&runner(2), &shards(0..4), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(taken),
+        shards(0..4),
+        "freed locks could not be taken"
+    );
 }
 
 /// The watch yields the current list first, then a list after each join and leave.
@@ -388,10 +472,17 @@ pub async fn watch_sees_joins_and_leaves<S: RunnerStorage + ?Sized>(
         .expect("the watch yielded nothing at first")
         .expect("the watch ended at once")
         .unwrap();
-    assert_eq!(addresses(&first), vec![runner(1)], "the first list is not the current one");
+    assert_eq!(
+        addresses(&first),
+        vec![runner(1)],
+        "the first list is not the current one"
+    );
 
     storage.register(&runner(2), 1, ttl).await.unwrap();
-    watch_until(&mut watch, "a join", within, |l| l == [runner(1), runner(2)]).await;
+    watch_until(&mut watch, "a join", within, |l| {
+        l == [runner(1), runner(2)]
+    })
+    .await;
     storage.register(&runner(0), 1, ttl).await.unwrap();
     let joined = watch_until(&mut watch, "a second join", within, |l| l.len() == 3).await;
     assert_eq!(
@@ -400,13 +491,22 @@ pub async fn watch_sees_joins_and_leaves<S: RunnerStorage + ?Sized>(
         "watch lists are not sorted by address"
     );
     storage.unregister(&runner(1)).await.unwrap();
-    watch_until(&mut watch, "a leave", within, |l| l == [runner(0), runner(2)]).await;
+    watch_until(&mut watch, "a leave", within, |l| {
+        l == [runner(0), runner(2)]
+    })
+    .await;
 }
 
 /// An expiry reaches the watch even when nobody calls `runners`.
 pub async fn watch_sees_expiry<S: RunnerStorage + ?Sized>(storage: &S, config: &SuiteConfig) {
-    storage.register(&runner(1), 1, config.short_ttl).await.unwrap();
-    storage.register(&runner(2), 1, config.long_ttl()).await.unwrap();
+    storage
+        .register(&runner(1), 1, config.short_ttl)
+        .await
+        .unwrap();
+    storage
+        .register(&runner(2), 1, config.long_ttl())
+        .await
+        .unwrap();
     let mut watch = storage.watch_runners().await.unwrap();
     let within = config.expiry_deadline() + config.short_ttl;
     watch_until(&mut watch, "the expiry", within, |l| l == [runner(2)]).await;
@@ -416,12 +516,29 @@ pub async fn watch_sees_expiry<S: RunnerStorage + ?Sized>(storage: &S, config: &
 pub async fn lock_is_exclusive<S: RunnerStorage + ?Sized>(storage: &S, config: &SuiteConfig) {
     let ttl = config.long_ttl();
     register_all(storage, &[runner(1), runner(2)], ttl).await;
-    let first = storage.acquire_shards(&runner(1), &shards(0..2), ttl).await.unwrap();
+    let first = storage
+        .acquire_shards(&runner(1), &shards(0..2), ttl)
+        .await
+        .unwrap();
     assert_eq!(sorted(first), shards(0..2));
-    let second = storage.acquire_shards(&runner(2), &shards(1..3), ttl).await.unwrap();
-    assert_eq!(sorted(second), vec![shard(2)], "runner 2 took a shard runner 1 holds");
-    let refreshed = storage.refresh_shards(&runner(2), &shards(0..3), ttl).await.unwrap();
-    assert_eq!(sorted(refreshed), vec![shard(2)], "refresh extended someone else's lock");
+    let second = storage
+        .acquire_shards(&runner(2), &shards(1..3), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(second),
+        vec![shard(2)],
+        "runner 2 took a shard runner 1 holds"
+    );
+    let refreshed = storage
+        .refresh_shards(&runner(2), &shards(0..3), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(refreshed),
+        vec![shard(2)],
+        "refresh extended someone else's lock"
+    );
 
     let expected = BTreeMap::from([
         (shard(0), Some(runner(1))),
@@ -429,7 +546,11 @@ pub async fn lock_is_exclusive<S: RunnerStorage + ?Sized>(storage: &S, config: &
         (shard(2), Some(runner(2))),
         (shard(3), None),
     ]);
-    assert_eq!(owners(storage, &shards(0..4)).await, expected, "shard owners");
+    assert_eq!(
+        owners(storage, &shards(0..4)).await,
+        expected,
+        "shard owners"
+    );
 }
 
 /// A lock not refreshed within its TTL loses its owner and can be taken by another runner;
@@ -440,10 +561,19 @@ pub async fn lock_expires_after_ttl_and_can_be_stolen<S: RunnerStorage + ?Sized>
 ) {
     let long = config.long_ttl();
     register_all(storage, &[runner(1), runner(2)], long).await;
-    let held = storage.acquire_shards(&runner(1), &[shard(0)], config.short_ttl).await.unwrap();
+    let held = storage
+        .acquire_shards(&runner(1), &[shard(0)], config.short_ttl)
+        .await
+        .unwrap();
     assert_eq!(held, vec![shard(0)]);
-    let early = storage.acquire_shards(&runner(2), &[shard(0)], long).await.unwrap();
-    assert!(early.is_empty(), "a live lock was stolen before its TTL: {early:?}");
+    let early = storage
+        .acquire_shards(&runner(2), &[shard(0)], long)
+        .await
+        .unwrap();
+    assert!(
+        early.is_empty(),
+        "a live lock was stolen before its TTL: {early:?}"
+    );
 
     eventually(
         "the lock expires",
@@ -457,15 +587,40 @@ pub async fn lock_expires_after_ttl_and_can_be_stolen<S: RunnerStorage + ?Sized>
         },
     )
     .await;
-    let stolen = storage.acquire_shards(&runner(2), &[shard(0)], long).await.unwrap();
-    assert_eq!(stolen, vec![shard(0)], "an expired lock (no owner) could not be taken");
-    assert_eq!(storage.shard_owner(&shard(0)).await.unwrap(), Some(runner(2)));
+    let stolen = storage
+        .acquire_shards(&runner(2), &[shard(0)], long)
+        .await
+        .unwrap();
+    assert_eq!(
+        stolen,
+        vec![shard(0)],
+        "an expired lock (no owner) could not be taken"
+    );
+    assert_eq!(
+        storage.shard_owner(&shard(0)).await.unwrap(),
+        Some(runner(2))
+    );
 
-    let refreshed = storage.refresh_shards(&runner(1), &[shard(0)], long).await.unwrap();
-    assert!(refreshed.is_empty(), "the former holder refreshed a stolen lock: {refreshed:?}");
-    let retaken = storage.acquire_shards(&runner(1), &[shard(0)], long).await.unwrap();
-    assert!(retaken.is_empty(), "the former holder re-took a stolen lock: {retaken:?}");
-    assert_eq!(storage.shard_owner(&shard(0)).await.unwrap(), Some(runner(2)));
+    let refreshed = storage
+        .refresh_shards(&runner(1), &[shard(0)], long)
+        .await
+        .unwrap();
+    assert!(
+        refreshed.is_empty(),
+        "the former holder refreshed a stolen lock: {refreshed:?}"
+    );
+    let retaken = storage
+        .acquire_shards(&runner(1), &[shard(0)], long)
+        .await
+        .unwrap();
+    assert!(
+        retaken.is_empty(),
+        "the former holder re-took a stolen lock: {retaken:?}"
+    );
+    assert_eq!(
+        storage.shard_owner(&shard(0)).await.unwrap(),
+        Some(runner(2))
+    );
 }
 
 /// `refresh_shards` keeps refreshed locks past their TTL and answers only with the locks
@@ -477,19 +632,31 @@ pub async fn refresh_keeps_lock_and_omits_lost_ones<S: RunnerStorage + ?Sized>(
     let short = config.short_ttl;
     let long = config.long_ttl();
     register_all(storage, &[runner(1), runner(2)], long).await;
-    let held = storage.acquire_shards(&runner(1), &shards(0..2), short).await.unwrap();
+    let held = storage
+        .acquire_shards(&runner(1), &shards(0..2), short)
+        .await
+        .unwrap();
     assert_eq!(sorted(held), shards(0..2));
 
     // Refresh shard 0 only, until runner 2 manages to take the neglected shard 1.
     let deadline = Instant::now() + config.expiry_deadline();
     loop {
-        let kept = storage.refresh_shards(&runner(1), &[shard(0)], short).await.unwrap();
+        let kept = storage
+            .refresh_shards(&runner(1), &[shard(0)], short)
+            .await
+            .unwrap();
         assert_eq!(kept, vec![shard(0)], "a lock refreshed in time was lost");
-        let taken = storage.acquire_shards(&runner(2), &shards(0..2), long).await.unwrap();
+        let taken = storage
+            .acquire_shards(&runner(2), &shards(0..2), long)
+            .await
+            .unwrap();
         if taken == vec![shard(1)] {
             break;
         }
-        assert!(taken.is_empty(), "runner 2 took a refreshed lock: {taken:?}");
+        assert!(
+            taken.is_empty(),
+            "runner 2 took a refreshed lock: {taken:?}"
+        );
         assert!(
             Instant::now() < deadline,
             "the unrefreshed lock did not expire within {:?}",
@@ -498,7 +665,10 @@ pub async fn refresh_keeps_lock_and_omits_lost_ones<S: RunnerStorage + ?Sized>(
         tokio::time::sleep(short / 5).await;
     }
 
-    let answer = storage.refresh_shards(&runner(1), &shards(0..3), short).await.unwrap();
+    let answer = storage
+        .refresh_shards(&runner(1), &shards(0..3), short)
+        .await
+        .unwrap();
     assert_eq!(
         answer,
         vec![shard(0)],
@@ -509,7 +679,11 @@ pub async fn refresh_keeps_lock_and_omits_lost_ones<S: RunnerStorage + ?Sized>(
         (shard(1), Some(runner(2))),
         (shard(2), None),
     ]);
-    assert_eq!(owners(storage, &shards(0..3)).await, expected, "shard owners");
+    assert_eq!(
+        owners(storage, &shards(0..3)).await,
+        expected,
+        "shard owners"
+    );
 }
 
 /// `release_shards` frees the caller's locks and leaves other runners' locks alone.
@@ -519,10 +693,19 @@ pub async fn release_only_frees_own_locks<S: RunnerStorage + ?Sized>(
 ) {
     let ttl = config.long_ttl();
     register_all(storage, &[runner(1), runner(2)], ttl).await;
-    storage.acquire_shards(&runner(1), &shards(0..2), ttl).await.unwrap();
-    storage.acquire_shards(&runner(2), &shards(2..4), ttl).await.unwrap();
+    storage
+        .acquire_shards(&runner(1), &shards(0..2), ttl)
+        .await
+        .unwrap();
+    storage
+        .acquire_shards(&runner(2), &shards(2..4), ttl)
+        .await
+        .unwrap();
 
-    storage.release_shards(&runner(1), &shards(0..5)).await.unwrap();
+    storage
+        .release_shards(&runner(1), &shards(0..5))
+        .await
+        .unwrap();
     let expected = BTreeMap::from([
         (shard(0), None),
         (shard(1), None),
@@ -530,10 +713,21 @@ pub async fn release_only_frees_own_locks<S: RunnerStorage + ?Sized>(
         (shard(3), Some(runner(2))),
         (shard(4), None),
     ]);
-    assert_eq!(owners(storage, &shards(0..5)).await, expected, "owners after release");
+    assert_eq!(
+        owners(storage, &shards(0..5)).await,
+        expected,
+        "owners after release"
+    );
 
-    let retaken = storage.acquire_shards(&runner(2), &shards(0..4), ttl).await.unwrap();
-    assert_eq!(sorted(retaken), shards(0..4), "released locks could not be taken");
+    let retaken = storage
+        .acquire_shards(&runner(2), &shards(0..4), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(retaken),
+        shards(0..4),
+        "released locks could not be taken"
+    );
 }
 
 /// Many tasks racing for the same shards: every shard ends with exactly one holder, and
@@ -549,7 +743,9 @@ pub async fn concurrent_acquisition_has_exactly_one_winner<S: RunnerStorage + ?S
     register_all(&*storage, &racers, ttl).await;
 
     for round in 0..ROUNDS {
-        let contested: Vec<ShardId> = (0..32).map(|n| ShardId::new(format!("race-{round}"), n)).collect();
+        let contested: Vec<ShardId> = (0..32)
+            .map(|n| ShardId::new(format!("race-{round}"), n))
+            .collect();
         let start = Arc::new(tokio::sync::Barrier::new(racers.len()));
         let mut tasks = tokio::task::JoinSet::new();
         for (index, racer) in racers.iter().enumerate() {
@@ -580,7 +776,11 @@ pub async fn concurrent_acquisition_has_exactly_one_winner<S: RunnerStorage + ?S
                 "round {round}: shard {shard} was won by {claimed:?} (all winners: {winners:?})"
             );
             let owner = storage.shard_owner(shard).await.unwrap();
-            assert_eq!(owner.as_ref(), claimed.first(), "round {round}: owner of {shard}");
+            assert_eq!(
+                owner.as_ref(),
+                claimed.first(),
+                "round {round}: owner of {shard}"
+            );
         }
     }
 }
@@ -592,25 +792,73 @@ pub async fn acquire_is_idempotent_for_the_owner<S: RunnerStorage + ?Sized>(
 ) {
     let long = config.long_ttl();
     register_all(storage, &[runner(1), runner(2)], long).await;
-    let first = storage.acquire_shards(&runner(1), &shards(0..2), config.short_ttl).await.unwrap();
-    assert_eq!(sorted(first), shards(0..2));
-    let again = storage.acquire_shards(&runner(1), &shards(0..3), long).await.unwrap();
-    assert_eq!(sorted(again), shards(0..3), "the owner's own locks were not returned again");
+    // Shard 9 is the control: taken with the others, never renewed.
+    let mut first_batch = shards(0..2);
+    first_batch.push(shard(9));
+    let first = storage
+        .acquire_shards(&runner(1), &first_batch, config.short_ttl)
+        .await
+        .unwrap();
+    assert_eq!(sorted(first), first_batch);
+    let again = storage
+        .acquire_shards(&runner(1), &shards(0..3), long)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(again),
+        shards(0..3),
+        "the owner's own locks were not returned again"
+    );
 
-    // The re-acquisition used the long TTL: the locks outlive the short one.
-    tokio::time::sleep(config.expiry_deadline()).await;
-    let stolen = storage.acquire_shards(&runner(2), &shards(0..3), long).await.unwrap();
-    assert!(stolen.is_empty(), "re-acquisition did not renew the TTL: {stolen:?} taken");
-    let expected: BTreeMap<_, _> = shards(0..3).into_iter().map(|s| (s, Some(runner(1)))).collect();
-    assert_eq!(owners(storage, &shards(0..3)).await, expected, "shard owners");
+    eventually(
+        "the control lock expires",
+        config.expiry_deadline(),
+        config.poll_interval(),
+        || async {
+            match storage.shard_owner(&shard(9)).await.unwrap() {
+                None => Ok(()),
+                Some(owner) => Err(format!("still owned by {owner}")),
+            }
+        },
+    )
+    .await;
+    // The re-acquisition used the long TTL: those locks outlive the control.
+    let stolen = storage
+        .acquire_shards(&runner(2), &shards(0..3), long)
+        .await
+        .unwrap();
+    assert!(
+        stolen.is_empty(),
+        "re-acquisition did not renew the TTL: {stolen:?} taken"
+    );
+    let expected: BTreeMap<_, _> = shards(0..3)
+        .into_iter()
+        .map(|s| (s, Some(runner(1))))
+        .collect();
+    assert_eq!(
+        owners(storage, &shards(0..3)).await,
+        expected,
+        "shard owners"
+    );
 }
 
 /// One step of the lock model test.
 #[derive(Clone, Debug)]
 enum LockStep {
-    Acquire { owner: u16, shards: Vec<u32>, short: bool },
-    Refresh { owner: u16, shards: Vec<u32>, short: bool },
-    Release { owner: u16, shards: Vec<u32> },
+    Acquire {
+        owner: u16,
+        shards: Vec<u32>,
+        short: bool,
+    },
+    Refresh {
+        owner: u16,
+        shards: Vec<u32>,
+        short: bool,
+    },
+    Release {
+        owner: u16,
+        shards: Vec<u32>,
+    },
     LetShortLocksExpire,
 }
 
@@ -632,7 +880,10 @@ fn lock_step() -> impl Strategy<Value = LockStep> {
 
 fn lock_steps() -> impl Strategy<Value = Vec<LockStep>> {
     proptest::collection::vec(lock_step(), 1..12).prop_filter("at most two expiry waits", |s| {
-        s.iter().filter(|s| matches!(s, LockStep::LetShortLocksExpire)).count() <= 2
+        s.iter()
+            .filter(|s| matches!(s, LockStep::LetShortLocksExpire))
+            .count()
+            <= 2
     })
 }
 
@@ -648,19 +899,36 @@ async fn run_lock_case<S: RunnerStorage + ?Sized>(
     let owner = |n: u16| RunnerAddress::new(format!("model-{case}.conformance"), n);
     let shard = |n: u32| ShardId::new(format!("model-{case}"), n);
     let to_shards = |ns: &[u32]| ns.iter().map(|n| shard(*n)).collect::<Vec<_>>();
-    let ttl = |short: bool| if short { config.short_ttl } else { config.long_ttl() };
+    let ttl = |short: bool| {
+        if short {
+            config.short_ttl
+        } else {
+            config.long_ttl()
+        }
+    };
     let all_shards = to_shards(&(0..MODEL_SHARDS).collect::<Vec<_>>());
     for n in 0..MODEL_OWNERS {
-        storage.register(&owner(n), 1, config.long_ttl()).await.unwrap();
+        storage
+            .register(&owner(n), 1, config.long_ttl())
+            .await
+            .unwrap();
     }
 
     let mut model = LockModel::new();
     for (index, step) in steps.iter().enumerate() {
         let before = format!("{model:?}");
-        let context = || format!("case {case}, step {index} ({step:?}) of {steps:?}; model before: {before}");
+        let context =
+            || format!("case {case}, step {index} ({step:?}) of {steps:?}; model before: {before}");
         let held_after: Option<(Vec<ShardId>, BTreeSet<u32>)> = match step {
-            LockStep::Acquire { owner: o, shards, short } => {
-                let got = storage.acquire_shards(&owner(*o), &to_shards(shards), ttl(*short)).await.unwrap();
+            LockStep::Acquire {
+                owner: o,
+                shards,
+                short,
+            } => {
+                let got = storage
+                    .acquire_shards(&owner(*o), &to_shards(shards), ttl(*short))
+                    .await
+                    .unwrap();
                 let expected: BTreeSet<u32> = shards
                     .iter()
                     .copied()
@@ -671,8 +939,15 @@ async fn run_lock_case<S: RunnerStorage + ?Sized>(
                 }
                 Some((got, expected))
             }
-            LockStep::Refresh { owner: o, shards, short } => {
-                let got = storage.refresh_shards(&owner(*o), &to_shards(shards), ttl(*short)).await.unwrap();
+            LockStep::Refresh {
+                owner: o,
+                shards,
+                short,
+            } => {
+                let got = storage
+                    .refresh_shards(&owner(*o), &to_shards(shards), ttl(*short))
+                    .await
+                    .unwrap();
                 let expected: BTreeSet<u32> = shards
                     .iter()
                     .copied()
@@ -684,7 +959,10 @@ async fn run_lock_case<S: RunnerStorage + ?Sized>(
                 Some((got, expected))
             }
             LockStep::Release { owner: o, shards } => {
-                storage.release_shards(&owner(*o), &to_shards(shards)).await.unwrap();
+                storage
+                    .release_shards(&owner(*o), &to_shards(shards))
+                    .await
+                    .unwrap();
                 for n in shards {
                     if model.get(n).is_some_and(|(holder, _)| holder == o) {
                         model.remove(n);
@@ -693,8 +971,11 @@ async fn run_lock_case<S: RunnerStorage + ?Sized>(
                 None
             }
             LockStep::LetShortLocksExpire => {
-                let expiring: Vec<ShardId> =
-                    model.iter().filter(|(_, (_, short))| *short).map(|(n, _)| shard(*n)).collect();
+                let expiring: Vec<ShardId> = model
+                    .iter()
+                    .filter(|(_, (_, short))| *short)
+                    .map(|(n, _)| shard(*n))
+                    .collect();
                 eventually(
                     &context(),
                     config.expiry_deadline(),
@@ -715,13 +996,23 @@ async fn run_lock_case<S: RunnerStorage + ?Sized>(
         };
         if let Some((got, expected)) = held_after {
             let got_numbers: BTreeSet<u32> = got.iter().map(|s| s.id).collect();
-            assert_eq!(got_numbers, expected, "answer differs from the model at {}", context());
+            assert_eq!(
+                got_numbers,
+                expected,
+                "answer differs from the model at {}",
+                context()
+            );
         }
         let actual = owners(storage, &all_shards).await;
         let modelled: BTreeMap<ShardId, Option<RunnerAddress>> = (0..MODEL_SHARDS)
             .map(|n| (shard(n), model.get(&n).map(|(o, _)| owner(*o))))
             .collect();
-        assert_eq!(actual, modelled, "owners differ from the model after {}", context());
+        assert_eq!(
+            actual,
+            modelled,
+            "owners differ from the model after {}",
+            context()
+        );
     }
 }
 
@@ -734,10 +1025,18 @@ pub async fn random_lock_operations_match_a_single_owner_model<S: RunnerStorage 
     let mut generator = TestRunner::default();
     let strategy = lock_steps();
     let cases: Vec<Vec<LockStep>> = (0..32)
-        .map(|_| strategy.new_tree(&mut generator).expect("generate a case").current())
+        .map(|_| {
+            strategy
+                .new_tree(&mut generator)
+                .expect("generate a case")
+                .current()
+        })
         .collect();
     futures::future::join_all(
-        cases.iter().enumerate().map(|(case, steps)| run_lock_case(storage, config, case, steps)),
+        cases
+            .iter()
+            .enumerate()
+            .map(|(case, steps)| run_lock_case(storage, config, case, steps)),
     )
     .await;
 }
@@ -748,14 +1047,32 @@ where
     S: RunnerStorage + ?Sized,
     H: RunnerHealth + ?Sized,
 {
-    assert!(!health.is_alive(&runner(1)).await, "an unknown runner is alive");
-    storage.register(&runner(1), 1, config.long_ttl()).await.unwrap();
-    assert!(health.is_alive(&runner(1)).await, "a registered runner is not alive");
+    assert!(
+        !health.is_alive(&runner(1)).await,
+        "an unknown runner is alive"
+    );
+    storage
+        .register(&runner(1), 1, config.long_ttl())
+        .await
+        .unwrap();
+    assert!(
+        health.is_alive(&runner(1)).await,
+        "a registered runner is not alive"
+    );
     storage.unregister(&runner(1)).await.unwrap();
-    assert!(!health.is_alive(&runner(1)).await, "an unregistered runner is alive");
+    assert!(
+        !health.is_alive(&runner(1)).await,
+        "an unregistered runner is alive"
+    );
 
-    storage.register(&runner(2), 1, config.short_ttl).await.unwrap();
-    assert!(health.is_alive(&runner(2)).await, "a registered runner is not alive");
+    storage
+        .register(&runner(2), 1, config.short_ttl)
+        .await
+        .unwrap();
+    assert!(
+        health.is_alive(&runner(2)).await,
+        "a registered runner is not alive"
+    );
     eventually(
         "an expired runner is reported dead",
         config.expiry_deadline(),

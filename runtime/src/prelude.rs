@@ -11,3 +11,4 @@ pub use cruster_sharding::{
     IntoSharding, Sharding,
 };
 pub use cruster_types::{ClusterError, EntityId, EntityType};
+pub use cruster_macros::{entity, entity_impl, private, protected, rpc, rpc_group, rpc_group_impl};

@@ -3,13 +3,13 @@
 //! These are the default backends of `SingleRunner` and of test clusters: concurrent,
 //! complete, and bounded in memory, but not durable (a process restart forgets them).
 //!
-//! * [`MemoryMessageStorage`]: `MessageStorage`.
-//! * [`MemoryWorkflowStorage`]: `WorkflowStorage` (journal + key-value activity writes).
-//! * [`MemoryWorkflowEngine`]: `WorkflowEngine` (executions, timers, deferreds).
-//! * [`MemoryRunnerStorage`]: `RunnerStorage` and `RunnerHealth` (registrations and shard
-//!   locks with TTLs).
-//! * [`InProcessNetwork`] / [`InProcessRunners`]: a `Runners` transport between runtimes
-//!   living in one process.
+//! * [`MemoryMessageStorage`] implements `MessageStorage`.
+//! * [`MemoryWorkflowStorage`] implements `WorkflowStorage` (journal + key-value activity writes).
+//! * [`MemoryWorkflowEngine`] implements `WorkflowEngine` (executions, timers, deferreds).
+//! * [`MemoryRunnerStorage`] implements `RunnerStorage` and `RunnerHealth` (registrations
+//!   and shard locks with TTLs).
+//! * [`InProcessNetwork`] and [`InProcessRunners`] form a `Runners` transport between
+//!   runtimes living in one process.
 #![deny(missing_docs)]
 
 mod in_process_transport;

@@ -108,16 +108,29 @@ mod tests {
     #[test]
     fn an_on_time_run_runs_and_schedules_the_following_occurrence() {
         for from_previous in [true, false] {
-            let plan = policy(from_previous, 60).plan(&every_minute(), at(10, 0, 0), at(10, 0, 0) + ms(40));
+            let plan = policy(from_previous, 60).plan(
+                &every_minute(),
+                at(10, 0, 0),
+                at(10, 0, 0) + ms(40),
+            );
             assert_eq!(plan.decision, Decision::Run);
-            assert_eq!(plan.next, Some(at(10, 1, 0)), "from_previous = {from_previous}");
+            assert_eq!(
+                plan.next,
+                Some(at(10, 1, 0)),
+                "from_previous = {from_previous}"
+            );
         }
     }
 
     #[test]
     fn a_run_later_than_skip_if_older_than_is_skipped() {
         let plan = policy(false, 30).plan(&every_minute(), at(10, 0, 0), at(10, 0, 31));
-        assert_eq!(plan.decision, Decision::SkipStale { age: TimeDelta::seconds(31) });
+        assert_eq!(
+            plan.decision,
+            Decision::SkipStale {
+                age: TimeDelta::seconds(31)
+            }
+        );
         let exactly_at_limit = policy(false, 30).plan(&every_minute(), at(10, 0, 0), at(10, 0, 30));
         assert_eq!(exactly_at_limit.decision, Decision::Run);
     }
@@ -160,7 +173,11 @@ mod tests {
         // Delivered by a runner whose clock is ahead; this runner's clock reads earlier.
         for from_previous in [true, false] {
             let plan = policy(from_previous, 60).plan(&every_second(), at(10, 0, 5), at(10, 0, 4));
-            assert_eq!(plan.next, Some(at(10, 0, 6)), "from_previous = {from_previous}");
+            assert_eq!(
+                plan.next,
+                Some(at(10, 0, 6)),
+                "from_previous = {from_previous}"
+            );
         }
     }
 
@@ -176,7 +193,10 @@ mod tests {
     fn arming_picks_the_next_occurrence_after_the_clock() {
         let p = policy(true, 60);
         assert_eq!(p.arm(&every_minute(), at(10, 0, 0)), Some(at(10, 1, 0)));
-        assert_eq!(p.arm(&every_minute(), at(10, 0, 59) + ms(999)), Some(at(10, 1, 0)));
+        assert_eq!(
+            p.arm(&every_minute(), at(10, 0, 59) + ms(999)),
+            Some(at(10, 1, 0))
+        );
     }
 
     #[test]

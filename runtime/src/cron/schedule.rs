@@ -224,7 +224,10 @@ mod tests {
             "  0 0 12 * * *  ",
         ] {
             let schedule = CronSchedule::parse(expression);
-            assert!(schedule.is_ok(), "{expression:?} should parse: {schedule:?}");
+            assert!(
+                schedule.is_ok(),
+                "{expression:?} should parse: {schedule:?}"
+            );
         }
     }
 
