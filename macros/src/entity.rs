@@ -119,7 +119,10 @@ fn string_option(key: &str, lit: &Lit, errors: &mut Errors) -> Option<String> {
         }
         Lit::Str(s) => Some(s.value()),
         other => {
-            errors.at(other, format!("`{key}` takes a string, e.g. `{key} = \"...\"`"));
+            errors.at(
+                other,
+                format!("`{key}` takes a string, e.g. `{key} = \"...\"`"),
+            );
             None
         }
     }
@@ -139,7 +142,10 @@ where
             }
         },
         other => {
-            errors.at(other, format!("`{key}` takes an integer, e.g. `{key} = 10`"));
+            errors.at(
+                other,
+                format!("`{key}` takes an integer, e.g. `{key} = 10`"),
+            );
             None
         }
     }

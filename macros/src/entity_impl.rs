@@ -105,7 +105,9 @@ fn generate(model: &ImplModel, args: &EntityImplArgs) -> TokenStream {
     let internal_client = model.sibling_path(|i| format_ident!("{}InternalClient", i));
     let request = rpc::ident("request");
     let groups = &args.rpc_groups;
-    let group_fields: Vec<Ident> = (0..groups.len()).map(|i| format_ident!("group{}", i)).collect();
+    let group_fields: Vec<Ident> = (0..groups.len())
+        .map(|i| format_ident!("group{}", i))
+        .collect();
     let group_params: Vec<Ident> = groups
         .iter()
         .enumerate()
@@ -154,7 +156,6 @@ fn generate(model: &ImplModel, args: &EntityImplArgs) -> TokenStream {
              (in the order of `rpc_groups(...)`) and returns its typed client."
         )
     };
-    let assertions = rpc::serde_assertions(&model.rpcs);
     let helpers = rpc::context_helpers(model);
 
     quote! {
@@ -172,8 +173,6 @@ fn generate(model: &ImplModel, args: &EntityImplArgs) -> TokenStream {
           impl ::cruster::__private::ComposesRpcGroup<#groups> for #internal_client {})*
 
         #helpers
-
-        #assertions
 
         const _: () = {
             struct __CrusterShared {
@@ -294,13 +293,16 @@ fn client_method(rpc: &rpc::RpcDef, owner: &Ident, client: TokenStream) -> Token
     let params = rpc::client_params(rpc, None);
     let response = &rpc.response;
     let call = rpc::client_call(rpc, quote!(#client));
+    let bounds = rpc::client_serde_bounds(rpc);
     quote! {
         #docs
         #vis async fn #method(
             &self,
             entity_id: &::cruster::__private::types::EntityId
             #params
-        ) -> ::core::result::Result<#response, ::cruster::__private::types::ClusterError> {
+        ) -> ::core::result::Result<#response, ::cruster::__private::types::ClusterError>
+        #bounds
+        {
             #call
         }
     }
@@ -313,7 +315,8 @@ mod tests {
     #[test]
     fn rpc_groups_are_read_in_declaration_order() {
         let mut errors = Errors::default();
-        let args = parse_entity_impl_args(quote!(rpc_groups(Auditable, audit::Tagged)), &mut errors);
+        let args =
+            parse_entity_impl_args(quote!(rpc_groups(Auditable, audit::Tagged)), &mut errors);
         assert!(errors.is_empty());
         let names: Vec<String> = args
             .rpc_groups

@@ -90,6 +90,8 @@ pub(crate) struct ImplModel {
     pub(crate) item: ItemImpl,
     /// The self type.
     pub(crate) self_path: Path,
+    /// The last segment of `self_path`.
+    self_ident: Ident,
     /// The valid `#[rpc]` methods, in order.
     pub(crate) rpcs: Vec<RpcDef>,
     /// The names of every method in the block (generated helpers must not clash with them).
@@ -99,13 +101,7 @@ pub(crate) struct ImplModel {
 impl ImplModel {
     /// The self type's name (`Counter` in `impl Counter`).
     pub(crate) fn self_ident(&self) -> &Ident {
-        // `parse_impl` only accepts a path with at least one segment.
-        &self
-            .self_path
-            .segments
-            .last()
-            .expect("self path has a segment")
-            .ident
+        &self.self_ident
     }
 
     /// `self_path` with its last segment renamed by `rename`, e.g. `m::Counter` → `m::CounterClient`.
@@ -158,7 +154,7 @@ pub(crate) fn parse_impl(
     mut item: ItemImpl,
     kind: BlockKind,
     errors: &mut Errors,
-) -> Result<ImplModel, ItemImpl> {
+) -> Result<ImplModel, Box<ItemImpl>> {
     let mut usable = true;
     if let Some((_, trait_path, _)) = &item.trait_ {
         errors.at(
@@ -178,9 +174,11 @@ pub(crate) fn parse_impl(
         usable = false;
     }
     let self_path = match &*item.self_ty {
-        Type::Path(type_path) if type_path.qself.is_none() && !type_path.path.segments.is_empty() => {
-            Some(type_path.path.clone())
-        }
+        Type::Path(type_path) if type_path.qself.is_none() => type_path
+            .path
+            .segments
+            .last()
+            .map(|last| (type_path.path.clone(), last.ident.clone())),
         other => {
             errors.at(
                 other,
@@ -206,13 +204,14 @@ pub(crate) fn parse_impl(
         }
     }
     match self_path {
-        Some(self_path) if usable => Ok(ImplModel {
+        Some((self_path, self_ident)) if usable => Ok(ImplModel {
             item,
             self_path,
+            self_ident,
             rpcs,
             method_names,
         }),
-        _ => Err(item),
+        _ => Err(Box::new(item)),
     }
 }
 
@@ -255,7 +254,10 @@ fn parse_method(method: &mut ImplItemFn, kind: BlockKind, errors: &mut Errors) -
                     Access::Private
                 };
                 if !matches!(attr.meta, Meta::Path(_)) {
-                    errors.at(&attr, format!("#[{}] takes no arguments", access_name(level)));
+                    errors.at(
+                        &attr,
+                        format!("#[{}] takes no arguments", access_name(level)),
+                    );
                 }
                 if let Some((_, previous)) = &access {
                     errors.at(
@@ -336,9 +338,8 @@ fn parse_rpc_args(attr: &Attribute, errors: &mut Errors) -> Delivery {
         Meta::Path(_) => Delivery::BestEffort,
         Meta::List(list) => {
             let mut delivery = Delivery::BestEffort;
-            let parsed = list.parse_args_with(
-                syn::punctuated::Punctuated::<Ident, Token![,]>::parse_terminated,
-            );
+            let parsed = list
+                .parse_args_with(syn::punctuated::Punctuated::<Ident, Token![,]>::parse_terminated);
             match parsed {
                 Ok(options) => {
                     for option in options {
@@ -505,20 +506,34 @@ fn result_ok_type(ty: &Type) -> Option<&Type> {
 pub(crate) fn dispatch_arm(rpc: &RpcDef, target: &TokenStream, request: &Ident) -> TokenStream {
     let tag = &rpc.tag;
     let method = &rpc.method;
-    let vars: Vec<Ident> = (0..rpc.args.len()).map(|i| format_ident!("__arg{}", i)).collect();
+    let vars: Vec<Ident> = (0..rpc.args.len())
+        .map(|i| format_ident!("__arg{}", i))
+        .collect();
     let tys: Vec<&Type> = rpc.args.iter().map(|a| &a.ty).collect();
+    // Decoding each argument on its own (the tuple's fields in turn) keeps a type error at
+    // that argument's type.
     let decode = match rpc.args.len() {
         0 => quote!(),
         1 => {
             let (var, ty) = (&vars[0], tys[0]);
-            quote!(let #var = #request.decode::<#ty>()?;)
+            let decode = quote_spanned!(ty.span()=> #request.decode::<#ty>());
+            quote!(let #var = #decode?;)
         }
-        _ => quote!(let (#(#vars,)*) = #request.decode::<(#(#tys,)*)>()?;),
+        _ => {
+            let decode = quote!(#request.decode::<(#(#tys,)*)>()?);
+            let checks = tys.iter().map(|ty| {
+                quote_spanned!(ty.span()=> ::cruster::__private::require_deserialize::<#ty>();)
+            });
+            quote!(#(#checks)* let (#(#vars,)*) = #decode;)
+        }
     };
+    let response = &rpc.response;
+    let encode =
+        quote_spanned!(response.span()=> ::cruster::__private::encode_response::<#response>);
     quote! {
         #tag => async {
             #decode
-            ::cruster::__private::encode_response(#target.#method(#(#vars),*).await)
+            #encode(#target.#method(#(#vars),*).await)
         }.await,
     }
 }
@@ -543,7 +558,9 @@ pub(crate) fn client_call(rpc: &RpcDef, client: TokenStream) -> TokenStream {
     };
     match rpc.delivery {
         Delivery::BestEffort => quote!(#client.send(entity_id, #tag, #payload).await),
-        Delivery::Persisted => quote!(#client.send_persisted(entity_id, #tag, #payload, false).await),
+        Delivery::Persisted => {
+            quote!(#client.send_persisted(entity_id, #tag, #payload, false).await)
+        }
     }
 }
 
@@ -562,32 +579,21 @@ pub(crate) fn client_docs(rpc: &RpcDef, owner: &Ident) -> TokenStream {
     }
 }
 
-/// Compile-time checks that every request and response type of the dispatched RPCs is
-/// serializable, each reported at the offending type.
-pub(crate) fn serde_assertions(rpcs: &[RpcDef]) -> TokenStream {
-    let checks = rpcs.iter().filter(|rpc| rpc.is_dispatched()).flat_map(|rpc| {
-        rpc.args
-            .iter()
-            .map(|arg| &arg.ty)
-            .chain(std::iter::once(&rpc.response))
-            .map(|ty| {
-                let span = ty.span();
-                quote_spanned! {span=> __cruster_assert_message::<#ty>(); }
-            })
+/// The serde bounds a client method needs (requests `Serialize`, response
+/// `DeserializeOwned`), as `where` predicates spanned at each user type.
+///
+/// They sit on the generated method rather than in its body, so a type that is not
+/// serializable gives one error pointing at the type in the RPC's signature instead of
+/// errors deep in generated code. (The dispatcher's decode and encode calls name the types
+/// with their own spans for the same reason; see [`dispatch_arm`].)
+pub(crate) fn client_serde_bounds(rpc: &RpcDef) -> TokenStream {
+    let requests = rpc.args.iter().map(|arg| {
+        let ty = &arg.ty;
+        quote_spanned!(ty.span()=> #ty: ::cruster::__private::serde::Serialize,)
     });
-    quote! {
-        const _: () = {
-            fn __cruster_assert_message<
-                T: ::cruster::__private::serde::Serialize
-                    + ::cruster::__private::serde::de::DeserializeOwned,
-            >() {
-            }
-            #[allow(dead_code)]
-            fn __cruster_assert_messages() {
-                #(#checks)*
-            }
-        };
-    }
+    let response = &rpc.response;
+    let response = quote_spanned!(response.span()=> #response: ::cruster::__private::serde::de::DeserializeOwned,);
+    quote!(where #(#requests)* #response)
 }
 
 /// `entity_context()` and `client::<E>()` for code running inside a handler, skipping any
@@ -692,7 +698,10 @@ mod tests {
         );
         assert!(model.has_method("helper"));
         let stripped = model.item.to_token_stream().to_string();
-        assert!(!stripped.contains("rpc") && !stripped.contains("protected"), "{stripped}");
+        assert!(
+            !stripped.contains("rpc") && !stripped.contains("protected"),
+            "{stripped}"
+        );
     }
 
     #[test]

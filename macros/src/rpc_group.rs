@@ -40,7 +40,10 @@ pub(crate) fn expand_rpc_group(args: TokenStream, input: TokenStream) -> TokenSt
         Item::Struct(s) => (&s.ident, &s.vis, &s.generics),
         Item::Enum(e) => (&e.ident, &e.vis, &e.generics),
         other => {
-            errors.at(other, "#[rpc_group] goes on a struct holding the group's state");
+            errors.at(
+                other,
+                "#[rpc_group] goes on a struct holding the group's state",
+            );
             return rpc::fallback(input, &errors);
         }
     };
@@ -92,7 +95,7 @@ fn generate(model: &ImplModel) -> TokenStream {
     let trait_name = format_ident!("{}Client", self_ident);
     let macro_path = model.sibling_path(vis_macro);
     let request = rpc::ident("request");
-    let target = quote!(self);
+    let target = quote!(group);
     let dispatched: Vec<&rpc::RpcDef> = model.rpcs.iter().filter(|r| r.is_dispatched()).collect();
     let arms = dispatched
         .iter()
@@ -105,40 +108,30 @@ fn generate(model: &ImplModel) -> TokenStream {
         .filter(|r| r.access == Access::Public)
         .collect();
     let lifetime: syn::Lifetime = syn::parse_quote!('a);
-    let declarations = public.iter().map(|r| {
+    // Provided methods: the blanket impl below then has nothing to restate, so the serde
+    // bounds (and any error about them) appear once, on the trait.
+    let methods = public.iter().map(|r| {
         let docs = rpc::client_docs(r, self_ident);
-        let signature = trait_method_signature(r, &lifetime);
-        quote!(#docs #signature;)
-    });
-    let implementations = public.iter().map(|r| {
         let signature = trait_method_signature(r, &lifetime);
         let call = rpc::client_call(
             r,
             quote!(::cruster::__private::HasEntityClient::entity_client(self)),
         );
-        quote!(#signature { async move { #call } })
+        quote!(#docs #signature { async move { #call } })
     });
     let trait_doc = format!(
         "The public RPCs of the [`{self_ident}`] group, on the client of every entity that \
          composes it (`#[entity_impl(rpc_groups({self_ident}))]`). Bring this trait into scope \
          to call them."
     );
-    let assertions = rpc::serde_assertions(&model.rpcs);
     let helpers = rpc::context_helpers(model);
 
     quote! {
         #helpers
 
-        #assertions
-
-        #[::cruster::__private::async_trait]
-        impl ::cruster::__private::RpcGroup for #self_path {
-            fn tags() -> &'static [&'static str] {
-                &[#(#tags),*]
-            }
-
+        const _: () = {
             async fn dispatch(
-                &self,
+                group: &#self_path,
                 #request: &::cruster::__private::sharding::IncomingRequest,
             ) -> ::core::option::Option<
                 ::core::result::Result<
@@ -151,12 +144,31 @@ fn generate(model: &ImplModel) -> TokenStream {
                     _ => return ::core::option::Option::None,
                 })
             }
-        }
+
+            #[::cruster::__private::async_trait]
+            impl ::cruster::__private::RpcGroup for #self_path {
+                fn tags() -> &'static [&'static str] {
+                    &[#(#tags),*]
+                }
+
+                async fn dispatch(
+                    &self,
+                    #request: &::cruster::__private::sharding::IncomingRequest,
+                ) -> ::core::option::Option<
+                    ::core::result::Result<
+                        ::cruster::__private::Bytes,
+                        ::cruster::__private::types::ClusterError,
+                    >,
+                > {
+                    dispatch(self, #request).await
+                }
+            }
+        };
 
         #macro_path! {
             #[doc = #trait_doc]
-            trait #trait_name {
-                #(#declarations)*
+            trait #trait_name: ::cruster::__private::HasEntityClient + ::core::marker::Sync {
+                #(#methods)*
             }
         }
 
@@ -164,7 +176,6 @@ fn generate(model: &ImplModel) -> TokenStream {
         where
             C: ::cruster::__private::ComposesRpcGroup<#self_path> + ::core::marker::Sync,
         {
-            #(#implementations)*
         }
     }
 }
@@ -174,6 +185,7 @@ fn trait_method_signature(rpc: &rpc::RpcDef, lifetime: &syn::Lifetime) -> TokenS
     let method = &rpc.method;
     let params = rpc::client_params(rpc, Some(lifetime));
     let response = &rpc.response;
+    let bounds = rpc::client_serde_bounds(rpc);
     quote! {
         fn #method<#lifetime>(
             &#lifetime self,
@@ -182,5 +194,6 @@ fn trait_method_signature(rpc: &rpc::RpcDef, lifetime: &syn::Lifetime) -> TokenS
         ) -> impl ::core::future::Future<
             Output = ::core::result::Result<#response, ::cruster::__private::types::ClusterError>,
         > + ::core::marker::Send + #lifetime
+        #bounds
     }
 }

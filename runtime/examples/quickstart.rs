@@ -1,1 +1,223 @@
-fn main() {}
+//! Quickstart: a single cruster node on the embedded memory backends.
+//!
+//! Registers an entity, a singleton and a cron job, drives real traffic through every
+//! client mode, and prints what happened and the throughput it measured.
+//!
+//! `cargo run --release --example quickstart`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use cruster::cron::{ClusterCron, CronSchedule};
+use cruster::prelude::*;
+use cruster::singleton::{register_singleton, SingletonContext};
+use cruster::types::{wire, EntityType};
+use futures::StreamExt;
+
+/// A counter entity written against the `Entity`/`EntityHandler` traits. Its state lives in
+/// a shared map standing in for the database an application would use.
+#[derive(Clone, Default)]
+struct Counter {
+    totals: Arc<dashmap::DashMap<String, i64>>,
+}
+
+struct CounterInstance {
+    id: String,
+    totals: Arc<dashmap::DashMap<String, i64>>,
+}
+
+#[async_trait]
+impl Entity for Counter {
+    fn entity_type(&self) -> EntityType {
+        EntityType::new("Counter")
+    }
+
+    async fn spawn(&self, ctx: EntityContext) -> Result<Arc<dyn EntityHandler>, ClusterError> {
+        Ok(Arc::new(CounterInstance {
+            id: ctx.address.entity_id.to_string(),
+            totals: self.totals.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl EntityHandler for CounterInstance {
+    async fn handle(&self, request: IncomingRequest) -> Result<Bytes, ClusterError> {
+        match request.tag() {
+            "increment" => {
+                let amount: i64 = request.decode()?;
+                let mut total = self.totals.entry(self.id.clone()).or_insert(0);
+                *total += amount;
+                wire::encode(&*total)
+            }
+            "get" => wire::encode(&self.totals.get(&self.id).map(|v| *v).unwrap_or(0)),
+            tag => Err(ClusterError::UnknownTag {
+                entity_type: EntityType::new("Counter"),
+                tag: tag.to_string(),
+            }),
+        }
+    }
+
+    async fn handle_stream(
+        &self,
+        request: IncomingRequest,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, ClusterError>>, ClusterError> {
+        let n: u32 = request.decode()?;
+        Ok(futures::stream::iter((1..=n).map(|i| wire::encode(&i))).boxed())
+    }
+}
+
+async fn throughput<F, Fut>(label: &str, total: usize, concurrency: usize, call: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = Result<i64, ClusterError>> + Send,
+{
+    let start = Instant::now();
+    let per_task = total / concurrency;
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                call(t * per_task + i).await?;
+            }
+            Ok::<_, ClusterError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "  {label:<34} {:>9} calls in {:>7.2?}  = {:>10.0} calls/s",
+        per_task * concurrency,
+        elapsed,
+        (per_task * concurrency) as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runner = SingleRunner::builder()
+        .config(ShardingConfig {
+            storage_poll_interval: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .build()
+        .await?;
+    let sharding = runner.sharding().clone();
+    println!(
+        "cruster quickstart: one node at {}, {} shards owned, memory backends",
+        sharding.runner_address(),
+        sharding.owned_shards().len()
+    );
+
+    let counter = Counter::default();
+    sharding.register_entity(Arc::new(counter.clone())).await?;
+    let client = EntityClient::new(sharding.clone(), EntityType::new("Counter"));
+
+    // A singleton and a cron job.
+    let heartbeats = Arc::new(AtomicU64::new(0));
+    let beats = heartbeats.clone();
+    register_singleton(sharding.as_ref(), "heartbeat", move |ctx: SingletonContext| {
+        let beats = beats.clone();
+        async move {
+            let cancel = ctx.cancellation();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => { beats.fetch_add(1, Ordering::Relaxed); }
+                }
+            }
+        }
+    })
+    .await?;
+    let cron_runs = Arc::new(AtomicU64::new(0));
+    let runs = cron_runs.clone();
+    ClusterCron::new(
+        "every-second",
+        CronSchedule::parse("* * * * * * *")?,
+        move |_scheduled| {
+            let runs = runs.clone();
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+        },
+    )
+    .register(sharding.as_ref())
+    .await?;
+
+    println!("\nevery client mode:");
+    let id = EntityId::new("counter-1");
+    let v: i64 = client.send(&id, "increment", &5i64).await?;
+    println!("  send                 increment(5)      -> {v}");
+    let v: i64 = client.send_persisted(&id, "increment", &2i64, false).await?;
+    println!("  send_persisted       increment(2)      -> {v}");
+    let a: i64 = client.send_persisted_with_key(&id, "increment", &10i64, "order-42", false).await?;
+    let b: i64 = client.send_persisted_with_key(&id, "increment", &10i64, "order-42", false).await?;
+    println!("  send_persisted_with_key twice          -> {a}, {b} (second is the stored reply)");
+    client.notify(&id, "increment", &1i64).await?;
+    let request = client.notify_persisted(&id, "increment", &1i64).await?;
+    let v: i64 = client.join_reply(request).await?;
+    println!("  notify + notify_persisted, join_reply  -> {v}");
+    let due = Utc::now() + chrono::Duration::milliseconds(300);
+    let started = Instant::now();
+    let v: i64 = client.send_at(&id, "increment", &100i64, due).await?;
+    println!("  send_at(+300 ms)                       -> {v} after {:.0?}", started.elapsed());
+    let scheduled = client.notify_at(&id, "increment", &1000i64, Utc::now() + chrono::Duration::milliseconds(200)).await?;
+    let v: Option<i64> = client.poll_reply(scheduled).await?;
+    println!("  notify_at(+200 ms), poll_reply at once -> {v:?}");
+    let v: i64 = client.join_reply(scheduled).await?;
+    println!("  ... join_reply                         -> {v}");
+    let streamed: Vec<u32> = client
+        .send_stream::<_, u32>(&id, "count", &5u32)
+        .await?
+        .filter_map(|v| async move { v.ok() })
+        .collect()
+        .await;
+    println!("  send_stream(5)                         -> {streamed:?}");
+    let err = client.send::<_, i64>(&id, "no-such-rpc", &()).await.unwrap_err();
+    println!("  unknown tag                            -> {err}");
+
+    println!("\nthroughput (64 concurrent callers on distinct entities):");
+    let c = client.clone();
+    throughput("send", 200_000, 64, move |i| {
+        let c = c.clone();
+        async move { c.send(&EntityId::new(format!("t-{}", i % 64)), "increment", &1i64).await }
+    })
+    .await?;
+    let c = client.clone();
+    throughput("send_persisted (memory storage)", 100_000, 64, move |i| {
+        let c = c.clone();
+        async move {
+            c.send_persisted(&EntityId::new(format!("p-{}", i % 64)), "increment", &1i64, false)
+                .await
+        }
+    })
+    .await?;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    println!(
+        "\nsingleton heartbeats: {}, cron runs: {}, active entities: {:?}",
+        heartbeats.load(Ordering::Relaxed),
+        cron_runs.load(Ordering::Relaxed),
+        sharding.active_entities()
+    );
+    let m = sharding.metrics();
+    println!(
+        "metrics: sent={} persisted={} retried={} dead-lettered={}",
+        m.messages_sent.get(),
+        m.messages_persisted.get(),
+        m.messages_retried.get(),
+        m.messages_dead_lettered.get()
+    );
+    runner.shutdown().await?;
+    println!("shut down cleanly");
+    Ok(())
+}

@@ -72,6 +72,9 @@ pub fn encode_response<R: serde::Serialize>(
     wire::encode(&result?)
 }
 
+/// Names a request type's `DeserializeOwned` requirement at that type (multi-argument RPCs).
+pub fn require_deserialize<T: serde::de::DeserializeOwned>() {}
+
 /// The error for a tag nothing dispatches (including `#[private]` methods).
 pub fn unknown_tag(request: &IncomingRequest) -> ClusterError {
     ClusterError::UnknownTag {

@@ -22,6 +22,7 @@ pub mod storage;
 #[cfg(feature = "memory")]
 pub mod testing;
 pub mod transport;
+pub mod workflow;
 
 mod entity_manager;
 mod in_flight;

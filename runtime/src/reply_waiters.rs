@@ -77,7 +77,7 @@ mod tests {
     #[tokio::test]
     async fn complete_wakes_waiters_and_dropped_waiters_clean_up() {
         let waiters = Arc::new(ReplyWaiters::default());
-        let a = waiters.wait(Snowflake(1));
+        let mut a = waiters.wait(Snowflake(1));
         let b = waiters.wait(Snowflake(1));
         drop(b);
         let c = waiters.wait(Snowflake(2));
@@ -88,7 +88,7 @@ mod tests {
             exit: ExitResult::Success(bytes::Bytes::new()),
         };
         waiters.complete(&reply);
-        assert_eq!(a.rx.await.unwrap(), reply);
+        assert_eq!((&mut a.rx).await.unwrap(), reply);
         assert_eq!(waiters.len(), 0);
     }
 }

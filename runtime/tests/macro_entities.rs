@@ -5,7 +5,9 @@
 #![allow(missing_docs)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use cruster::prelude::*;
 use cruster::single_runner::SingleRunner;
@@ -21,14 +23,14 @@ struct MemoryPool {
 
 impl MemoryPool {
     fn add(&self, id: &str, amount: i64) -> i64 {
-        let mut counters = self.counters.lock().unwrap();
+        let mut counters = self.counters.lock();
         let value = counters.entry(id.to_string()).or_insert(0);
         *value += amount;
         *value
     }
 
     fn value(&self, id: &str) -> Option<i64> {
-        self.counters.lock().unwrap().get(id).copied()
+        self.counters.lock().get(id).copied()
     }
 }
 
@@ -74,7 +76,7 @@ impl Counter {
     /// No request argument: the client takes only the entity id.
     #[rpc]
     pub async fn reset(&self) -> Result<(), ClusterError> {
-        self.pool.counters.lock().unwrap().clear();
+        self.pool.counters.lock().clear();
         Ok(())
     }
 
@@ -230,7 +232,7 @@ async fn the_typed_client_exposes_its_entity_client_for_other_delivery_modes() -
     shard_group = "premium",
     max_idle_time_secs = 300,
     mailbox_capacity = 50,
-    concurrency = 4,
+    concurrency = 4
 )]
 #[derive(Clone)]
 struct Configured {
@@ -275,7 +277,10 @@ async fn entity_options_reach_entity_options_and_the_name_routes() -> anyhow::Re
     }
     .register(runner.sharding().clone())
     .await?;
-    assert_eq!(configured.entity_client().entity_type().as_str(), "user_settings");
+    assert_eq!(
+        configured.entity_client().entity_type().as_str(),
+        "user_settings"
+    );
     assert_eq!(configured.ping(&EntityId::new("u-1")).await?, "pong");
     // The raw client addressed by the custom name reaches the same handler.
     let raw = EntityClient::new(runner.sharding().clone(), EntityType::new("user_settings"));
@@ -321,7 +326,7 @@ struct Auditable {
 impl Auditable {
     #[rpc(persisted)]
     pub async fn log_action(&self, request: LogActionRequest) -> Result<AuditEntry, ClusterError> {
-        let mut log = self.pool.audit_log.lock().unwrap();
+        let mut log = self.pool.audit_log.lock();
         let entry = AuditEntry {
             action: request.action,
             sequence: log.len(),
@@ -335,7 +340,7 @@ impl Auditable {
         &self,
         request: GetAuditLogRequest,
     ) -> Result<Vec<AuditEntry>, ClusterError> {
-        let log = self.pool.audit_log.lock().unwrap();
+        let log = self.pool.audit_log.lock();
         Ok(log.iter().take(request.limit).cloned().collect())
     }
 }
@@ -353,7 +358,6 @@ impl User {
         self.pool
             .emails
             .lock()
-            .unwrap()
             .insert(request.user_id, request.email);
         Ok(())
     }
@@ -394,7 +398,7 @@ async fn readme_user_composes_the_auditable_group() -> anyhow::Result<()> {
         .await?;
     assert_eq!(log, vec![entry]);
     assert_eq!(
-        pool.emails.lock().unwrap().get("user-1").map(String::as_str),
+        pool.emails.lock().get("user-1").map(String::as_str),
         Some("a@example.com")
     );
     runner.shutdown().await?;
@@ -416,7 +420,7 @@ struct Labelled {
 impl Labelled {
     #[rpc]
     pub async fn label(&self) -> Result<String, ClusterError> {
-        *self.calls.lock().unwrap() += 1;
+        *self.calls.lock() += 1;
         Ok(self.label.clone())
     }
 }
@@ -470,8 +474,8 @@ async fn two_entities_sharing_a_group_keep_their_dispatch_separate() -> anyhow::
     assert_eq!(dogs.label(&id).await?, "dog");
     assert_eq!(dogs.label(&id).await?, "dog");
     assert_eq!(cats.meow(&id).await?, "meow");
-    assert_eq!(*cat_group.calls.lock().unwrap(), 1);
-    assert_eq!(*dog_group.calls.lock().unwrap(), 2);
+    assert_eq!(*cat_group.calls.lock(), 1);
+    assert_eq!(*dog_group.calls.lock(), 2);
 
     // The group's tag is only on the entities that compose it.
     let err = dogs
@@ -550,7 +554,7 @@ impl MyEntity {
     pub async fn query(&self, req: QueryRequest) -> Result<Data, ClusterError> {
         Ok(Data {
             key: req.key,
-            synced: self.synced.lock().unwrap().clone(),
+            synced: self.synced.lock().clone(),
         })
     }
 
@@ -566,7 +570,7 @@ impl MyEntity {
         if !valid {
             return Err(ClusterError::handler("empty value"));
         }
-        self.synced.lock().unwrap().push(req.value);
+        self.synced.lock().push(req.value);
         Ok(())
     }
 
@@ -603,13 +607,7 @@ async fn a_private_rpc_is_unreachable_by_tag() -> anyhow::Result<()> {
     let id = EntityId::new("e-1");
     let err = client
         .entity_client()
-        .send::<_, bool>(
-            &id,
-            "validate",
-            &ValidateRequest {
-                value: "x".into(),
-            },
-        )
+        .send::<_, bool>(&id, "validate", &ValidateRequest { value: "x".into() })
         .await
         .unwrap_err();
     assert!(
@@ -647,7 +645,11 @@ async fn a_protected_rpc_is_callable_entity_to_entity() -> anyhow::Result<()> {
     // Protected means "not on the typed client", not "unreachable": by tag it dispatches.
     my_entity
         .entity_client()
-        .send::<_, ()>(&target, "internal_sync", &SyncRequest { value: "v2".into() })
+        .send::<_, ()>(
+            &target,
+            "internal_sync",
+            &SyncRequest { value: "v2".into() },
+        )
         .await?;
     runner.shutdown().await?;
     Ok(())
@@ -658,4 +660,34 @@ async fn the_entity_to_entity_client_is_refused_outside_a_handler() {
     let replicator = Replicator;
     let err = replicator.client::<MyEntity>().unwrap_err();
     assert!(matches!(err, ClusterError::Handler { .. }), "{err:?}");
+}
+
+/// Compile-time check: generated futures can be spawned (`Send`).
+#[allow(dead_code)]
+fn generated_futures_are_send(
+    sharding: Arc<ShardingImpl>,
+    counter: CounterClient,
+    user: UserClient,
+) {
+    fn is_send<T: Send>(_: T) {}
+    let id = EntityId::new("x");
+    is_send(
+        Counter {
+            pool: MemoryPool::default(),
+        }
+        .register(sharding.clone()),
+    );
+    is_send(counter.reset(&id));
+    is_send(user.log_action(&id, &LogActionRequest { action: "a".into() }));
+    is_send(
+        User {
+            pool: MemoryPool::default(),
+        }
+        .register(
+            sharding,
+            Auditable {
+                pool: MemoryPool::default(),
+            },
+        ),
+    );
 }

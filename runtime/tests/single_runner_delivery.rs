@@ -163,12 +163,16 @@ async fn a_full_mailbox_is_refused_at_once() {
     let (runner, client) = runner_with(fast_config(), entity).await;
     let id = EntityId::new("m-1");
     let mut pending = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let c = client.clone();
         let id = id.clone();
         pending.push(tokio::spawn(async move { c.send::<_, ()>(&id, "sleep", &500u64).await }));
+        if i == 0 {
+            // let the first one start running, so two more fill the mailbox
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let err = tokio::time::timeout(Duration::from_secs(1), client.send::<_, ()>(&id, "sleep", &1u64))
         .await
         .expect("a full mailbox must not hang")

@@ -459,9 +459,35 @@ impl From<std::io::Error> for ClusterError {
     }
 }
 
+/// Lets SQL code written against `sqlx` (for example an activity writing through `self.tx`)
+/// use `?` in a function returning `Result<_, ClusterError>`.
+///
+/// Every database error becomes a retryable [`ClusterError::PersistenceError`] whose
+/// `source` is the `sqlx::Error`, so its details (SQLSTATE, constraint name) stay reachable
+/// through `std::error::Error::source`.
+#[cfg(feature = "sqlx")]
+impl From<sqlx::Error> for ClusterError {
+    fn from(err: sqlx::Error) -> Self {
+        ClusterError::PersistenceError {
+            reason: format!("database operation failed: {err}"),
+            source: Some(Box::new(err)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "sqlx")]
+    #[test]
+    fn sqlx_errors_become_persistence_errors_with_their_source() {
+        let err = ClusterError::from(sqlx::Error::RowNotFound);
+        assert!(matches!(err, ClusterError::PersistenceError { source: Some(_), .. }));
+        assert!(err.is_retryable());
+        let source = std::error::Error::source(&err).map(|s| s.to_string());
+        assert_eq!(source, Some(sqlx::Error::RowNotFound.to_string()));
+    }
 
     #[test]
     fn every_variant_survives_the_wire() {

@@ -1,1 +1,726 @@
-//! (being written)
+//! [`MemoryMessageStorage`]: persisted requests and replies held in process memory.
+//!
+//! This file owns the in-memory translation of the `MessageStorage` contract and nothing
+//! else: no retries, routing or polling policy. It never holds a lock across an `.await`
+//! (every lock is a `parking_lot` lock taken for a short synchronous section), and no
+//! operation scans every message ever stored.
+//!
+//! # Layout
+//!
+//! * Requests, their replies and their delivery state live in [`PARTITIONS`] partitions
+//!   chosen by request id, each behind its own mutex, so runners saving and answering
+//!   different requests rarely meet on a lock. Every operation keyed by request id is a
+//!   hash-map lookup in one partition.
+//! * Each partition indexes its unprocessed requests per shard (a `BTreeSet` by request
+//!   id for immediate requests, and one by `(deliver_at, request id)` for scheduled ones),
+//!   so `unprocessed` reads only the asked shards and stops at `limit`.
+//! * `dedupe_key`s are indexed per entity (entity type + entity id) in their own partitions.
+//!   Locks are always taken request partition first, dedupe partition second.
+//! * Processed requests are kept for de-duplication up to a retention count, oldest
+//!   processed evicted first (a FIFO of processed ids). Unprocessed requests and dead
+//!   letters are never evicted.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cruster_message_storage::{
+    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+};
+use cruster_types::{
+    ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, Reply, ReplyChunk,
+    ReplyWithExit, ShardId, Snowflake,
+};
+use parking_lot::Mutex;
+
+/// How many request partitions (and dedupe partitions) the storage uses.
+pub const PARTITIONS: usize = 16;
+
+/// How many processed requests [`MemoryMessageStorage::new`] keeps for de-duplication.
+pub const DEFAULT_PROCESSED_RETENTION: usize = 100_000;
+
+/// `MessageStorage` in process memory: concurrent, complete, bounded, not durable.
+///
+/// Processed requests (and their replies) are kept so that a retried send is still
+/// recognised as a duplicate and answered with the stored reply; beyond the retention
+/// count the oldest processed ones are forgotten. Unprocessed requests and dead letters
+/// are kept until they are processed or cleared.
+///
+/// ```
+/// use cruster_message_storage::{MessageStorage, SaveResult};
+/// use cruster_storage_memory::MemoryMessageStorage;
+/// use cruster_types::*;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let storage = MemoryMessageStorage::with_retention(10_000);
+/// let address = EntityAddress {
+///     shard_id: ShardId::new("default", 1),
+///     entity_type: EntityType::new("Counter"),
+///     entity_id: EntityId::new("c-1"),
+/// };
+/// let mut envelope = EnvelopeRequest::new(Snowflake(7), address, "increment", bytes::Bytes::new());
+/// envelope.persisted = true;
+/// assert_eq!(storage.save_request(&envelope).await.unwrap(), SaveResult::Saved);
+/// assert!(matches!(
+///     storage.save_request(&envelope).await.unwrap(),
+///     SaveResult::Duplicate { original_request_id: Snowflake(7), reply: None }
+/// ));
+/// # });
+/// ```
+pub struct MemoryMessageStorage {
+    partitions: Box<[Mutex<Partition>]>,
+    dedupe: Box<[Mutex<HashMap<DedupeKey, Snowflake>>]>,
+    retention: Mutex<Retention>,
+    hasher: RandomState,
+}
+
+impl MemoryMessageStorage {
+    /// An empty storage keeping [`DEFAULT_PROCESSED_RETENTION`] processed requests.
+    pub fn new() -> Self {
+        Self::with_retention(DEFAULT_PROCESSED_RETENTION)
+    }
+
+    /// An empty storage keeping at most `max_processed` processed requests (and their
+    /// replies) for de-duplication, forgetting the oldest processed ones first.
+    ///
+    /// ```
+    /// use cruster_storage_memory::MemoryMessageStorage;
+    /// let storage = MemoryMessageStorage::with_retention(1_000);
+    /// assert_eq!(storage.max_processed(), 1_000);
+    /// ```
+    pub fn with_retention(max_processed: usize) -> Self {
+        MemoryMessageStorage {
+            partitions: (0..PARTITIONS)
+                .map(|_| Mutex::new(Partition::default()))
+                .collect(),
+            dedupe: (0..PARTITIONS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            retention: Mutex::new(Retention {
+                max_processed,
+                processed: VecDeque::new(),
+            }),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// How many processed requests are kept for de-duplication.
+    pub fn max_processed(&self) -> usize {
+        self.retention.lock().max_processed
+    }
+
+    /// How many processed requests (or final replies of unknown requests) are currently
+    /// kept for de-duplication; never more than [`MemoryMessageStorage::max_processed`].
+    pub fn retained_processed(&self) -> usize {
+        self.retention.lock().processed.len()
+    }
+
+    fn partition(&self, request_id: Snowflake) -> &Mutex<Partition> {
+        // Snowflakes of one millisecond differ in their low bits only: mix before picking.
+        let mixed = (request_id.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.partitions[(mixed >> 32) as usize % self.partitions.len()]
+    }
+
+    fn dedupe_partition(&self, key: &DedupeKey) -> &Mutex<HashMap<DedupeKey, Snowflake>> {
+        &self.dedupe[self.hasher.hash_one(key) as usize % self.dedupe.len()]
+    }
+
+    fn final_reply(&self, request_id: Snowflake) -> Option<ReplyWithExit> {
+        self.partition(request_id)
+            .lock()
+            .replies
+            .get(&request_id)
+            .and_then(|replies| replies.final_reply.clone())
+    }
+
+    /// Queues a newly processed id for eviction and evicts whatever exceeds the retention.
+    fn retain_processed(&self, request_id: Snowflake) {
+        let evicted: Vec<Snowflake> = {
+            let mut retention = self.retention.lock();
+            retention.processed.push_back(request_id);
+            let excess = retention
+                .processed
+                .len()
+                .saturating_sub(retention.max_processed);
+            retention.processed.drain(..excess).collect()
+        };
+        for request_id in evicted {
+            self.evict(request_id);
+        }
+    }
+
+    /// Forgets a processed request (or the replies of an unknown one).
+    fn evict(&self, request_id: Snowflake) {
+        let mut partition = self.partition(request_id).lock();
+        match partition.requests.get(&request_id) {
+            Some(record) if record.state != RequestState::Processed => return,
+            Some(_) => {
+                if let Some(record) = partition.remove_request(request_id) {
+                    self.forget_dedupe_key(&record.envelope);
+                }
+            }
+            None => {}
+        }
+        partition.replies.remove(&request_id);
+    }
+
+    /// Removes the dedupe entry of `envelope` if it still names this request. Called with
+    /// the request's partition locked (request partition first, dedupe partition second).
+    fn forget_dedupe_key(&self, envelope: &EnvelopeRequest) {
+        if let Some(key) = DedupeKey::of(envelope) {
+            let mut index = self.dedupe_partition(&key).lock();
+            if index.get(&key) == Some(&envelope.request_id) {
+                index.remove(&key);
+            }
+        }
+    }
+}
+
+impl Default for MemoryMessageStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryMessageStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let retention = self.retention.lock();
+        f.debug_struct("MemoryMessageStorage")
+            .field("max_processed", &retention.max_processed)
+            .field("retained_processed", &retention.processed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The entity a `dedupe_key` is scoped to, and the key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DedupeKey {
+    entity: EntityKey,
+    key: String,
+}
+
+impl DedupeKey {
+    fn of(envelope: &EnvelopeRequest) -> Option<Self> {
+        envelope.dedupe_key.as_ref().map(|key| DedupeKey {
+            entity: EntityKey::of(&envelope.address),
+            key: key.clone(),
+        })
+    }
+}
+
+/// An entity regardless of the shard it was addressed through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EntityKey {
+    entity_type: EntityType,
+    entity_id: EntityId,
+}
+
+impl EntityKey {
+    fn of(address: &EntityAddress) -> Self {
+        EntityKey {
+            entity_type: address.entity_type.clone(),
+            entity_id: address.entity_id.clone(),
+        }
+    }
+}
+
+struct Retention {
+    max_processed: usize,
+    /// Processed request ids, oldest processed first.
+    processed: VecDeque<Snowflake>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestState {
+    Pending,
+    Processed,
+    Dead,
+}
+
+struct RequestRecord {
+    envelope: EnvelopeRequest,
+    attempts: u32,
+    state: RequestState,
+    /// Set when the request was marked processed while dead-lettered: it stays a dead letter.
+    processed_while_dead: bool,
+}
+
+impl RequestRecord {
+    fn to_stored(&self) -> StoredRequest {
+        StoredRequest {
+            envelope: self.envelope.clone(),
+            attempts: self.attempts,
+            processed: self.state == RequestState::Processed || self.processed_while_dead,
+            dead_lettered: self.state == RequestState::Dead,
+        }
+    }
+}
+
+#[derive(Default)]
+struct StoredReplies {
+    chunks: BTreeMap<u32, ReplyChunk>,
+    final_reply: Option<ReplyWithExit>,
+}
+
+/// Pending requests of one shard within one partition.
+#[derive(Default)]
+struct ShardQueue {
+    immediate: BTreeSet<Snowflake>,
+    scheduled: BTreeSet<(DateTime<Utc>, Snowflake)>,
+}
+
+impl ShardQueue {
+    fn insert(&mut self, envelope: &EnvelopeRequest) {
+        match envelope.deliver_at {
+            None => self.immediate.insert(envelope.request_id),
+            Some(at) => self.scheduled.insert((at, envelope.request_id)),
+        };
+    }
+
+    fn remove(&mut self, envelope: &EnvelopeRequest) {
+        match envelope.deliver_at {
+            None => self.immediate.remove(&envelope.request_id),
+            Some(at) => self.scheduled.remove(&(at, envelope.request_id)),
+        };
+    }
+
+    fn is_empty(&self) -> bool {
+        self.immediate.is_empty() && self.scheduled.is_empty()
+    }
+
+    /// The first `limit` due ids, by id.
+    fn due(&self, now: DateTime<Utc>, limit: usize, into: &mut Vec<Snowflake>) {
+        let start = into.len();
+        into.extend(self.immediate.iter().take(limit).copied());
+        // Scheduled requests are ordered by time; the due ones are a prefix. They are
+        // collected whole, as their id order is not their time order.
+        into.extend(
+            self.scheduled
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, id)| *id),
+        );
+        into[start..].sort_unstable();
+        into.truncate(start + limit);
+    }
+}
+
+struct DeadInfo {
+    reason: String,
+    dead_lettered_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Partition {
+    requests: HashMap<Snowflake, RequestRecord>,
+    replies: HashMap<Snowflake, StoredReplies>,
+    pending: HashMap<ShardId, ShardQueue>,
+    dead: BTreeMap<Snowflake, DeadInfo>,
+    by_entity: HashMap<EntityKey, HashSet<Snowflake>>,
+}
+
+impl Partition {
+    fn unindex_pending(&mut self, envelope: &EnvelopeRequest) {
+        if let Some(queue) = self.pending.get_mut(&envelope.address.shard_id) {
+            queue.remove(envelope);
+            if queue.is_empty() {
+                self.pending.remove(&envelope.address.shard_id);
+            }
+        }
+    }
+
+    /// Removes a request and every index entry of it except its dedupe key and replies.
+    fn remove_request(&mut self, request_id: Snowflake) -> Option<RequestRecord> {
+        let record = self.requests.remove(&request_id)?;
+        match record.state {
+            RequestState::Pending => self.unindex_pending(&record.envelope),
+            RequestState::Dead => {
+                self.dead.remove(&request_id);
+            }
+            RequestState::Processed => {}
+        }
+        let entity = EntityKey::of(&record.envelope.address);
+        if let Some(ids) = self.by_entity.get_mut(&entity) {
+            ids.remove(&request_id);
+            if ids.is_empty() {
+                self.by_entity.remove(&entity);
+            }
+        }
+        Some(record)
+    }
+
+    /// Marks a pending request processed; `true` if it was pending.
+    fn finish(&mut self, request_id: Snowflake) -> bool {
+        let Some(record) = self.requests.get_mut(&request_id) else {
+            return false;
+        };
+        match record.state {
+            RequestState::Pending => {
+                record.state = RequestState::Processed;
+                let envelope = record.envelope.clone();
+                self.unindex_pending(&envelope);
+                true
+            }
+            RequestState::Dead => {
+                record.processed_while_dead = true;
+                false
+            }
+            RequestState::Processed => false,
+        }
+    }
+}
+
+fn merge_first<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Snowflake) -> Vec<T> {
+    items.sort_unstable_by_key(|item| key(item));
+    items.truncate(limit);
+    items
+}
+
+#[async_trait]
+impl MessageStorage for MemoryMessageStorage {
+    async fn save_request(&self, envelope: &EnvelopeRequest) -> Result<SaveResult, ClusterError> {
+        let request_id = envelope.request_id;
+        let duplicate_of = {
+            let mut partition = self.partition(request_id).lock();
+            if partition.requests.contains_key(&request_id) {
+                let reply = partition
+                    .replies
+                    .get(&request_id)
+                    .and_then(|replies| replies.final_reply.clone());
+                return Ok(SaveResult::Duplicate {
+                    original_request_id: request_id,
+                    reply,
+                });
+            }
+            let first = DedupeKey::of(envelope).and_then(|key| {
+                match self.dedupe_partition(&key).lock().entry(key) {
+                    Entry::Occupied(first) => Some(*first.get()),
+                    Entry::Vacant(slot) => {
+                        slot.insert(request_id);
+                        None
+                    }
+                }
+            });
+            if first.is_none() {
+                // A final reply saved before its request (by another runner) counts.
+                let answered = partition
+                    .replies
+                    .get(&request_id)
+                    .is_some_and(|replies| replies.final_reply.is_some());
+                let state = if answered {
+                    RequestState::Processed
+                } else {
+                    partition
+                        .pending
+                        .entry(envelope.address.shard_id.clone())
+                        .or_default()
+                        .insert(envelope);
+                    RequestState::Pending
+                };
+                partition
+                    .by_entity
+                    .entry(EntityKey::of(&envelope.address))
+                    .or_default()
+                    .insert(request_id);
+                partition.requests.insert(
+                    request_id,
+                    RequestRecord {
+                        envelope: envelope.clone(),
+                        attempts: 0,
+                        state,
+                        processed_while_dead: false,
+                    },
+                );
+            }
+            first
+        };
+        Ok(match duplicate_of {
+            None => SaveResult::Saved,
+            Some(original_request_id) => SaveResult::Duplicate {
+                original_request_id,
+                reply: self.final_reply(original_request_id),
+            },
+        })
+    }
+
+    async fn save_reply(&self, reply: &Reply) -> Result<(), ClusterError> {
+        let request_id = reply.request_id();
+        let newly_processed = {
+            let mut partition = self.partition(request_id).lock();
+            let replies = partition.replies.entry(request_id).or_default();
+            match reply {
+                Reply::Chunk(chunk) => {
+                    replies
+                        .chunks
+                        .entry(chunk.sequence)
+                        .or_insert_with(|| chunk.clone());
+                    false
+                }
+                Reply::WithExit(_) if replies.final_reply.is_some() => false,
+                Reply::WithExit(final_reply) => {
+                    replies.final_reply = Some(final_reply.clone());
+                    if partition.requests.contains_key(&request_id) {
+                        partition.finish(request_id)
+                    } else {
+                        // Kept (and counted against the retention) until its request shows up.
+                        true
+                    }
+                }
+            }
+        };
+        if newly_processed {
+            self.retain_processed(request_id);
+        }
+        Ok(())
+    }
+
+    async fn replies_for(&self, request_id: Snowflake) -> Result<Vec<Reply>, ClusterError> {
+        let partition = self.partition(request_id).lock();
+        let Some(replies) = partition.replies.get(&request_id) else {
+            return Ok(Vec::new());
+        };
+        let mut all: Vec<Reply> = replies
+            .chunks
+            .values()
+            .map(|chunk| Reply::Chunk(chunk.clone()))
+            .collect();
+        all.extend(replies.final_reply.clone().map(Reply::WithExit));
+        Ok(all)
+    }
+
+    async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError> {
+        Ok(self
+            .partition(request_id)
+            .lock()
+            .requests
+            .get(&request_id)
+            .map(RequestRecord::to_stored))
+    }
+
+    async fn unprocessed(
+        &self,
+        shards: &[ShardId],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StoredRequest>, ClusterError> {
+        let mut found: Vec<StoredRequest> = Vec::new();
+        let mut ids = Vec::new();
+        for partition in self.partitions.iter() {
+            let partition = partition.lock();
+            ids.clear();
+            for shard in shards {
+                if let Some(queue) = partition.pending.get(shard) {
+                    queue.due(now, limit, &mut ids);
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            found.extend(
+                ids.iter()
+                    .take(limit)
+                    .filter_map(|id| partition.requests.get(id))
+                    .map(RequestRecord::to_stored),
+            );
+        }
+        Ok(merge_first(found, limit, |r| r.envelope.request_id))
+    }
+
+    async fn mark_processed(&self, request_id: Snowflake) -> Result<(), ClusterError> {
+        let newly_processed = self.partition(request_id).lock().finish(request_id);
+        if newly_processed {
+            self.retain_processed(request_id);
+        }
+        Ok(())
+    }
+
+    async fn record_failed_attempt(
+        &self,
+        request_id: Snowflake,
+        reason: &str,
+        max_attempts: u32,
+    ) -> Result<FailedAttempt, ClusterError> {
+        let mut partition = self.partition(request_id).lock();
+        let Some(record) = partition.requests.get_mut(&request_id) else {
+            return Ok(FailedAttempt::NotPending);
+        };
+        if record.state != RequestState::Pending {
+            return Ok(FailedAttempt::NotPending);
+        }
+        record.attempts = record.attempts.saturating_add(1);
+        let attempts = record.attempts;
+        if attempts < max_attempts {
+            return Ok(FailedAttempt::WillRetry { attempts });
+        }
+        record.state = RequestState::Dead;
+        let envelope = record.envelope.clone();
+        partition.unindex_pending(&envelope);
+        partition.dead.insert(
+            request_id,
+            DeadInfo {
+                reason: reason.to_owned(),
+                dead_lettered_at: Utc::now(),
+            },
+        );
+        Ok(FailedAttempt::DeadLettered { attempts })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
+        let mut found = Vec::new();
+        for partition in self.partitions.iter() {
+            let partition = partition.lock();
+            found.extend(partition.dead.iter().take(limit).filter_map(|(id, dead)| {
+                let record = partition.requests.get(id)?;
+                Some(DeadLetter {
+                    envelope: record.envelope.clone(),
+                    attempts: record.attempts,
+                    reason: dead.reason.clone(),
+                    dead_lettered_at: dead.dead_lettered_at,
+                })
+            }));
+        }
+        Ok(merge_first(found, limit, |d| d.envelope.request_id))
+    }
+
+    async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
+        let entity = EntityKey::of(address);
+        for partition in self.partitions.iter() {
+            let mut partition = partition.lock();
+            let Some(ids) = partition.by_entity.get(&entity) else {
+                continue;
+            };
+            let ids: Vec<Snowflake> = ids.iter().copied().collect();
+            for request_id in ids {
+                if let Some(record) = partition.remove_request(request_id) {
+                    self.forget_dedupe_key(&record.envelope);
+                }
+                partition.replies.remove(&request_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
+        for partition in self.partitions.iter() {
+            let mut partition = partition.lock();
+            let Partition {
+                requests, pending, ..
+            } = &mut *partition;
+            for shard in shards {
+                let Some(queue) = pending.get(shard) else {
+                    continue;
+                };
+                let ids = queue
+                    .immediate
+                    .iter()
+                    .chain(queue.scheduled.iter().map(|(_, id)| id));
+                for id in ids {
+                    if let Some(record) = requests.get_mut(id) {
+                        record.attempts = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use cruster_types::ExitResult;
+
+    fn envelope(id: i64, entity: &str, dedupe_key: Option<&str>) -> EnvelopeRequest {
+        let address = EntityAddress {
+            shard_id: ShardId::new("unit", 0),
+            entity_type: EntityType::new("Unit"),
+            entity_id: EntityId::new(entity),
+        };
+        let mut envelope = EnvelopeRequest::new(Snowflake(id), address, "t", Bytes::new());
+        envelope.persisted = true;
+        envelope.dedupe_key = dedupe_key.map(str::to_owned);
+        envelope
+    }
+
+    fn final_reply(id: i64) -> Reply {
+        Reply::WithExit(ReplyWithExit {
+            request_id: Snowflake(id),
+            exit: ExitResult::Success(Bytes::from(id.to_string())),
+        })
+    }
+
+    #[tokio::test]
+    async fn processed_requests_beyond_the_retention_are_forgotten_oldest_first() {
+        let storage = MemoryMessageStorage::with_retention(10);
+        for id in 1..=50 {
+            storage
+                .save_request(&envelope(id, "e", Some(&format!("k{id}"))))
+                .await
+                .unwrap();
+        }
+        // 30 processed, 20 left pending, of which 5 dead-lettered.
+        for id in 1..=30 {
+            storage.save_reply(&final_reply(id)).await.unwrap();
+        }
+        for id in 31..=35 {
+            storage
+                .record_failed_attempt(Snowflake(id), "boom", 1)
+                .await
+                .unwrap();
+        }
+        assert_eq!(storage.retained_processed(), 10);
+        for id in 1..=20 {
+            assert_eq!(
+                storage.request(Snowflake(id)).await.unwrap(),
+                None,
+                "request {id}"
+            );
+            assert!(storage.replies_for(Snowflake(id)).await.unwrap().is_empty());
+        }
+        for id in 21..=30 {
+            let result = storage
+                .save_request(&envelope(id + 1000, "e", Some(&format!("k{id}"))))
+                .await
+                .unwrap();
+            assert!(
+                matches!(result, SaveResult::Duplicate { original_request_id, reply: Some(_) }
+                    if original_request_id == Snowflake(id)),
+                "request {id} should still dedupe, got {result:?}"
+            );
+        }
+        let pending = storage
+            .unprocessed(&[ShardId::new("unit", 0)], Utc::now(), 100)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 15, "pending requests are never evicted");
+        assert_eq!(storage.dead_letters(100).await.unwrap().len(), 5);
+        // Evicted dedupe keys no longer match: a new request with one is saved.
+        let result = storage
+            .save_request(&envelope(2000, "e", Some("k1")))
+            .await
+            .unwrap();
+        assert_eq!(result, SaveResult::Saved);
+    }
+
+    #[tokio::test]
+    async fn final_replies_of_unknown_requests_count_against_the_retention() {
+        let storage = MemoryMessageStorage::with_retention(3);
+        for id in 1..=10 {
+            storage.save_reply(&final_reply(id)).await.unwrap();
+        }
+        assert_eq!(storage.retained_processed(), 3);
+        assert!(storage.replies_for(Snowflake(1)).await.unwrap().is_empty());
+        assert_eq!(storage.replies_for(Snowflake(10)).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn zero_retention_forgets_processed_requests_at_once() {
+        let storage = MemoryMessageStorage::with_retention(0);
+        storage.save_request(&envelope(1, "e", None)).await.unwrap();
+        storage.mark_processed(Snowflake(1)).await.unwrap();
+        assert_eq!(storage.request(Snowflake(1)).await.unwrap(), None);
+        assert_eq!(storage.retained_processed(), 0);
+    }
+}

@@ -1,1 +1,213 @@
-//! (being written)
+//! [`MemoryWorkflowEngine`]: workflow execution records, durable timers and deferred
+//! values, in process memory.
+//!
+//! This file owns the in-memory translation of `WorkflowEngine` and nothing else (no
+//! scheduling or wake-up policy: the runtime polls `due_timers`). Each family (executions,
+//! timers, deferreds) has its own lock, held only for short synchronous sections, never
+//! across an `.await`. Uncompleted timers are indexed by `(fire_at, execution, key)`, so
+//! `due_timers` reads only the due prefix.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cruster_types::{ClusterError, ExitResult};
+use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, WorkflowEngine};
+use parking_lot::{Mutex, RwLock};
+
+/// `WorkflowEngine` in process memory. Cloning is cheap and shares the state.
+///
+/// ```
+/// use cruster_storage_memory::MemoryWorkflowEngine;
+/// use cruster_types::ExitResult;
+/// use cruster_workflow_storage::WorkflowEngine;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let engine = MemoryWorkflowEngine::new();
+/// let approved = ExitResult::Success(bytes::Bytes::from_static(b"yes"));
+/// assert!(engine.resolve_deferred("order-1", "approval", &approved).await.unwrap());
+/// // Write-once: a second resolution changes nothing.
+/// let denied = ExitResult::Success(bytes::Bytes::from_static(b"no"));
+/// assert!(!engine.resolve_deferred("order-1", "approval", &denied).await.unwrap());
+/// assert_eq!(engine.deferred("order-1", "approval").await.unwrap(), Some(approved));
+/// # });
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryWorkflowEngine {
+    inner: Arc<EngineState>,
+}
+
+impl MemoryWorkflowEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for MemoryWorkflowEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryWorkflowEngine")
+            .field("executions", &self.inner.executions.read().len())
+            .field("timers", &self.inner.timers.lock().by_key.len())
+            .field("deferreds", &self.inner.deferreds.read().len())
+            .finish()
+    }
+}
+
+/// `(execution id, name)`: the key of a timer or a deferred value.
+type ExecutionScoped = (String, String);
+
+#[derive(Default)]
+struct EngineState {
+    executions: RwLock<HashMap<String, ExecutionRecord>>,
+    timers: Mutex<Timers>,
+    deferreds: RwLock<HashMap<ExecutionScoped, ExitResult>>,
+}
+
+#[derive(Default)]
+struct Timers {
+    by_key: HashMap<ExecutionScoped, DurableTimer>,
+    /// Uncompleted timers, earliest first.
+    due_order: BTreeSet<(DateTime<Utc>, String, String)>,
+}
+
+fn scoped(execution_id: &str, name: &str) -> ExecutionScoped {
+    (execution_id.to_owned(), name.to_owned())
+}
+
+#[async_trait]
+impl WorkflowEngine for MemoryWorkflowEngine {
+    async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError> {
+        self.inner
+            .executions
+            .write()
+            .insert(record.execution_id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError> {
+        Ok(self.inner.executions.read().get(execution_id).cloned())
+    }
+
+    async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionRecord>, ClusterError> {
+        let mut matching: Vec<ExecutionRecord> = self
+            .inner
+            .executions
+            .read()
+            .values()
+            .filter(|r| filter.workflow.as_ref().is_none_or(|w| *w == r.workflow))
+            .filter(|r| filter.status.is_none_or(|s| s == r.status.name()))
+            .cloned()
+            .collect();
+        matching
+            .sort_by(|a, b| (a.created_at, &a.execution_id).cmp(&(b.created_at, &b.execution_id)));
+        if filter.limit > 0 {
+            matching.truncate(filter.limit);
+        }
+        Ok(matching)
+    }
+
+    async fn schedule_timer(&self, timer: &DurableTimer) -> Result<(), ClusterError> {
+        let mut timers = self.inner.timers.lock();
+        let key = scoped(&timer.execution_id, &timer.timer_key);
+        if timers.by_key.contains_key(&key) {
+            return Ok(());
+        }
+        if !timer.completed {
+            timers.due_order.insert((
+                timer.fire_at,
+                timer.execution_id.clone(),
+                timer.timer_key.clone(),
+            ));
+        }
+        timers.by_key.insert(key, timer.clone());
+        Ok(())
+    }
+
+    async fn timer(
+        &self,
+        execution_id: &str,
+        timer_key: &str,
+    ) -> Result<Option<DurableTimer>, ClusterError> {
+        Ok(self
+            .inner
+            .timers
+            .lock()
+            .by_key
+            .get(&scoped(execution_id, timer_key))
+            .cloned())
+    }
+
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DurableTimer>, ClusterError> {
+        let timers = self.inner.timers.lock();
+        Ok(timers
+            .due_order
+            .iter()
+            .take_while(|(fire_at, _, _)| *fire_at <= now)
+            .take(limit)
+            .filter_map(|(_, execution_id, timer_key)| {
+                timers
+                    .by_key
+                    .get(&(execution_id.clone(), timer_key.clone()))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    async fn complete_timer(
+        &self,
+        execution_id: &str,
+        timer_key: &str,
+    ) -> Result<(), ClusterError> {
+        let mut timers = self.inner.timers.lock();
+        let Timers { by_key, due_order } = &mut *timers;
+        if let Some(timer) = by_key.get_mut(&scoped(execution_id, timer_key)) {
+            if !timer.completed {
+                timer.completed = true;
+                due_order.remove(&(
+                    timer.fire_at,
+                    timer.execution_id.clone(),
+                    timer.timer_key.clone(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolve_deferred(
+        &self,
+        execution_id: &str,
+        name: &str,
+        value: &ExitResult,
+    ) -> Result<bool, ClusterError> {
+        let mut deferreds = self.inner.deferreds.write();
+        match deferreds.entry(scoped(execution_id, name)) {
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(value.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn deferred(
+        &self,
+        execution_id: &str,
+        name: &str,
+    ) -> Result<Option<ExitResult>, ClusterError> {
+        Ok(self
+            .inner
+            .deferreds
+            .read()
+            .get(&scoped(execution_id, name))
+            .cloned())
+    }
+}

@@ -68,3 +68,70 @@ async fn arm_once(spec: &CronSpec, client: &EntityClient) -> Result<(), ClusterE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use chrono::TimeDelta;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::cron_entity::{run_dedupe_key, CronRun};
+    use super::super::run_plan::RunPolicy;
+    use super::super::schedule::CronSchedule;
+    use super::super::test_sharding::RecordingSharding;
+    use super::*;
+
+    #[tokio::test]
+    async fn arming_saves_the_next_occurrence_and_stops_when_cancelled() {
+        let spec = Arc::new(CronSpec {
+            name: "job".into(),
+            schedule: CronSchedule::parse("0 0 * * * *").unwrap(),
+            handler: Arc::new(|_| Box::pin(async { Ok(()) })),
+            policy: RunPolicy {
+                calculate_next_from_previous: false,
+                skip_if_older_than: TimeDelta::hours(1),
+            },
+            rearm_interval: Duration::from_millis(20),
+        });
+        let sharding = RecordingSharding::new();
+        let token = CancellationToken::new();
+        let graceful = Arc::new(AtomicBool::new(false));
+        let ctx = SingletonContext::new(
+            "cruster.cron/job".into(),
+            token.clone(),
+            graceful.clone(),
+            sharding.clone(),
+        );
+        let task = tokio::spawn(arm_until_cancelled(spec.clone(), ctx));
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        token.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+        assert!(
+            graceful.load(std::sync::atomic::Ordering::Acquire),
+            "arming must opt in to graceful stop"
+        );
+
+        let saved = sharding.notified.lock().clone();
+        assert!(
+            saved.len() >= 2,
+            "expected periodic re-arms, got {}",
+            saved.len()
+        );
+        let next_hour = spec.schedule.next_after(Utc::now()).unwrap();
+        for envelope in &saved {
+            let run: CronRun = cruster_types::wire::decode(&envelope.payload).unwrap();
+            assert!(
+                run.scheduled_time == next_hour
+                    || run.scheduled_time == next_hour - TimeDelta::hours(1)
+            );
+            assert_eq!(
+                envelope.dedupe_key.as_deref(),
+                Some(run_dedupe_key(run.scheduled_time).as_str())
+            );
+            assert_eq!(envelope.deliver_at, Some(run.scheduled_time));
+        }
+    }
+}

@@ -17,20 +17,49 @@ use super::run_plan::RunPolicy;
 use super::schedule::CronSchedule;
 
 /// What a cron handler returns: a boxed, sendable future.
+///
+/// ```
+/// use cruster::cron::CronFuture;
+/// fn job(scheduled_time: chrono::DateTime<chrono::Utc>) -> CronFuture {
+///     Box::pin(async move {
+///         println!("running the {scheduled_time} occurrence");
+///         Ok(())
+///     })
+/// }
+/// # let _ = job;
+/// ```
 pub type CronFuture = Pin<Box<dyn Future<Output = Result<(), ClusterError>> + Send>>;
 
 /// The future of the arming singleton (the output type of a [`SingletonFn`]).
 type SingletonFuture = CronFuture;
 
 /// A cron handler, shared by every run: called with the occurrence's scheduled time.
+/// [`ClusterCron::new`] takes any closure of this shape and stores it as one of these.
+///
+/// ```
+/// use std::sync::Arc;
+/// use cruster::cron::CronHandler;
+/// let handler: CronHandler = Arc::new(|_scheduled_time| Box::pin(async { Ok(()) }));
+/// # let _ = handler;
+/// ```
 pub type CronHandler = Arc<dyn Fn(DateTime<Utc>) -> CronFuture + Send + Sync + 'static>;
 
 /// Runs older than this are skipped unless [`ClusterCron::with_skip_if_older_than`] says
-/// otherwise.
+/// otherwise (one day).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(cruster::cron::DEFAULT_SKIP_IF_OLDER_THAN, Duration::from_secs(86_400));
+/// ```
 pub const DEFAULT_SKIP_IF_OLDER_THAN: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How often the arming singleton re-saves the next run unless
-/// [`ClusterCron::with_rearm_interval`] says otherwise.
+/// [`ClusterCron::with_rearm_interval`] says otherwise (30 seconds).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(cruster::cron::DEFAULT_REARM_INTERVAL, Duration::from_secs(30));
+/// ```
 pub const DEFAULT_REARM_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A cron job that runs once per occurrence of its schedule, somewhere in the cluster.

@@ -221,6 +221,200 @@ mod tests {
         assert_eq!(run_dedupe_key(a), "run@2025-01-01T00:00:00.000Z");
     }
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chrono::TimeDelta;
+    use cruster_types::{EntityAddress, EnvelopeRequest, RunnerAddress, ShardId, Snowflake};
+
+    use super::super::test_sharding::RecordingSharding;
+
+    fn spec(
+        from_previous: bool,
+        skip: TimeDelta,
+        calls: Arc<AtomicUsize>,
+        fail: bool,
+    ) -> Arc<CronSpec> {
+        Arc::new(CronSpec {
+            name: "job".into(),
+            schedule: CronSchedule::parse("0 * * * * *").unwrap(),
+            handler: Arc::new(move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move {
+                    if fail {
+                        Err(ClusterError::handler("boom"))
+                    } else {
+                        Ok(())
+                    }
+                })
+            }),
+            policy: RunPolicy {
+                calculate_next_from_previous: from_previous,
+                skip_if_older_than: skip,
+            },
+            rearm_interval: Duration::from_secs(30),
+        })
+    }
+
+    async fn handler_for(
+        spec: Arc<CronSpec>,
+        sharding: Arc<RecordingSharding>,
+    ) -> Arc<dyn EntityHandler> {
+        let address = EntityAddress {
+            shard_id: ShardId::new("default", 0),
+            entity_type: spec.entity_type(),
+            entity_id: EntityId::new(SCHEDULER_ENTITY_ID),
+        };
+        let ctx = EntityContext {
+            address,
+            runner_address: RunnerAddress::new("test", 1),
+            sharding,
+        };
+        CronEntity { spec }.spawn(ctx).await.unwrap()
+    }
+
+    fn run_request(
+        spec: &CronSpec,
+        tag: &'static str,
+        scheduled_time: DateTime<Utc>,
+    ) -> IncomingRequest {
+        let address = EntityAddress {
+            shard_id: ShardId::new("default", 0),
+            entity_type: spec.entity_type(),
+            entity_id: EntityId::new(SCHEDULER_ENTITY_ID),
+        };
+        let payload = wire::encode(&CronRun { scheduled_time }).unwrap();
+        IncomingRequest {
+            envelope: EnvelopeRequest::new(Snowflake(1), address, tag, payload),
+        }
+    }
+
+    /// The start of the current minute, so "every minute at second 0" runs are on time.
+    fn this_minute() -> DateTime<Utc> {
+        let now = Utc::now();
+        now - TimeDelta::seconds(i64::from(chrono::Timelike::second(&now)))
+            - TimeDelta::nanoseconds(i64::from(chrono::Timelike::nanosecond(&now)))
+    }
+
+    #[tokio::test]
+    async fn a_run_saves_the_next_occurrence_keyed_and_due_then_calls_the_handler() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let spec = spec(true, TimeDelta::hours(1), calls.clone(), false);
+        let sharding = RecordingSharding::new();
+        let handler = handler_for(spec.clone(), sharding.clone()).await;
+        let scheduled = this_minute();
+
+        handler
+            .handle(run_request(&spec, RUN_TAG, scheduled))
+            .await
+            .unwrap();
+
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let saved = sharding.notified.lock().clone();
+        assert_eq!(saved.len(), 1, "{saved:?}");
+        let next = scheduled + TimeDelta::minutes(1);
+        let envelope = &saved[0];
+        assert!(envelope.persisted && !envelope.expects_reply);
+        assert_eq!(envelope.tag, RUN_TAG);
+        assert_eq!(envelope.deliver_at, Some(next));
+        assert_eq!(
+            envelope.dedupe_key.as_deref(),
+            Some(run_dedupe_key(next).as_str())
+        );
+        assert_eq!(envelope.address.entity_type, spec.entity_type());
+        assert_eq!(
+            envelope.address.entity_id,
+            EntityId::new(SCHEDULER_ENTITY_ID)
+        );
+        let payload: CronRun = wire::decode(&envelope.payload).unwrap();
+        assert_eq!(payload.scheduled_time, next);
+    }
+
+    #[tokio::test]
+    async fn a_stale_run_skips_the_handler_but_still_schedules_the_next_one() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let spec = spec(false, TimeDelta::seconds(30), calls.clone(), false);
+        let sharding = RecordingSharding::new();
+        let handler = handler_for(spec.clone(), sharding.clone()).await;
+
+        let an_hour_ago = this_minute() - TimeDelta::hours(1);
+        handler
+            .handle(run_request(&spec, RUN_TAG, an_hour_ago))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "a stale run called the handler"
+        );
+        let saved = sharding.notified.lock().clone();
+        assert_eq!(saved.len(), 1);
+        assert!(saved[0]
+            .deliver_at
+            .is_some_and(|at| at > Utc::now() - TimeDelta::seconds(1)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_handler_is_not_an_error_of_the_run() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let spec = spec(true, TimeDelta::hours(1), calls.clone(), true);
+        let sharding = RecordingSharding::new();
+        let handler = handler_for(spec.clone(), sharding.clone()).await;
+
+        let reply = handler
+            .handle(run_request(&spec, RUN_TAG, this_minute()))
+            .await;
+
+        assert!(reply.is_ok(), "{reply:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            sharding.notified.lock().len(),
+            1,
+            "the next run must still be saved"
+        );
+    }
+
+    #[tokio::test]
+    async fn saving_the_next_run_is_retried_through_a_shard_move() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let spec = spec(true, TimeDelta::hours(1), calls.clone(), false);
+        let sharding = RecordingSharding::new();
+        *sharding.failures_left.lock() = 2;
+        let handler = handler_for(spec.clone(), sharding.clone()).await;
+
+        handler
+            .handle(run_request(&spec, RUN_TAG, this_minute()))
+            .await
+            .unwrap();
+
+        assert_eq!(sharding.notified.lock().len(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_tag_or_payload_is_an_error() {
+        let spec = spec(
+            true,
+            TimeDelta::hours(1),
+            Arc::new(AtomicUsize::new(0)),
+            false,
+        );
+        let handler = handler_for(spec.clone(), RecordingSharding::new()).await;
+        let err = handler
+            .handle(run_request(&spec, "other", this_minute()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClusterError::UnknownTag { .. }), "{err:?}");
+
+        let mut garbled = run_request(&spec, RUN_TAG, this_minute());
+        garbled.envelope.payload = Bytes::from_static(&[0xc1]);
+        let err = handler.handle(garbled).await.unwrap_err();
+        assert!(
+            matches!(err, ClusterError::MalformedMessage { .. }),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn run_payload_round_trips() {
         let run = CronRun {

@@ -91,6 +91,8 @@ mod cluster_cron;
 mod cron_entity;
 mod run_plan;
 mod schedule;
+#[cfg(test)]
+mod test_sharding;
 
 pub use cluster_cron::{
     ClusterCron, CronFuture, CronHandler, DEFAULT_REARM_INTERVAL, DEFAULT_SKIP_IF_OLDER_THAN,

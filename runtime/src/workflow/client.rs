@@ -1,0 +1,205 @@
+//! [`WorkflowClient`]: execute, start, poll and join executions of one workflow type.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cruster_sharding::{EntityClient, IntoSharding, Sharding};
+use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
+use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
+
+use super::definition::{ClientFromSharding, WorkflowDefinition, WorkflowReply};
+use super::execution_id::execution_id_from_key;
+use super::workflow_entity::WorkflowEntity;
+use crate::sharding_impl::ShardingImpl;
+
+/// A client of one workflow type. Cheap to clone.
+///
+/// ```ignore
+/// let client = OrderWorkflow.register(sharding.clone()).await?;
+/// let result = client.execute(&request).await?;           // waits for the result
+/// let exec_id = client.start(&request).await?;            // returns at once
+/// let maybe = client.poll(&exec_id).await?;               // None while running
+/// let result = client.with_key("my-key").execute(&request).await?; // idempotency key (hashed)
+/// ```
+pub struct WorkflowClient<W: WorkflowDefinition> {
+    entity: EntityClient,
+    key: Option<(String, bool)>,
+    _workflow: PhantomData<fn() -> W>,
+}
+
+impl<W: WorkflowDefinition> Clone for WorkflowClient<W> {
+    fn clone(&self) -> Self {
+        WorkflowClient {
+            entity: self.entity.clone(),
+            key: self.key.clone(),
+            _workflow: PhantomData,
+        }
+    }
+}
+
+impl<W: WorkflowDefinition> std::fmt::Debug for WorkflowClient<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowClient").field("workflow", &W::NAME).finish()
+    }
+}
+
+impl<W: WorkflowDefinition> ClientFromSharding for WorkflowClient<W> {
+    fn client_entity_type() -> EntityType {
+        EntityType::new(W::NAME)
+    }
+
+    fn from_entity_client(client: EntityClient) -> Self {
+        WorkflowClient {
+            entity: client,
+            key: None,
+            _workflow: PhantomData,
+        }
+    }
+}
+
+fn engine_of(sharding: &Arc<dyn Sharding>) -> Result<Arc<dyn WorkflowEngine>, ClusterError> {
+    sharding
+        .as_any()
+        .downcast_ref::<ShardingImpl>()
+        .and_then(|s| s.workflow_engine().cloned())
+        .ok_or_else(|| ClusterError::Unsupported {
+            operation: "workflows".into(),
+            backend: "this runner, which has no workflow engine storage".into(),
+        })
+}
+
+impl<W: WorkflowDefinition> WorkflowClient<W> {
+    /// The same client with an idempotency key, hashed into the execution id: executing
+    /// twice with one key runs once and returns the first result.
+    pub fn with_key(&self, key: impl AsRef<str>) -> Self {
+        WorkflowClient {
+            key: Some((key.as_ref().to_string(), true)),
+            ..self.clone()
+        }
+    }
+
+    /// The same client with an execution id used as it is.
+    pub fn with_key_raw(&self, id: impl AsRef<str>) -> Self {
+        WorkflowClient {
+            key: Some((id.as_ref().to_string(), false)),
+            ..self.clone()
+        }
+    }
+
+    /// The execution id `execute`/`start` would use for `request`.
+    ///
+    /// # Errors
+    /// `MalformedMessage` if the request cannot be serialized.
+    pub fn execution_id(&self, request: &W::Request) -> Result<String, ClusterError> {
+        match &self.key {
+            Some((key, hash)) => Ok(execution_id_from_key(key, *hash)),
+            None => W::execution_id(request),
+        }
+    }
+
+    /// Runs the workflow (or finds the execution with the same id) and waits for its result.
+    ///
+    /// # Errors
+    /// The workflow's error; storage errors.
+    pub async fn execute(&self, request: &W::Request) -> Result<W::Response, ClusterError> {
+        let id = self.execution_id(request)?;
+        let reply: WorkflowReply = self
+            .entity
+            .send_persisted_with_key(&EntityId::new(&id), "execute", request, "execute", false)
+            .await?;
+        match reply {
+            WorkflowReply::Completed(bytes) => wire::decode(&bytes),
+            WorkflowReply::Suspended => self.join(&id).await,
+        }
+    }
+
+    /// Starts the workflow and returns its execution id at once.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn start(&self, request: &W::Request) -> Result<String, ClusterError> {
+        let id = self.execution_id(request)?;
+        self.entity
+            .notify_persisted_with_key(&EntityId::new(&id), "execute", request, "execute")
+            .await?;
+        Ok(id)
+    }
+
+    /// The result of an execution: `None` while it runs (or if it is unknown).
+    ///
+    /// # Errors
+    /// The workflow's error if it failed; `MalformedMessage` if the result does not decode.
+    pub async fn poll(&self, execution_id: &str) -> Result<Option<W::Response>, ClusterError> {
+        let engine = engine_of(self.entity.sharding())?;
+        let Some(record) = engine.execution(execution_id).await? else {
+            return Ok(None);
+        };
+        match (record.status, record.result) {
+            (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => wire::decode(&bytes).map(Some),
+            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.into()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits for the result of an execution.
+    ///
+    /// # Errors
+    /// As [`WorkflowClient::poll`].
+    pub async fn join(&self, execution_id: &str) -> Result<W::Response, ClusterError> {
+        let mut wait = Duration::from_millis(2);
+        loop {
+            if let Some(result) = self.poll(execution_id).await? {
+                return Ok(result);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// The entity client underneath (the workflow's hidden entity type).
+    pub fn entity_client(&self) -> &EntityClient {
+        &self.entity
+    }
+}
+
+/// Registers a workflow on a runner and returns its client.
+///
+/// # Errors
+/// `Unsupported` when the runner has no workflow storage, workflow engine or message
+/// storage (it cannot run workflows); `InvalidConfig` if the workflow is already registered.
+pub async fn register_workflow<W: WorkflowDefinition>(
+    sharding: impl IntoSharding,
+    definition: W,
+) -> Result<WorkflowClient<W>, ClusterError> {
+    let sharding = sharding.into_sharding();
+    let unsupported = |what: &str| ClusterError::Unsupported {
+        operation: format!("workflow `{}`", W::NAME),
+        backend: format!("this runner, which has no {what}; build it with one (SingleRunner has all of them)"),
+    };
+    let runner = sharding
+        .as_any()
+        .downcast_ref::<ShardingImpl>()
+        .ok_or_else(|| unsupported("cruster runtime"))?;
+    let storage = runner
+        .workflow_storage()
+        .cloned()
+        .ok_or_else(|| unsupported("workflow storage"))?;
+    let engine = runner
+        .workflow_engine()
+        .cloned()
+        .ok_or_else(|| unsupported("workflow engine"))?;
+    if runner.message_storage().is_none() {
+        return Err(unsupported("message storage"));
+    }
+    let metrics = runner.metrics().clone();
+    sharding
+        .register_entity(Arc::new(WorkflowEntity {
+            definition,
+            storage,
+            engine,
+            metrics,
+        }))
+        .await?;
+    Ok(WorkflowClient::from_sharding(sharding))
+}

@@ -1,0 +1,30 @@
+//! Durable workflows: orchestrations whose activities are journaled, so that a crash
+//! anywhere resumes the execution where it stopped.
+//!
+//! A workflow is a hidden entity whose id is the execution id. Its `execute` request is a
+//! persisted message (so a crashed runner's executions are redelivered to the new owner);
+//! each activity call is recorded in the journal under `(execution id, activity name, call
+//! sequence)` and a replay returns the recorded result without running the activity again.
+//! `sleep` stores a durable timer and a persisted wake-up message due at the timer, then
+//! suspends the execution (freeing its entity), which resumes by replay when the wake-up
+//! is delivered, also after a restart.
+//!
+//! Usually written with `#[workflow]` / `#[workflow_impl]` / `#[activity]`; the generated
+//! code implements [`WorkflowDefinition`] and calls [`WorkflowContext::activity`].
+
+mod activity_tx;
+mod client;
+mod context;
+mod definition;
+mod execution_id;
+mod inspect;
+mod journaling_sharding;
+mod workflow_entity;
+
+pub use activity_tx::ActivityTx;
+pub use client::{register_workflow, WorkflowClient};
+pub use context::{ActivityOptions, Backoff, WorkflowContext};
+pub use definition::{ClientFromSharding, WorkflowDefinition};
+pub use execution_id::{execution_id_from_key, execution_id_from_request};
+pub use inspect::{list_executions, workflow_journal};
+pub use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus, JournalEntry};

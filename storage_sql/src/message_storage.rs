@@ -1,0 +1,326 @@
+//! [`SqlMessageStorage`]: `MessageStorage` on the `cruster_messages` and `cruster_replies`
+//! tables.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cruster_message_storage::{DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest};
+use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
+
+use crate::dialect::per_dialect;
+use crate::pool::SqlPool;
+use crate::rows::{self, failed, nanos, sql_limit, Columns, RequestRow};
+
+/// How often `save_request` retries when the row it conflicted with vanished before it
+/// could be read (an entity history cleared in between).
+const SAVE_ATTEMPTS: usize = 3;
+
+/// Persisted requests and replies in PostgreSQL or SQLite.
+///
+/// * `save_request` is one `INSERT … ON CONFLICT DO NOTHING` on the happy path; only a
+///   duplicate costs a second statement, which reads the first request and its reply.
+/// * `save_reply`, `mark_processed`, `record_failed_attempt` and `reset_shards` are one
+///   statement each (`record_failed_attempt` counts and dead-letters in one `UPDATE …
+///   RETURNING`), so concurrent runners cannot lose an update.
+/// * `unprocessed` is one query for all shards, served by a partial index of pending rows.
+///   It does not lock rows: a shard is owned by one runner at a time (shard locks), and
+///   that runner is the only one polling it.
+///
+/// A pending row that cannot be decoded (its columns were written by something other than
+/// this crate, or damaged) is dead-lettered by `unprocessed` with the decoding error as
+/// reason and logged, so it never blocks the rows behind it; retrying cannot repair stored
+/// bytes. The request payload is never decoded here: a payload the handler cannot read is
+/// delivered, fails, and is retried and dead-lettered by the runtime like any failure.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), cruster_types::ClusterError> {
+/// use std::sync::Arc;
+/// use cruster_message_storage::MessageStorage;
+/// use cruster_storage_sql::SqlMessageStorage;
+///
+/// let storage = SqlMessageStorage::new(pool);
+/// storage.migrate().await?;
+/// let storage: Arc<dyn MessageStorage> = Arc::new(storage);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqlMessageStorage {
+    pool: SqlPool,
+}
+
+crate::backend_constructors!(SqlMessageStorage, "message storage");
+
+#[async_trait]
+impl MessageStorage for SqlMessageStorage {
+    async fn save_request(&self, envelope: &EnvelopeRequest) -> Result<SaveResult, ClusterError> {
+        let row = RequestRow::new(envelope)?;
+        let request_id = envelope.request_id;
+        for _ in 0..SAVE_ATTEMPTS {
+            let inserted = per_dialect!(&self.pool, SqlPool, |pool, d| {
+                sqlx::query(d::sql::INSERT_REQUEST)
+                    .bind(row.request_id)
+                    .bind(row.shard.as_str())
+                    .bind(row.entity_type)
+                    .bind(row.entity_id)
+                    .bind(row.tag)
+                    .bind(row.payload)
+                    .bind(row.persisted)
+                    .bind(row.uninterruptible)
+                    .bind(row.streaming)
+                    .bind(row.expects_reply)
+                    .bind(row.deliver_at_ns)
+                    .bind(row.dedupe_key)
+                    .bind(row.trace.as_ref())
+                    .fetch_optional(pool)
+                    .await
+                    .map(|inserted| inserted.is_some())
+            })
+            .map_err(|e| failed(format_args!("saving request {request_id}"), e))?;
+            if inserted {
+                return Ok(SaveResult::Saved);
+            }
+            let duplicate = per_dialect!(&self.pool, SqlPool, |pool, d| {
+                let found = sqlx::query(d::sql::FIND_DUPLICATE)
+                    .bind(row.request_id)
+                    .bind(row.entity_type)
+                    .bind(row.entity_id)
+                    .bind(row.shard.as_str())
+                    .bind(row.dedupe_key)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| failed(format_args!("reading the duplicate of request {request_id}"), e))?;
+                found.map(|found| duplicate(&found)).transpose()
+            })?;
+            if let Some(duplicate) = duplicate {
+                return Ok(duplicate);
+            }
+        }
+        Err(ClusterError::PersistenceError {
+            reason: format!(
+                "saving request {request_id} kept conflicting with a request that was deleted \
+                 before it could be read; retry the send"
+            ),
+            source: None,
+        })
+    }
+
+    async fn save_reply(&self, reply: &Reply) -> Result<(), ClusterError> {
+        let (request_id, is_final, sequence, body) = rows::reply_row(reply)?;
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::INSERT_REPLY)
+                .bind(request_id)
+                .bind(is_final)
+                .bind(sequence)
+                .bind(body.as_ref())
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("saving a reply to request {}", reply.request_id()), e))
+    }
+
+    async fn replies_for(&self, request_id: Snowflake) -> Result<Vec<Reply>, ClusterError> {
+        let bodies: Vec<Vec<u8>> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_scalar(d::sql::REPLIES_FOR)
+                .bind(request_id.0)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|e| failed(format_args!("reading the replies to request {request_id}"), e))?;
+        bodies
+            .iter()
+            .map(|body| rows::reply(request_id, body))
+            .collect()
+    }
+
+    async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let row = sqlx::query(d::sql::REQUEST_BY_ID)
+                .bind(request_id.0)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(format_args!("reading request {request_id}"), e))?;
+            row.map(|row| rows::stored_request(&row)).transpose()
+        })
+    }
+
+    async fn unprocessed(
+        &self,
+        shards: &[ShardId],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StoredRequest>, ClusterError> {
+        if shards.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_ns = nanos(now, "now")?;
+        let decoded: Vec<Result<StoredRequest, (i64, ClusterError)>> =
+            per_dialect!(&self.pool, SqlPool, |pool, d| {
+                sqlx::query(d::sql::UNPROCESSED)
+                    .bind(d::shard_list(shards)?)
+                    .bind(now_ns)
+                    .bind(sql_limit(limit))
+                    .fetch_all(pool)
+                    .await
+                    .map(|rows| rows.iter().map(pending_request).collect())
+            })
+            .map_err(|e| failed("polling unprocessed requests", e))?;
+        let mut requests = Vec::with_capacity(decoded.len());
+        for row in decoded {
+            match row {
+                Ok(request) => requests.push(request),
+                Err((request_id, err)) => self.quarantine(request_id, &err, now_ns).await?,
+            }
+        }
+        Ok(requests)
+    }
+
+    async fn mark_processed(&self, request_id: Snowflake) -> Result<(), ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::MARK_PROCESSED)
+                .bind(request_id.0)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("marking request {request_id} processed"), e))
+    }
+
+    async fn record_failed_attempt(
+        &self,
+        request_id: Snowflake,
+        reason: &str,
+        max_attempts: u32,
+    ) -> Result<FailedAttempt, ClusterError> {
+        let now_ns = nanos(Utc::now(), "now")?;
+        let counted: Option<(i64, bool)> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_as(d::sql::RECORD_FAILED_ATTEMPT)
+                .bind(request_id.0)
+                .bind(reason)
+                .bind(i64::from(max_attempts))
+                .bind(now_ns)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| failed(format_args!("counting a failed attempt of request {request_id}"), e))?;
+        let Some((attempts, dead_lettered)) = counted else {
+            return Ok(FailedAttempt::NotPending);
+        };
+        let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+        Ok(if dead_lettered {
+            FailedAttempt::DeadLettered { attempts }
+        } else {
+            FailedAttempt::WillRetry { attempts }
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
+        let decoded: Vec<Result<DeadLetter, ClusterError>> =
+            per_dialect!(&self.pool, SqlPool, |pool, d| {
+                sqlx::query(d::sql::DEAD_LETTERS)
+                    .bind(sql_limit(limit))
+                    .fetch_all(pool)
+                    .await
+                    .map(|rows| rows.iter().map(|row| rows::dead_letter(row)).collect())
+            })
+            .map_err(|e| failed("reading dead letters", e))?;
+        Ok(decoded
+            .into_iter()
+            .filter_map(|row| {
+                row.map_err(|err| {
+                    tracing::error!(
+                        %err,
+                        "a dead letter cannot be decoded and is left out of the listing; \
+                         inspect table cruster_messages directly"
+                    )
+                })
+                .ok()
+            })
+            .collect())
+    }
+
+    async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
+        let shard = address.shard_id.to_string();
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            async {
+                let mut tx = pool.begin().await?;
+                for statement in [d::sql::CLEAR_ADDRESS_REPLIES, d::sql::CLEAR_ADDRESS_REQUESTS] {
+                    sqlx::query(statement)
+                        .bind(address.entity_type.as_str())
+                        .bind(address.entity_id.as_str())
+                        .bind(shard.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+            .await
+        })
+        .map_err(|e| failed(format_args!("clearing the history of {address}"), e))
+    }
+
+    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
+        if shards.is_empty() {
+            return Ok(());
+        }
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::RESET_SHARDS)
+                .bind(d::shard_list(shards)?)
+                .execute(pool)
+                .await
+                .map_err(|e| failed("resetting the attempt counts of moved shards", e))
+                .map(drop)
+        })
+    }
+}
+
+impl SqlMessageStorage {
+    /// Dead-letters a pending row that cannot be decoded, so the poll keeps serving the
+    /// rows behind it, and logs why.
+    async fn quarantine(&self, request_id: i64, err: &ClusterError, now_ns: i64) -> Result<(), ClusterError> {
+        tracing::error!(
+            request_id,
+            %err,
+            "a persisted request cannot be decoded; it is dead-lettered and left in table \
+             cruster_messages for inspection"
+        );
+        let reason = format!("the stored request cannot be decoded: {err}");
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::QUARANTINE_UNDECODABLE)
+                .bind(request_id)
+                .bind(now_ns)
+                .bind(reason.as_str())
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("dead-lettering undecodable request {request_id}"), e))
+    }
+}
+
+/// A pending row, or its request id and why it does not decode.
+fn pending_request(row: &impl Columns) -> Result<StoredRequest, (i64, ClusterError)> {
+    rows::stored_request(row).map_err(|err| (row.int("request_id").unwrap_or_default(), err))
+}
+
+/// The answer to a conflicting save, from a `FIND_DUPLICATE` row.
+fn duplicate(row: &impl Columns) -> Result<SaveResult, ClusterError> {
+    let original = Snowflake(
+        row.int("request_id")
+            .map_err(|e| rows::undecodable("duplicate request", e))?,
+    );
+    let reply = row
+        .opt_bytes("final_reply")
+        .map_err(|e| rows::undecodable(format_args!("final reply to request {original}"), e))?
+        .map(|body| match rows::reply(original, &body)? {
+            Reply::WithExit(reply) => Ok(reply),
+            Reply::Chunk(_) => Err(rows::undecodable(
+                format_args!("final reply to request {original}"),
+                "a chunk is stored as the final reply",
+            )),
+        })
+        .transpose()?;
+    Ok(SaveResult::Duplicate {
+        original_request_id: original,
+        reply,
+    })
+}

@@ -1,0 +1,202 @@
+//! Every SQL statement of the crate, one module per dialect.
+//!
+//! Most statements are portable (PostgreSQL and SQLite both accept `$1` parameters,
+//! `ON CONFLICT … DO NOTHING`, `RETURNING`, partial indexes and `TRUE`/`FALSE`), so they
+//! live once in [`portable`] and each dialect module re-exports them. A dialect module
+//! defines only what differs: binding a list of shards (`= ANY($1)` on a PostgreSQL
+//! `TEXT[]`, `IN (SELECT value FROM json_each($1))` on a JSON array in SQLite).
+//!
+//! Statements are plain `&'static str`s, so they go to `sqlx::query` as literals.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// The columns of `cruster_messages` that make up a `StoredRequest`, in `SELECT` form.
+macro_rules! request_columns {
+    () => {
+        "request_id, shard, entity_type, entity_id, tag, payload, persisted, uninterruptible, \
+         streaming, expects_reply, deliver_at_ns, dedupe_key, trace, attempts, processed, \
+         dead_lettered"
+    };
+}
+pub(crate) use request_columns;
+
+/// The `WHERE` terms of a pending request; they match the partial index
+/// `cruster_messages_pending`, so the planner can use it.
+macro_rules! pending {
+    () => {
+        "NOT processed AND NOT dead_lettered"
+    };
+}
+pub(crate) use pending;
+
+/// Statements both dialects accept as written.
+pub(crate) mod portable {
+    // ---- message storage ---------------------------------------------------------------
+
+    /// Inserts a request unless its id, or its address + dedupe key, is taken. A final
+    /// reply stored before the request (by another runner) marks it processed at once.
+    /// Returns one row when inserted, none on conflict.
+    pub(crate) const INSERT_REQUEST: &str = "\
+        INSERT INTO cruster_messages (request_id, shard, entity_type, entity_id, tag, payload, \
+            persisted, uninterruptible, streaming, expects_reply, deliver_at_ns, dedupe_key, \
+            trace, processed) \
+        SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+            EXISTS (SELECT 1 FROM cruster_replies WHERE request_id = $1 AND is_final) \
+        WHERE TRUE \
+        ON CONFLICT DO NOTHING \
+        RETURNING request_id";
+
+    /// The request a conflicting save collided with (same id first, else same address +
+    /// dedupe key), with its final reply if any.
+    pub(crate) const FIND_DUPLICATE: &str = "\
+        SELECT m.request_id, r.body AS final_reply \
+        FROM cruster_messages m \
+        LEFT JOIN cruster_replies r ON r.request_id = m.request_id AND r.is_final \
+        WHERE m.request_id = $1 \
+           OR (m.entity_type = $2 AND m.entity_id = $3 AND m.shard = $4 AND m.dedupe_key = $5) \
+        ORDER BY CASE WHEN m.request_id = $1 THEN 0 ELSE 1 END \
+        LIMIT 1";
+
+    /// Stores a reply; the first one stored under a key wins. The trigger
+    /// `cruster_final_reply_marks_processed` marks the request of a final reply processed.
+    pub(crate) const INSERT_REPLY: &str = "\
+        INSERT INTO cruster_replies (request_id, is_final, sequence, body) \
+        VALUES ($1, $2, $3, $4) \
+        ON CONFLICT DO NOTHING";
+
+    /// Chunks in sequence order, then the final reply.
+    pub(crate) const REPLIES_FOR: &str = "\
+        SELECT body FROM cruster_replies WHERE request_id = $1 ORDER BY is_final, sequence";
+
+    pub(crate) const REQUEST_BY_ID: &str = concat!(
+        "SELECT ",
+        super::request_columns!(),
+        " FROM cruster_messages WHERE request_id = $1"
+    );
+
+    pub(crate) const MARK_PROCESSED: &str = "\
+        UPDATE cruster_messages SET processed = TRUE WHERE request_id = $1 AND NOT processed";
+
+    /// Counts a failed attempt of a pending request and dead-letters it at the limit, in one
+    /// statement (the `SET` expressions read the row's old values). No row: not pending.
+    pub(crate) const RECORD_FAILED_ATTEMPT: &str = concat!(
+        "UPDATE cruster_messages SET \
+            attempts = attempts + 1, \
+            last_error = $2, \
+            dead_lettered = (attempts + 1 >= $3), \
+            dead_lettered_at_ns = CASE WHEN attempts + 1 >= $3 THEN $4 ELSE NULL END \
+         WHERE request_id = $1 AND ",
+        super::pending!(),
+        " RETURNING attempts, dead_lettered"
+    );
+
+    /// Dead-letters a pending row that cannot be decoded, so it stops occupying the poll.
+    pub(crate) const QUARANTINE_UNDECODABLE: &str = concat!(
+        "UPDATE cruster_messages SET dead_lettered = TRUE, dead_lettered_at_ns = $2, \
+            last_error = $3 \
+         WHERE request_id = $1 AND ",
+        super::pending!()
+    );
+
+    pub(crate) const DEAD_LETTERS: &str = concat!(
+        "SELECT ",
+        super::request_columns!(),
+        ", last_error, dead_lettered_at_ns FROM cruster_messages \
+         WHERE dead_lettered ORDER BY request_id LIMIT $1"
+    );
+
+    pub(crate) const CLEAR_ADDRESS_REPLIES: &str = "\
+        DELETE FROM cruster_replies WHERE request_id IN ( \
+            SELECT request_id FROM cruster_messages \
+            WHERE entity_type = $1 AND entity_id = $2 AND shard = $3)";
+
+    pub(crate) const CLEAR_ADDRESS_REQUESTS: &str = "\
+        DELETE FROM cruster_messages WHERE entity_type = $1 AND entity_id = $2 AND shard = $3";
+
+    // ---- workflow journal ----------------------------------------------------------------
+
+    pub(crate) const JOURNAL_ENTRY: &str = "\
+        SELECT execution_id, sequence, activity, result, attempts, recorded_at_ns \
+        FROM cruster_journal WHERE execution_id = $1 AND sequence = $2 AND activity = $3";
+
+    pub(crate) const JOURNAL: &str = "\
+        SELECT execution_id, sequence, activity, result, attempts, recorded_at_ns \
+        FROM cruster_journal WHERE execution_id = $1 ORDER BY sequence, activity";
+
+    /// Stores an entry unless one exists for the key (zero rows affected then).
+    pub(crate) const INSERT_JOURNAL_ENTRY: &str = "\
+        INSERT INTO cruster_journal (execution_id, sequence, activity, result, attempts, \
+            recorded_at_ns) \
+        VALUES ($1, $2, $3, $4, $5, $6) \
+        ON CONFLICT DO NOTHING";
+
+    pub(crate) const DELETE_JOURNAL: &str = "DELETE FROM cruster_journal WHERE execution_id = $1";
+
+    pub(crate) const PUT_VALUE: &str = "\
+        INSERT INTO cruster_activity_values (key, value) VALUES ($1, $2) \
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+    pub(crate) const GET_VALUE: &str = "SELECT value FROM cruster_activity_values WHERE key = $1";
+
+    // ---- workflow engine -----------------------------------------------------------------
+
+    pub(crate) const UPSERT_EXECUTION: &str = "\
+        INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
+            request, result, created_at_ns, updated_at_ns) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+        ON CONFLICT (execution_id) DO UPDATE SET \
+            workflow = excluded.workflow, \
+            status = excluded.status, \
+            suspended_until_ns = excluded.suspended_until_ns, \
+            request = excluded.request, \
+            result = excluded.result, \
+            created_at_ns = excluded.created_at_ns, \
+            updated_at_ns = excluded.updated_at_ns";
+
+    pub(crate) const EXECUTION: &str = "\
+        SELECT execution_id, workflow, status, suspended_until_ns, request, result, \
+            created_at_ns, updated_at_ns \
+        FROM cruster_executions WHERE execution_id = $1";
+
+    /// `$1` workflow and `$2` status are optional filters (NULL matches everything).
+    pub(crate) const LIST_EXECUTIONS: &str = "\
+        SELECT execution_id, workflow, status, suspended_until_ns, request, result, \
+            created_at_ns, updated_at_ns \
+        FROM cruster_executions \
+        WHERE ($1 IS NULL OR workflow = $1) AND ($2 IS NULL OR status = $2) \
+        ORDER BY created_at_ns, execution_id \
+        LIMIT $3";
+
+    /// A second schedule of the same key keeps the first.
+    pub(crate) const SCHEDULE_TIMER: &str = "\
+        INSERT INTO cruster_timers (execution_id, timer_key, shard, entity_type, entity_id, \
+            fire_at_ns, completed) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7) \
+        ON CONFLICT DO NOTHING";
+
+    pub(crate) const TIMER: &str = "\
+        SELECT execution_id, timer_key, shard, entity_type, entity_id, fire_at_ns, completed \
+        FROM cruster_timers WHERE execution_id = $1 AND timer_key = $2";
+
+    pub(crate) const DUE_TIMERS: &str = "\
+        SELECT execution_id, timer_key, shard, entity_type, entity_id, fire_at_ns, completed \
+        FROM cruster_timers \
+        WHERE NOT completed AND fire_at_ns <= $1 \
+        ORDER BY fire_at_ns, execution_id, timer_key \
+        LIMIT $2";
+
+    pub(crate) const COMPLETE_TIMER: &str = "\
+        UPDATE cruster_timers SET completed = TRUE \
+        WHERE execution_id = $1 AND timer_key = $2 AND NOT completed";
+
+    /// Write-once: zero rows affected when already resolved.
+    pub(crate) const RESOLVE_DEFERRED: &str = "\
+        INSERT INTO cruster_deferred (execution_id, name, value) VALUES ($1, $2, $3) \
+        ON CONFLICT DO NOTHING";
+
+    pub(crate) const DEFERRED: &str = "\
+        SELECT value FROM cruster_deferred WHERE execution_id = $1 AND name = $2";
+}

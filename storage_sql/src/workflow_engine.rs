@@ -1,0 +1,190 @@
+//! [`SqlWorkflowEngine`]: executions (`cruster_executions`), durable timers
+//! (`cruster_timers`) and deferred values (`cruster_deferred`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cruster_types::{ClusterError, ExitResult};
+use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, WorkflowEngine};
+
+use crate::dialect::per_dialect;
+use crate::pool::SqlPool;
+use crate::rows::{self, failed, nanos, sql_limit};
+
+/// Workflow executions, durable timers and deferred values in PostgreSQL or SQLite.
+///
+/// Every operation is one statement: an execution upsert is `INSERT … ON CONFLICT DO
+/// UPDATE` (last write wins), a timer schedule and a deferred resolution are `INSERT … ON
+/// CONFLICT DO NOTHING` (first write wins), and `due_timers` reads a partial index of
+/// uncompleted timers.
+#[derive(Clone, Debug)]
+pub struct SqlWorkflowEngine {
+    pool: SqlPool,
+}
+
+crate::backend_constructors!(SqlWorkflowEngine, "workflow engine storage");
+
+#[async_trait]
+impl WorkflowEngine for SqlWorkflowEngine {
+    async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError> {
+        let (status, suspended_until_ns) = rows::status_columns(&record.status)?;
+        let result = record.result.as_ref().map(rows::exit_bytes).transpose()?;
+        let created_at_ns = nanos(record.created_at, "created_at")?;
+        let updated_at_ns = nanos(record.updated_at, "updated_at")?;
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::UPSERT_EXECUTION)
+                .bind(record.execution_id.as_str())
+                .bind(record.workflow.as_str())
+                .bind(status)
+                .bind(suspended_until_ns)
+                .bind(record.request.as_ref())
+                .bind(result.as_deref())
+                .bind(created_at_ns)
+                .bind(updated_at_ns)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("saving execution {}", record.execution_id), e))
+    }
+
+    async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let row = sqlx::query(d::sql::EXECUTION)
+                .bind(execution_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(format_args!("reading execution {execution_id}"), e))?;
+            row.map(|row| rows::execution(&row)).transpose()
+        })
+    }
+
+    async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionRecord>, ClusterError> {
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            sql_limit(filter.limit)
+        };
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let found = sqlx::query(d::sql::LIST_EXECUTIONS)
+                .bind(filter.workflow.as_deref())
+                .bind(filter.status)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| failed("listing executions", e))?;
+            found.iter().map(|row| rows::execution(row)).collect()
+        })
+    }
+
+    async fn schedule_timer(&self, timer: &DurableTimer) -> Result<(), ClusterError> {
+        let fire_at_ns = nanos(timer.fire_at, "fire_at")?;
+        let shard = timer.address.shard_id.to_string();
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::SCHEDULE_TIMER)
+                .bind(timer.execution_id.as_str())
+                .bind(timer.timer_key.as_str())
+                .bind(shard.as_str())
+                .bind(timer.address.entity_type.as_str())
+                .bind(timer.address.entity_id.as_str())
+                .bind(fire_at_ns)
+                .bind(timer.completed)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| {
+            failed(
+                format_args!("scheduling timer {}/{}", timer.execution_id, timer.timer_key),
+                e,
+            )
+        })
+    }
+
+    async fn timer(
+        &self,
+        execution_id: &str,
+        timer_key: &str,
+    ) -> Result<Option<DurableTimer>, ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let row = sqlx::query(d::sql::TIMER)
+                .bind(execution_id)
+                .bind(timer_key)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(format_args!("reading timer {execution_id}/{timer_key}"), e))?;
+            row.map(|row| rows::timer(&row)).transpose()
+        })
+    }
+
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DurableTimer>, ClusterError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_ns = nanos(now, "now")?;
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let found = sqlx::query(d::sql::DUE_TIMERS)
+                .bind(now_ns)
+                .bind(sql_limit(limit))
+                .fetch_all(pool)
+                .await
+                .map_err(|e| failed("reading due timers", e))?;
+            found.iter().map(|row| rows::timer(row)).collect()
+        })
+    }
+
+    async fn complete_timer(&self, execution_id: &str, timer_key: &str) -> Result<(), ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::COMPLETE_TIMER)
+                .bind(execution_id)
+                .bind(timer_key)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("completing timer {execution_id}/{timer_key}"), e))
+    }
+
+    async fn resolve_deferred(
+        &self,
+        execution_id: &str,
+        name: &str,
+        value: &ExitResult,
+    ) -> Result<bool, ClusterError> {
+        let bytes = rows::exit_bytes(value)?;
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::RESOLVE_DEFERRED)
+                .bind(execution_id)
+                .bind(name)
+                .bind(bytes.as_ref())
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(|e| failed(format_args!("resolving deferred value {execution_id}/{name}"), e))
+    }
+
+    async fn deferred(
+        &self,
+        execution_id: &str,
+        name: &str,
+    ) -> Result<Option<ExitResult>, ClusterError> {
+        let stored: Option<Vec<u8>> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_scalar(d::sql::DEFERRED)
+                .bind(execution_id)
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| failed(format_args!("reading deferred value {execution_id}/{name}"), e))?;
+        stored
+            .map(|bytes| rows::deferred(execution_id, name, &bytes))
+            .transpose()
+    }
+}

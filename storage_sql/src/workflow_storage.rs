@@ -1,0 +1,255 @@
+//! [`SqlWorkflowStorage`]: the activity journal (`cruster_journal`), activity transactions
+//! as real database transactions, and their key-value writes (`cruster_activity_values`).
+
+use std::any::Any;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cruster_types::ClusterError;
+use cruster_workflow_storage::{
+    ActivityKey, ActivityTransaction, CommitOutcome, JournalEntry, WorkflowStorage,
+};
+
+use crate::dialect::per_dialect;
+use crate::pool::SqlPool;
+use crate::rows::{self, failed, nanos};
+
+/// The workflow journal in PostgreSQL or SQLite, with activity transactions that are
+/// database transactions.
+///
+/// [`WorkflowStorage::begin_activity`] opens a transaction on a pooled connection and keeps
+/// it until commit or rollback; [`ActivityTransaction::commit`] inserts the journal entry in
+/// that same transaction and commits, so the activity's own SQL writes and its entry become
+/// visible together or not at all. When the entry already exists (another runner finished the
+/// activity first) the whole transaction is rolled back and the existing entry returned.
+/// The open transaction is reachable through [`ActivityTransaction::backend_mut`]; see
+/// [`postgres_transaction`] and [`sqlite_transaction`].
+///
+/// Key-value writes (`put`/`get`/`get_value`) are supported, in table
+/// `cruster_activity_values`, inside the same transaction.
+///
+/// An open activity transaction holds one pooled connection: size the pool for the number
+/// of activities that run at once, plus the runtime's own queries. On SQLite the
+/// transaction is deferred (`BEGIN`): it takes the database's single write lock at its first
+/// write and holds it to commit, and a transaction that read before another connection
+/// committed a write fails its own first write with "database is locked" (retryable).
+#[derive(Clone, Debug)]
+pub struct SqlWorkflowStorage {
+    pool: SqlPool,
+}
+
+crate::backend_constructors!(SqlWorkflowStorage, "workflow journal");
+
+#[async_trait]
+impl WorkflowStorage for SqlWorkflowStorage {
+    async fn journal_entry(
+        &self,
+        execution_id: &str,
+        key: &ActivityKey,
+    ) -> Result<Option<JournalEntry>, ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let row = sqlx::query(d::sql::JOURNAL_ENTRY)
+                .bind(execution_id)
+                .bind(i64::from(key.sequence))
+                .bind(key.name.as_str())
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(format_args!("reading journal entry {execution_id}/{}", key.name), e))?;
+            row.map(|row| rows::journal_entry(&row)).transpose()
+        })
+    }
+
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalEntry>, ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let found = sqlx::query(d::sql::JOURNAL)
+                .bind(execution_id)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| failed(format_args!("reading the journal of {execution_id}"), e))?;
+            found.iter().map(|row| rows::journal_entry(row)).collect()
+        })
+    }
+
+    async fn begin_activity(
+        &self,
+        execution_id: &str,
+        key: &ActivityKey,
+    ) -> Result<Box<dyn ActivityTransaction>, ClusterError> {
+        let tx = per_dialect!(&self.pool, SqlPool, |pool, _d| {
+            pool.begin().await.map(OpenTransaction::from)
+        })
+        .map_err(|e| failed(format_args!("opening the transaction of activity {}#{} of {execution_id}", key.name, key.sequence), e))?;
+        Ok(Box::new(SqlActivityTransaction { tx }))
+    }
+
+    async fn delete_journal(&self, execution_id: &str) -> Result<(), ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::DELETE_JOURNAL)
+                .bind(execution_id)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("deleting the journal of {execution_id}"), e))
+    }
+
+    async fn get_value(&self, key: &str) -> Result<Option<Bytes>, ClusterError> {
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_scalar::<_, Vec<u8>>(d::sql::GET_VALUE)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map(|value| value.map(Bytes::from))
+        })
+        .map_err(|e| failed(format_args!("reading activity value `{key}`"), e))
+    }
+}
+
+/// The database transaction of one activity.
+enum OpenTransaction {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::Transaction<'static, sqlx::Postgres>> for OpenTransaction {
+    fn from(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        OpenTransaction::Postgres(tx)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<sqlx::Transaction<'static, sqlx::Sqlite>> for OpenTransaction {
+    fn from(tx: sqlx::Transaction<'static, sqlx::Sqlite>) -> Self {
+        OpenTransaction::Sqlite(tx)
+    }
+}
+
+/// An activity's open database transaction (see [`SqlWorkflowStorage`]).
+///
+/// Dropping it without `commit` rolls the transaction back.
+struct SqlActivityTransaction {
+    tx: OpenTransaction,
+}
+
+#[async_trait]
+impl ActivityTransaction for SqlActivityTransaction {
+    /// The open `sqlx::Transaction<'static, sqlx::Postgres>` or
+    /// `sqlx::Transaction<'static, sqlx::Sqlite>`.
+    fn backend_mut(&mut self) -> &mut (dyn Any + Send) {
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, _d| tx as &mut (dyn Any + Send))
+    }
+
+    async fn put(&mut self, key: &str, value: Bytes) -> Result<(), ClusterError> {
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+            sqlx::query(d::sql::PUT_VALUE)
+                .bind(key)
+                .bind(value.as_ref())
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(format_args!("writing activity value `{key}`"), e))
+    }
+
+    async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClusterError> {
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+            sqlx::query_scalar::<_, Vec<u8>>(d::sql::GET_VALUE)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await
+                .map(|value| value.map(Bytes::from))
+        })
+        .map_err(|e| failed(format_args!("reading activity value `{key}`"), e))
+    }
+
+    async fn commit(self: Box<Self>, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
+        let execution_id = entry.execution_id.as_str();
+        let sequence = i64::from(entry.key.sequence);
+        let activity = entry.key.name.as_str();
+        let result = rows::exit_bytes(&entry.result)?;
+        let recorded_at_ns = nanos(entry.recorded_at, "recorded_at")?;
+        let doing = || format!("committing activity {activity}#{sequence} of {execution_id}");
+        let this = *self;
+        per_dialect!(this.tx, OpenTransaction, |tx, d| {
+            let mut tx = tx;
+            let inserted = sqlx::query(d::sql::INSERT_JOURNAL_ENTRY)
+                .bind(execution_id)
+                .bind(sequence)
+                .bind(activity)
+                .bind(result.as_ref())
+                .bind(i64::from(entry.attempts))
+                .bind(recorded_at_ns)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| failed(doing(), e))?
+                .rows_affected()
+                == 1;
+            if inserted {
+                tx.commit().await.map_err(|e| failed(doing(), e))?;
+                return Ok(CommitOutcome::Committed);
+            }
+            // Another runner recorded this activity first: apply nothing, return its entry.
+            let existing = sqlx::query(d::sql::JOURNAL_ENTRY)
+                .bind(execution_id)
+                .bind(sequence)
+                .bind(activity)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| failed(doing(), e))?;
+            tx.rollback().await.map_err(|e| failed(doing(), e))?;
+            match existing {
+                Some(row) => Ok(CommitOutcome::AlreadyRecorded(rows::journal_entry(&row)?)),
+                None => Err(ClusterError::PersistenceError {
+                    reason: format!(
+                        "{}: the journal entry conflicted with one that could not be read back; \
+                         retry the activity",
+                        doing()
+                    ),
+                    source: None,
+                }),
+            }
+        })
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), ClusterError> {
+        let this = *self;
+        per_dialect!(this.tx, OpenTransaction, |tx, _d| tx.rollback().await)
+            .map_err(|e| failed("rolling back an activity transaction", e))
+    }
+}
+
+/// The PostgreSQL transaction behind an activity transaction of [`SqlWorkflowStorage`], for
+/// running the activity's own SQL in it (what `self.tx` does).
+///
+/// `None` when `tx` is not a PostgreSQL activity transaction of this crate (another
+/// backend, or SQLite). The same value is reachable as
+/// `tx.backend_mut().downcast_mut::<sqlx::Transaction<'static, sqlx::Postgres>>()`.
+///
+/// ```no_run
+/// # async fn run(tx: &mut dyn cruster_workflow_storage::ActivityTransaction) -> Result<(), cruster_types::ClusterError> {
+/// if let Some(pg) = cruster_storage_sql::postgres_transaction(tx) {
+///     sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+///         .execute(&mut **pg)
+///         .await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub fn postgres_transaction(
+    tx: &mut dyn ActivityTransaction,
+) -> Option<&mut sqlx::Transaction<'static, sqlx::Postgres>> {
+    tx.backend_mut().downcast_mut()
+}
+
+/// The SQLite transaction behind an activity transaction of [`SqlWorkflowStorage`]; see
+/// [`postgres_transaction`]. The same value is reachable as
+/// `tx.backend_mut().downcast_mut::<sqlx::Transaction<'static, sqlx::Sqlite>>()`.
+#[cfg(feature = "sqlite")]
+pub fn sqlite_transaction(
+    tx: &mut dyn ActivityTransaction,
+) -> Option<&mut sqlx::Transaction<'static, sqlx::Sqlite>> {
+    tx.backend_mut().downcast_mut()
+}
