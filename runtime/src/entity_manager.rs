@@ -31,8 +31,7 @@ use tracing::Instrument;
 use crate::mailbox::{MailboxItem, ReplySink};
 use crate::runtime_core::RuntimeCore;
 
-/// Chunks a stream may run ahead of the consumer's acknowledgements.
-pub(crate) const STREAM_WINDOW: usize = 256;
+use cruster_sharding::STREAM_WINDOW;
 
 pub(crate) struct EntityManager {
     core: Arc<RuntimeCore>,

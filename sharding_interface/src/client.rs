@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cruster_types::{
-    wire, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, Reply,
+    wire, AckChunk, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, Reply,
     ReplyWithExit, Snowflake,
 };
 use futures::stream::{BoxStream, StreamExt};
@@ -31,6 +31,13 @@ impl std::fmt::Debug for EntityClient {
             .finish()
     }
 }
+
+/// A stream consumer acknowledges every this-many chunks; a producer may run at most
+/// [`STREAM_WINDOW`] chunks ahead of the last acknowledgement.
+pub const STREAM_ACK_INTERVAL: u32 = 64;
+
+/// How many unacknowledged chunks a streaming handler may produce before it waits.
+pub const STREAM_WINDOW: usize = 256;
 
 fn decode_exit<Res: DeserializeOwned>(reply: ReplyWithExit) -> Result<Res, ClusterError> {
     let bytes = reply.exit.into_result()?;
@@ -219,18 +226,41 @@ impl EntityClient {
     ) -> Result<BoxStream<'static, Result<Res, ClusterError>>, ClusterError> {
         let mut envelope = self.envelope(entity_id, tag, request)?;
         envelope.streaming = true;
+        let request_id = envelope.request_id;
+        let address = envelope.address.clone();
         let replies = self.sharding.send_stream(envelope).await?;
-        let values = replies.flat_map(|reply| {
-            let items: Vec<Result<Res, ClusterError>> = match reply {
-                Ok(Reply::Chunk(chunk)) => chunk.values.iter().map(|v| wire::decode(v)).collect(),
-                Ok(Reply::WithExit(exit)) => match exit.exit.into_result() {
-                    Ok(_) => Vec::new(),
-                    Err(err) => vec![Err(err)],
-                },
-                Err(err) => vec![Err(err)],
-            };
-            futures::stream::iter(items)
-        });
+        let sharding = self.sharding.clone();
+        let values = replies
+            .then(move |reply| {
+                let sharding = sharding.clone();
+                let address = address.clone();
+                async move {
+                    if let Ok(Reply::Chunk(chunk)) = &reply {
+                        if (chunk.sequence + 1) % STREAM_ACK_INTERVAL == 0 {
+                            // Lets the producer run further ahead; a lost ack only slows it.
+                            let _ = sharding
+                                .ack_chunk(AckChunk {
+                                    request_id,
+                                    address,
+                                    sequence: chunk.sequence,
+                                })
+                                .await;
+                        }
+                    }
+                    let items: Vec<Result<Res, ClusterError>> = match reply {
+                        Ok(Reply::Chunk(chunk)) => {
+                            chunk.values.iter().map(|v| wire::decode(v)).collect()
+                        }
+                        Ok(Reply::WithExit(exit)) => match exit.exit.into_result() {
+                            Ok(_) => Vec::new(),
+                            Err(err) => vec![Err(err)],
+                        },
+                        Err(err) => vec![Err(err)],
+                    };
+                    futures::stream::iter(items)
+                }
+            })
+            .flatten();
         Ok(values.boxed())
     }
 

@@ -39,7 +39,7 @@ use cruster_types::{
 use futures::stream::BoxStream;
 
 pub use assignment::ShardAssignment;
-pub use client::EntityClient;
+pub use client::{EntityClient, STREAM_ACK_INTERVAL, STREAM_WINDOW};
 pub use context::EntityContext;
 pub use entity::{Entity, EntityHandler, EntityOptions, IncomingRequest};
 pub use into_sharding::IntoSharding;

@@ -276,22 +276,66 @@ impl std::error::Error for RemoteErrorSource {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum WireError {
-    EntityNotRegistered { entity_type: EntityType },
-    UnknownTag { entity_type: EntityType, tag: String },
-    MalformedMessage { reason: String, source: Option<String> },
-    PersistenceError { reason: String, source: Option<String> },
-    MailboxFull { entity_type: EntityType, entity_id: EntityId, capacity: u64 },
-    ShardNotOwned { shard_id: ShardId },
-    RunnerUnavailable { address: RunnerAddress, reason: String },
-    Timeout { operation: String, timeout_ms: u64 },
+    EntityNotRegistered {
+        entity_type: EntityType,
+    },
+    UnknownTag {
+        entity_type: EntityType,
+        tag: String,
+    },
+    MalformedMessage {
+        reason: String,
+        source: Option<String>,
+    },
+    PersistenceError {
+        reason: String,
+        source: Option<String>,
+    },
+    MailboxFull {
+        entity_type: EntityType,
+        entity_id: EntityId,
+        capacity: u64,
+    },
+    ShardNotOwned {
+        shard_id: ShardId,
+    },
+    RunnerUnavailable {
+        address: RunnerAddress,
+        reason: String,
+    },
+    Timeout {
+        operation: String,
+        timeout_ms: u64,
+    },
     ShuttingDown,
-    Interrupted { request_id: Snowflake },
-    NonDeterminism { execution_id: String, detail: String },
-    Unsupported { operation: String, backend: String },
-    InvalidConfig { field: String, reason: String },
-    InvalidCronExpression { expression: String, reason: String },
-    ActivityFailed { execution_id: String, activity: String, attempts: u32, message: String },
-    Handler { message: String },
+    Interrupted {
+        request_id: Snowflake,
+    },
+    NonDeterminism {
+        execution_id: String,
+        detail: String,
+    },
+    Unsupported {
+        operation: String,
+        backend: String,
+    },
+    InvalidConfig {
+        field: String,
+        reason: String,
+    },
+    InvalidCronExpression {
+        expression: String,
+        reason: String,
+    },
+    ActivityFailed {
+        execution_id: String,
+        activity: String,
+        attempts: u32,
+        message: String,
+    },
+    Handler {
+        message: String,
+    },
 }
 
 impl From<&ClusterError> for WireError {
@@ -384,7 +428,9 @@ impl From<WireError> for ClusterError {
     fn from(err: WireError) -> Self {
         use ClusterError as E;
         match err {
-            WireError::EntityNotRegistered { entity_type } => E::EntityNotRegistered { entity_type },
+            WireError::EntityNotRegistered { entity_type } => {
+                E::EntityNotRegistered { entity_type }
+            }
             WireError::UnknownTag { entity_type, tag } => E::UnknownTag { entity_type, tag },
             WireError::MalformedMessage { reason, source } => E::MalformedMessage {
                 reason,
@@ -483,7 +529,13 @@ mod tests {
     #[test]
     fn sqlx_errors_become_persistence_errors_with_their_source() {
         let err = ClusterError::from(sqlx::Error::RowNotFound);
-        assert!(matches!(err, ClusterError::PersistenceError { source: Some(_), .. }));
+        assert!(matches!(
+            err,
+            ClusterError::PersistenceError {
+                source: Some(_),
+                ..
+            }
+        ));
         assert!(err.is_retryable());
         let source = std::error::Error::source(&err).map(|s| s.to_string());
         assert_eq!(source, Some(sqlx::Error::RowNotFound.to_string()));

@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cruster_message_storage::{DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest};
+use cruster_message_storage::{
+    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+};
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
 use crate::dialect::per_dialect;
@@ -87,7 +89,12 @@ impl MessageStorage for SqlMessageStorage {
                     .bind(row.dedupe_key)
                     .fetch_optional(pool)
                     .await
-                    .map_err(|e| failed(format_args!("reading the duplicate of request {request_id}"), e))?;
+                    .map_err(|e| {
+                        failed(
+                            format_args!("reading the duplicate of request {request_id}"),
+                            e,
+                        )
+                    })?;
                 found.map(|found| duplicate(&found)).transpose()
             })?;
             if let Some(duplicate) = duplicate {
@@ -115,7 +122,12 @@ impl MessageStorage for SqlMessageStorage {
                 .await
                 .map(drop)
         })
-        .map_err(|e| failed(format_args!("saving a reply to request {}", reply.request_id()), e))
+        .map_err(|e| {
+            failed(
+                format_args!("saving a reply to request {}", reply.request_id()),
+                e,
+            )
+        })
     }
 
     async fn replies_for(&self, request_id: Snowflake) -> Result<Vec<Reply>, ClusterError> {
@@ -125,7 +137,12 @@ impl MessageStorage for SqlMessageStorage {
                 .fetch_all(pool)
                 .await
         })
-        .map_err(|e| failed(format_args!("reading the replies to request {request_id}"), e))?;
+        .map_err(|e| {
+            failed(
+                format_args!("reading the replies to request {request_id}"),
+                e,
+            )
+        })?;
         bodies
             .iter()
             .map(|body| rows::reply(request_id, body))
@@ -201,7 +218,12 @@ impl MessageStorage for SqlMessageStorage {
                 .fetch_optional(pool)
                 .await
         })
-        .map_err(|e| failed(format_args!("counting a failed attempt of request {request_id}"), e))?;
+        .map_err(|e| {
+            failed(
+                format_args!("counting a failed attempt of request {request_id}"),
+                e,
+            )
+        })?;
         let Some((attempts, dead_lettered)) = counted else {
             return Ok(FailedAttempt::NotPending);
         };
@@ -243,7 +265,10 @@ impl MessageStorage for SqlMessageStorage {
         per_dialect!(&self.pool, SqlPool, |pool, d| {
             async {
                 let mut tx = pool.begin().await?;
-                for statement in [d::sql::CLEAR_ADDRESS_REPLIES, d::sql::CLEAR_ADDRESS_REQUESTS] {
+                for statement in [
+                    d::sql::CLEAR_ADDRESS_REPLIES,
+                    d::sql::CLEAR_ADDRESS_REQUESTS,
+                ] {
                     sqlx::query(statement)
                         .bind(address.entity_type.as_str())
                         .bind(address.entity_id.as_str())
@@ -276,7 +301,12 @@ impl MessageStorage for SqlMessageStorage {
 impl SqlMessageStorage {
     /// Dead-letters a pending row that cannot be decoded, so the poll keeps serving the
     /// rows behind it, and logs why.
-    async fn quarantine(&self, request_id: i64, err: &ClusterError, now_ns: i64) -> Result<(), ClusterError> {
+    async fn quarantine(
+        &self,
+        request_id: i64,
+        err: &ClusterError,
+        now_ns: i64,
+    ) -> Result<(), ClusterError> {
         tracing::error!(
             request_id,
             %err,
@@ -293,7 +323,12 @@ impl SqlMessageStorage {
                 .await
                 .map(drop)
         })
-        .map_err(|e| failed(format_args!("dead-lettering undecodable request {request_id}"), e))
+        .map_err(|e| {
+            failed(
+                format_args!("dead-lettering undecodable request {request_id}"),
+                e,
+            )
+        })
     }
 }
 

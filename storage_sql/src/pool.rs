@@ -64,11 +64,27 @@ impl SqlPool {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => sqlx::postgres::PgPoolOptions::new()
-                .connect(url)
-                .await
-                .map(SqlPool::Postgres)
-                .map_err(|e| connect_error("PostgreSQL", e)),
+            "postgres" | "postgresql" => {
+                use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+                use sqlx::{ConnectOptions, Connection};
+                use std::str::FromStr;
+                let options =
+                    PgConnectOptions::from_str(url).map_err(|e| connect_error("PostgreSQL", e))?;
+                // One direct connection first: a pool retries a refused connection until its
+                // acquire timeout (30 s), while a wrong URL should fail at once.
+                options
+                    .connect()
+                    .await
+                    .map_err(|e| connect_error("PostgreSQL", e))?
+                    .close()
+                    .await
+                    .map_err(|e| connect_error("PostgreSQL", e))?;
+                PgPoolOptions::new()
+                    .connect_with(options)
+                    .await
+                    .map(SqlPool::Postgres)
+                    .map_err(|e| connect_error("PostgreSQL", e))
+            }
             #[cfg(feature = "sqlite")]
             "sqlite" => {
                 use sqlx::sqlite::{

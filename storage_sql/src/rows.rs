@@ -80,7 +80,11 @@ pub(crate) fn undecodable(what: impl Display, err: impl Display) -> ClusterError
     }
 }
 
-fn column<T>(row_name: &str, column: &str, value: Result<T, sqlx::Error>) -> Result<T, ClusterError> {
+fn column<T>(
+    row_name: &str,
+    column: &str,
+    value: Result<T, sqlx::Error>,
+) -> Result<T, ClusterError> {
     value.map_err(|e| ClusterError::MalformedMessage {
         reason: format!("stored {row_name} has an unreadable `{column}` column: {e}"),
         source: Some(Box::new(e)),
@@ -123,10 +127,7 @@ fn counter(row_name: &str, column: &str, value: i64) -> Result<u32, ClusterError
     })
 }
 
-fn address(
-    row_name: &str,
-    row: &impl Columns,
-) -> Result<EntityAddress, ClusterError> {
+fn address(row_name: &str, row: &impl Columns) -> Result<EntityAddress, ClusterError> {
     let shard = column(row_name, "shard", row.text("shard"))?;
     let shard_id = shard
         .parse::<ShardId>()
@@ -203,7 +204,11 @@ pub(crate) fn stored_request(row: &impl Columns) -> Result<StoredRequest, Cluste
     };
     Ok(StoredRequest {
         envelope,
-        attempts: counter(name, "attempts", column(name, "attempts", row.int("attempts"))?)?,
+        attempts: counter(
+            name,
+            "attempts",
+            column(name, "attempts", row.int("attempts"))?,
+        )?,
         processed: column(name, "processed", row.flag("processed"))?,
         dead_lettered: column(name, "dead_lettered", row.flag("dead_lettered"))?,
     })
@@ -217,9 +222,13 @@ pub(crate) fn dead_letter(row: &impl Columns) -> Result<DeadLetter, ClusterError
     Ok(DeadLetter {
         attempts: stored.attempts,
         reason: column(name, "last_error", row.opt_text("last_error"))?.unwrap_or_default(),
-        dead_lettered_at: column(name, "dead_lettered_at_ns", row.opt_int("dead_lettered_at_ns"))?
-            .map(instant)
-            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+        dead_lettered_at: column(
+            name,
+            "dead_lettered_at_ns",
+            row.opt_int("dead_lettered_at_ns"),
+        )?
+        .map(instant)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
         envelope: stored.envelope,
     })
 }
@@ -235,7 +244,8 @@ pub(crate) fn reply_row(reply: &Reply) -> Result<(i64, bool, i64, Bytes), Cluste
 
 /// A stored reply body back to a [`Reply`].
 pub(crate) fn reply(request_id: Snowflake, body: &[u8]) -> Result<Reply, ClusterError> {
-    wire::decode_reply(body).map_err(|e| undecodable(format_args!("reply to request {request_id}"), e))
+    wire::decode_reply(body)
+        .map_err(|e| undecodable(format_args!("reply to request {request_id}"), e))
 }
 
 // ---- workflow journal --------------------------------------------------------------------
@@ -263,7 +273,11 @@ pub(crate) fn journal_entry(row: &impl Columns) -> Result<JournalEntry, ClusterE
             sequence: counter(name, "sequence", sequence)?,
         },
         result,
-        attempts: counter(name, "attempts", column(name, "attempts", row.int("attempts"))?)?,
+        attempts: counter(
+            name,
+            "attempts",
+            column(name, "attempts", row.int("attempts"))?,
+        )?,
         recorded_at: instant(column(name, "recorded_at_ns", row.int("recorded_at_ns"))?),
         execution_id,
     })
@@ -288,7 +302,11 @@ pub(crate) fn execution(row: &impl Columns) -> Result<ExecutionRecord, ClusterEr
     let name = format!("execution {execution_id}");
     let name = name.as_str();
     let status_name = column(name, "status", row.text("status"))?;
-    let until = column(name, "suspended_until_ns", row.opt_int("suspended_until_ns"))?;
+    let until = column(
+        name,
+        "suspended_until_ns",
+        row.opt_int("suspended_until_ns"),
+    )?;
     let status = match status_name.as_str() {
         "running" => ExecutionStatus::Running,
         "suspended" => ExecutionStatus::Suspended {
@@ -328,6 +346,10 @@ pub(crate) fn timer(row: &impl Columns) -> Result<DurableTimer, ClusterError> {
 }
 
 /// A stored deferred value back to its [`ExitResult`].
-pub(crate) fn deferred(execution_id: &str, name: &str, bytes: &[u8]) -> Result<ExitResult, ClusterError> {
+pub(crate) fn deferred(
+    execution_id: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<ExitResult, ClusterError> {
     exit_result(format_args!("deferred value {execution_id}/{name}"), bytes)
 }

@@ -97,7 +97,10 @@ impl WorkflowEngine for SqlWorkflowEngine {
         })
         .map_err(|e| {
             failed(
-                format_args!("scheduling timer {}/{}", timer.execution_id, timer.timer_key),
+                format_args!(
+                    "scheduling timer {}/{}",
+                    timer.execution_id, timer.timer_key
+                ),
                 e,
             )
         })
@@ -139,7 +142,11 @@ impl WorkflowEngine for SqlWorkflowEngine {
         })
     }
 
-    async fn complete_timer(&self, execution_id: &str, timer_key: &str) -> Result<(), ClusterError> {
+    async fn complete_timer(
+        &self,
+        execution_id: &str,
+        timer_key: &str,
+    ) -> Result<(), ClusterError> {
         per_dialect!(&self.pool, SqlPool, |pool, d| {
             sqlx::query(d::sql::COMPLETE_TIMER)
                 .bind(execution_id)
@@ -148,7 +155,12 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .await
                 .map(drop)
         })
-        .map_err(|e| failed(format_args!("completing timer {execution_id}/{timer_key}"), e))
+        .map_err(|e| {
+            failed(
+                format_args!("completing timer {execution_id}/{timer_key}"),
+                e,
+            )
+        })
     }
 
     async fn resolve_deferred(
@@ -167,7 +179,12 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .await
                 .map(|done| done.rows_affected() == 1)
         })
-        .map_err(|e| failed(format_args!("resolving deferred value {execution_id}/{name}"), e))
+        .map_err(|e| {
+            failed(
+                format_args!("resolving deferred value {execution_id}/{name}"),
+                e,
+            )
+        })
     }
 
     async fn deferred(
@@ -182,7 +199,12 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .fetch_optional(pool)
                 .await
         })
-        .map_err(|e| failed(format_args!("reading deferred value {execution_id}/{name}"), e))?;
+        .map_err(|e| {
+            failed(
+                format_args!("reading deferred value {execution_id}/{name}"),
+                e,
+            )
+        })?;
         stored
             .map(|bytes| rows::deferred(execution_id, name, &bytes))
             .transpose()

@@ -2,6 +2,7 @@
 //! as real database transactions, and their key-value writes (`cruster_activity_values`).
 
 use std::any::Any;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,13 +27,20 @@ use crate::rows::{self, failed, nanos};
 /// [`postgres_transaction`] and [`sqlite_transaction`].
 ///
 /// Key-value writes (`put`/`get`/`get_value`) are supported, in table
-/// `cruster_activity_values`, inside the same transaction.
+/// `cruster_activity_values`: `put` stages a write in the transaction object and `commit`
+/// applies the staged writes in the database transaction, after the journal entry; `get`
+/// answers from the staged writes, else from committed values. Staging keeps a SQLite
+/// activity that only uses key-value writes from holding the write lock while it runs.
 ///
 /// An open activity transaction holds one pooled connection: size the pool for the number
 /// of activities that run at once, plus the runtime's own queries. On SQLite the
 /// transaction is deferred (`BEGIN`): it takes the database's single write lock at its first
 /// write and holds it to commit, and a transaction that read before another connection
 /// committed a write fails its own first write with "database is locked" (retryable).
+/// While an activity holds the SQLite write lock, every other write to the database waits
+/// (up to the pool's busy timeout): keep SQL activities short, and do not wait inside one for
+/// work that writes to the same database. `sqlite::memory:` pools have a single
+/// connection, which an open activity transaction occupies.
 #[derive(Clone, Debug)]
 pub struct SqlWorkflowStorage {
     pool: SqlPool,
@@ -54,7 +62,12 @@ impl WorkflowStorage for SqlWorkflowStorage {
                 .bind(key.name.as_str())
                 .fetch_optional(pool)
                 .await
-                .map_err(|e| failed(format_args!("reading journal entry {execution_id}/{}", key.name), e))?;
+                .map_err(|e| {
+                    failed(
+                        format_args!("reading journal entry {execution_id}/{}", key.name),
+                        e,
+                    )
+                })?;
             row.map(|row| rows::journal_entry(&row)).transpose()
         })
     }
@@ -78,8 +91,20 @@ impl WorkflowStorage for SqlWorkflowStorage {
         let tx = per_dialect!(&self.pool, SqlPool, |pool, _d| {
             pool.begin().await.map(OpenTransaction::from)
         })
-        .map_err(|e| failed(format_args!("opening the transaction of activity {}#{} of {execution_id}", key.name, key.sequence), e))?;
-        Ok(Box::new(SqlActivityTransaction { tx }))
+        .map_err(|e| {
+            failed(
+                format_args!(
+                    "opening the transaction of activity {}#{} of {execution_id}",
+                    key.name, key.sequence
+                ),
+                e,
+            )
+        })?;
+        Ok(Box::new(SqlActivityTransaction {
+            tx,
+            staged: BTreeMap::new(),
+            storage: self.clone(),
+        }))
     }
 
     async fn delete_journal(&self, execution_id: &str) -> Result<(), ClusterError> {
@@ -132,6 +157,10 @@ impl From<sqlx::Transaction<'static, sqlx::Sqlite>> for OpenTransaction {
 /// Dropping it without `commit` rolls the transaction back.
 struct SqlActivityTransaction {
     tx: OpenTransaction,
+    /// Key-value writes, applied by `commit`.
+    staged: BTreeMap<String, Bytes>,
+    /// For reading committed values outside the transaction.
+    storage: SqlWorkflowStorage,
 }
 
 #[async_trait]
@@ -139,30 +168,23 @@ impl ActivityTransaction for SqlActivityTransaction {
     /// The open `sqlx::Transaction<'static, sqlx::Postgres>` or
     /// `sqlx::Transaction<'static, sqlx::Sqlite>`.
     fn backend_mut(&mut self) -> &mut (dyn Any + Send) {
-        per_dialect!(&mut self.tx, OpenTransaction, |tx, _d| tx as &mut (dyn Any + Send))
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, _d| tx
+            as &mut (dyn Any + Send))
     }
 
     async fn put(&mut self, key: &str, value: Bytes) -> Result<(), ClusterError> {
-        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
-            sqlx::query(d::sql::PUT_VALUE)
-                .bind(key)
-                .bind(value.as_ref())
-                .execute(&mut **tx)
-                .await
-                .map(drop)
-        })
-        .map_err(|e| failed(format_args!("writing activity value `{key}`"), e))
+        self.staged.insert(key.to_owned(), value);
+        Ok(())
     }
 
     async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClusterError> {
-        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
-            sqlx::query_scalar::<_, Vec<u8>>(d::sql::GET_VALUE)
-                .bind(key)
-                .fetch_optional(&mut **tx)
-                .await
-                .map(|value| value.map(Bytes::from))
-        })
-        .map_err(|e| failed(format_args!("reading activity value `{key}`"), e))
+        match self.staged.get(key) {
+            Some(value) => Ok(Some(value.clone())),
+            // Read outside the transaction: under read-committed isolation that is the same
+            // answer, and it keeps a SQLite transaction from pinning a read snapshot that
+            // would make its later writes fail.
+            None => self.storage.get_value(key).await,
+        }
     }
 
     async fn commit(self: Box<Self>, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
@@ -188,6 +210,14 @@ impl ActivityTransaction for SqlActivityTransaction {
                 .rows_affected()
                 == 1;
             if inserted {
+                for (key, value) in &this.staged {
+                    sqlx::query(d::sql::PUT_VALUE)
+                        .bind(key.as_str())
+                        .bind(value.as_ref())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| failed(doing(), e))?;
+                }
                 tx.commit().await.map_err(|e| failed(doing(), e))?;
                 return Ok(CommitOutcome::Committed);
             }

@@ -19,7 +19,13 @@ mod connecting {
 
     fn assert_persistence_error(err: &ClusterError) {
         assert!(
-            matches!(err, ClusterError::PersistenceError { source: Some(_), .. }),
+            matches!(
+                err,
+                ClusterError::PersistenceError {
+                    source: Some(_),
+                    ..
+                }
+            ),
             "expected a PersistenceError with its cause, got {err:?}"
         );
     }
@@ -30,7 +36,10 @@ mod connecting {
             .await
             .unwrap_err();
         assert_persistence_error(&err);
-        assert!(!err.to_string().contains("cruster:cruster"), "the password leaked: {err}");
+        assert!(
+            !err.to_string().contains("cruster:cruster"),
+            "the password leaked: {err}"
+        );
     }
 
     #[tokio::test]
@@ -45,10 +54,15 @@ mod connecting {
 
     #[tokio::test]
     async fn malformed_url_is_a_persistence_error() {
-        let err = SqlPool::connect("postgres://[not a host").await.unwrap_err();
+        let err = SqlPool::connect("postgres://[not a host")
+            .await
+            .unwrap_err();
         assert_persistence_error(&err);
         let err = SqlPool::connect("mysql://localhost/db").await.unwrap_err();
-        assert!(matches!(err, ClusterError::PersistenceError { .. }), "{err:?}");
+        assert!(
+            matches!(err, ClusterError::PersistenceError { .. }),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,13 @@ mod connecting {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, ClusterError::PersistenceError { source: Some(_), .. }),
+            matches!(
+                err,
+                ClusterError::PersistenceError {
+                    source: Some(_),
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -65,7 +71,9 @@ fn public_handles_and_futures_are_send_and_sync() {
     handles::<SqlWorkflowStorage>();
     handles::<SqlWorkflowEngine>();
 
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let _guard = runtime.enter();
     let pool = SqlPool::from(sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap());
     let storage = SqlMessageStorage::from_pool(pool.clone());

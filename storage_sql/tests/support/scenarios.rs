@@ -84,8 +84,9 @@ async fn run_in_activity(dialect: Dialect, tx: &mut dyn ActivityTransaction, sql
     match dialect {
         Dialect::Postgres => {
             assert!(cruster_storage_sql::sqlite_transaction(tx).is_none());
-            let pg = cruster_storage_sql::postgres_transaction(tx)
-                .expect("a PostgreSQL activity transaction downcasts to sqlx::Transaction<Postgres>");
+            let pg = cruster_storage_sql::postgres_transaction(tx).expect(
+                "a PostgreSQL activity transaction downcasts to sqlx::Transaction<Postgres>",
+            );
             sqlx::query(sql).execute(&mut **pg).await.unwrap();
         }
         Dialect::Sqlite => {
@@ -99,8 +100,10 @@ async fn run_in_activity(dialect: Dialect, tx: &mut dyn ActivityTransaction, sql
 
 async fn balances(db: &TestDatabase, pool: &SqlPool) -> (i64, i64) {
     (
-        db.fetch_i64(pool, "SELECT balance FROM accounts WHERE id = 1").await,
-        db.fetch_i64(pool, "SELECT balance FROM accounts WHERE id = 2").await,
+        db.fetch_i64(pool, "SELECT balance FROM accounts WHERE id = 1")
+            .await,
+        db.fetch_i64(pool, "SELECT balance FROM accounts WHERE id = 2")
+            .await,
     )
 }
 
@@ -140,15 +143,23 @@ pub async fn everything_written_survives_reopening_the_database(db: &TestDatabas
     messages.save_reply(&chunk).await.unwrap();
     messages.save_reply(&last).await.unwrap();
     assert_eq!(
-        messages.record_failed_attempt(Snowflake(1), "busy", 5).await.unwrap(),
+        messages
+            .record_failed_attempt(Snowflake(1), "busy", 5)
+            .await
+            .unwrap(),
         FailedAttempt::WillRetry { attempts: 1 }
     );
 
     let activity = key("charge", 0);
     let mut tx = journal.begin_activity("exec-1", &activity).await.unwrap();
-    tx.put("charge/exec-1", Bytes::from_static(b"charged")).await.unwrap();
+    tx.put("charge/exec-1", Bytes::from_static(b"charged"))
+        .await
+        .unwrap();
     let recorded = entry("exec-1", &activity, "ok");
-    assert_eq!(tx.commit(&recorded).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        tx.commit(&recorded).await.unwrap(),
+        CommitOutcome::Committed
+    );
 
     let execution = ExecutionRecord {
         execution_id: "exec-1".into(),
@@ -171,7 +182,10 @@ pub async fn everything_written_survives_reopening_the_database(db: &TestDatabas
     };
     engine.schedule_timer(&timer).await.unwrap();
     let resolved = ExitResult::failure(&ClusterError::handler("declined"));
-    assert!(engine.resolve_deferred("exec-1", "approval", &resolved).await.unwrap());
+    assert!(engine
+        .resolve_deferred("exec-1", "approval", &resolved)
+        .await
+        .unwrap());
     first.close().await;
     drop((messages, journal, engine, first));
 
@@ -185,11 +199,21 @@ pub async fn everything_written_survives_reopening_the_database(db: &TestDatabas
     assert_eq!(stored.envelope, scheduled);
     assert_eq!(stored.attempts, 1);
     assert!(!stored.processed && !stored.dead_lettered);
-    assert_eq!(pending_ids(&messages).await, vec![1], "request 2 has its final reply");
-    assert_eq!(messages.replies_for(Snowflake(2)).await.unwrap(), vec![chunk, last]);
+    assert_eq!(
+        pending_ids(&messages).await,
+        vec![1],
+        "request 2 has its final reply"
+    );
+    assert_eq!(
+        messages.replies_for(Snowflake(2)).await.unwrap(),
+        vec![chunk, last]
+    );
     assert!(matches!(
         messages.save_request(&request(1)).await.unwrap(),
-        cruster_message_storage::SaveResult::Duplicate { original_request_id: Snowflake(1), reply: None }
+        cruster_message_storage::SaveResult::Duplicate {
+            original_request_id: Snowflake(1),
+            reply: None
+        }
     ));
 
     assert_eq!(journal.journal("exec-1").await.unwrap(), vec![recorded]);
@@ -198,12 +222,21 @@ pub async fn everything_written_survives_reopening_the_database(db: &TestDatabas
         Some(Bytes::from_static(b"charged"))
     );
     assert_eq!(engine.execution("exec-1").await.unwrap(), Some(execution));
-    assert_eq!(engine.timer("exec-1", "sleep/0").await.unwrap(), Some(timer.clone()));
     assert_eq!(
-        engine.due_timers(t0() + Duration::minutes(1), 10).await.unwrap(),
+        engine.timer("exec-1", "sleep/0").await.unwrap(),
+        Some(timer.clone())
+    );
+    assert_eq!(
+        engine
+            .due_timers(t0() + Duration::minutes(1), 10)
+            .await
+            .unwrap(),
         vec![timer]
     );
-    assert_eq!(engine.deferred("exec-1", "approval").await.unwrap(), Some(resolved));
+    assert_eq!(
+        engine.deferred("exec-1", "approval").await.unwrap(),
+        Some(resolved)
+    );
     second.close().await;
 }
 
@@ -214,11 +247,18 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
 
     pool.migrate().await.unwrap();
     messages.migrate().await.unwrap();
-    SqlWorkflowStorage::from_pool(pool.clone()).migrate().await.unwrap();
-    SqlWorkflowEngine::from_pool(pool.clone()).migrate().await.unwrap();
+    SqlWorkflowStorage::from_pool(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    SqlWorkflowEngine::from_pool(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
 
     assert_eq!(
-        db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations").await,
+        db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
+            .await,
         1,
         "one migration file, applied once"
     );
@@ -237,7 +277,10 @@ pub async fn schema_from_a_newer_version_is_refused(db: &TestDatabase) {
         ),
     )
     .await;
-    let err = SqlMessageStorage::from_pool(pool.clone()).migrate().await.unwrap_err();
+    let err = SqlMessageStorage::from_pool(pool.clone())
+        .migrate()
+        .await
+        .unwrap_err();
     match &err {
         ClusterError::PersistenceError { reason, source } => {
             assert!(reason.contains("newer cruster"), "reason: {reason}");
@@ -249,14 +292,17 @@ pub async fn schema_from_a_newer_version_is_refused(db: &TestDatabase) {
     pool.close().await;
 }
 
-pub async fn undecodable_pending_row_is_dead_lettered_and_the_rest_still_served(
-    db: &TestDatabase,
-) {
+pub async fn undecodable_pending_row_is_dead_lettered_and_the_rest_still_served(db: &TestDatabase) {
     let pool = db.migrated().await;
     let messages = SqlMessageStorage::from_pool(pool.clone());
     let mut unreadable_payload = request(4);
     unreadable_payload.payload = Bytes::from_static(&[0xc1, 0xff, 0x00]);
-    for envelope in [request(1), request(2), request(3), unreadable_payload.clone()] {
+    for envelope in [
+        request(1),
+        request(2),
+        request(3),
+        unreadable_payload.clone(),
+    ] {
         messages.save_request(&envelope).await.unwrap();
     }
     // 0xC1 is never valid MessagePack: the trace context of request 2 cannot be decoded.
@@ -276,8 +322,11 @@ pub async fn undecodable_pending_row_is_dead_lettered_and_the_rest_still_served(
     assert_eq!(served.envelope, unreadable_payload);
 
     assert_eq!(
-        db.fetch_i64(&pool, "SELECT COUNT(*) FROM cruster_messages WHERE request_id = 2 AND dead_lettered")
-            .await,
+        db.fetch_i64(
+            &pool,
+            "SELECT COUNT(*) FROM cruster_messages WHERE request_id = 2 AND dead_lettered"
+        )
+        .await,
         1,
         "the undecodable row is dead-lettered"
     );
@@ -293,7 +342,11 @@ pub async fn undecodable_pending_row_is_dead_lettered_and_the_rest_still_served(
     );
     // Listing dead letters still works; the undecodable one is left out (and logged).
     assert!(messages.dead_letters(10).await.unwrap().is_empty());
-    assert_eq!(pending_ids(&messages).await, vec![1, 3, 4], "the next poll is clean");
+    assert_eq!(
+        pending_ids(&messages).await,
+        vec![1, 3, 4],
+        "the next poll is clean"
+    );
     pool.close().await;
 }
 
@@ -308,8 +361,13 @@ pub async fn undecodable_rows_read_by_id_are_malformed_not_panics(db: &TestDatab
         .save_reply(&Reply::WithExit(final_reply(1, "done")))
         .await
         .unwrap();
-    let tx = journal.begin_activity("exec-1", &key("a", 0)).await.unwrap();
-    tx.commit(&entry("exec-1", &key("a", 0), "ok")).await.unwrap();
+    let tx = journal
+        .begin_activity("exec-1", &key("a", 0))
+        .await
+        .unwrap();
+    tx.commit(&entry("exec-1", &key("a", 0), "ok"))
+        .await
+        .unwrap();
     let timer = DurableTimer {
         execution_id: "exec-1".into(),
         timer_key: "sleep/0".into(),
@@ -351,17 +409,26 @@ pub async fn undecodable_rows_read_by_id_are_malformed_not_panics(db: &TestDatab
         );
     };
     malformed("request", messages.request(Snowflake(1)).await.unwrap_err());
-    malformed("replies", messages.replies_for(Snowflake(1)).await.unwrap_err());
+    malformed(
+        "replies",
+        messages.replies_for(Snowflake(1)).await.unwrap_err(),
+    );
     malformed(
         "duplicate with its reply",
         messages.save_request(&request(1)).await.unwrap_err(),
     );
     malformed(
         "journal entry",
-        journal.journal_entry("exec-1", &key("a", 0)).await.unwrap_err(),
+        journal
+            .journal_entry("exec-1", &key("a", 0))
+            .await
+            .unwrap_err(),
     );
     malformed("journal", journal.journal("exec-1").await.unwrap_err());
-    malformed("timer", engine.timer("exec-1", "sleep/0").await.unwrap_err());
+    malformed(
+        "timer",
+        engine.timer("exec-1", "sleep/0").await.unwrap_err(),
+    );
     malformed("due timers", engine.due_timers(t0(), 10).await.unwrap_err());
     malformed("execution", engine.execution("exec-1").await.unwrap_err());
     pool.close().await;
@@ -381,7 +448,10 @@ pub async fn activity_sql_commits_with_its_journal_entry(db: &TestDatabase) {
     assert_eq!(journal.journal("exec-1").await.unwrap(), vec![]);
 
     let recorded = entry("exec-1", &activity, "moved 10");
-    assert_eq!(tx.commit(&recorded).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        tx.commit(&recorded).await.unwrap(),
+        CommitOutcome::Committed
+    );
     assert_eq!(balances(db, &pool).await, (90, 10));
     assert_eq!(journal.journal("exec-1").await.unwrap(), vec![recorded]);
     pool.close().await;
@@ -401,17 +471,26 @@ pub async fn activity_sql_is_discarded_by_rollback_and_by_a_lost_race(db: &TestD
     let mut dropped = journal.begin_activity("exec-1", &activity).await.unwrap();
     run_in_activity(db.dialect, &mut *dropped, TRANSFER_OUT).await;
     drop(dropped);
-    assert_eq!(balances(db, &pool).await, (100, 0), "after a dropped transaction");
+    assert_eq!(
+        balances(db, &pool).await,
+        (100, 0),
+        "after a dropped transaction"
+    );
 
     // Another runner records the activity first; this one's writes must not apply.
     let winner = entry("exec-1", &activity, "moved by the other runner");
     let other = journal.begin_activity("exec-1", &activity).await.unwrap();
-    assert_eq!(other.commit(&winner).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        other.commit(&winner).await.unwrap(),
+        CommitOutcome::Committed
+    );
     let mut late = journal.begin_activity("exec-1", &activity).await.unwrap();
     run_in_activity(db.dialect, &mut *late, TRANSFER_OUT).await;
     run_in_activity(db.dialect, &mut *late, TRANSFER_IN).await;
     assert_eq!(
-        late.commit(&entry("exec-1", &activity, "moved twice")).await.unwrap(),
+        late.commit(&entry("exec-1", &activity, "moved twice"))
+            .await
+            .unwrap(),
         CommitOutcome::AlreadyRecorded(winner.clone())
     );
     assert_eq!(balances(db, &pool).await, (100, 0), "after losing the race");
@@ -448,7 +527,11 @@ pub async fn attempt_counts_from_two_pools_are_never_lost(db: &TestDatabase) {
         })
         .collect();
     counts.sort_unstable();
-    assert_eq!(counts, (1..=2 * PER_RUNNER).collect::<Vec<_>>(), "each count answered once");
+    assert_eq!(
+        counts,
+        (1..=2 * PER_RUNNER).collect::<Vec<_>>(),
+        "each count answered once"
+    );
     let stored = runners[1].request(Snowflake(1)).await.unwrap().unwrap();
     assert_eq!(stored.attempts, 2 * PER_RUNNER);
     for runner in &runners {
@@ -479,7 +562,14 @@ pub async fn final_replies_racing_from_two_pools_keep_the_first(db: &TestDatabas
     tasks.join_all().await;
     let replies = runners[0].replies_for(Snowflake(1)).await.unwrap();
     assert_eq!(replies.len(), 1, "one final reply: {replies:?}");
-    assert!(runners[1].request(Snowflake(1)).await.unwrap().unwrap().processed);
+    assert!(
+        runners[1]
+            .request(Snowflake(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .processed
+    );
     assert_eq!(pending_ids(&*runners[1]).await, Vec::<i64>::new());
     for runner in &runners {
         runner.pool().close().await;
