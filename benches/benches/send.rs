@@ -1,5 +1,6 @@
 //! Round-trip latency of the delivery modes on a memory-backed single runner, beside a bare
 //! tokio mpsc + oneshot round trip measured in the same run as the reference.
+#![allow(clippy::expect_used, missing_docs)] // a benchmark binary: failing to set up is fatal
 
 use std::time::Duration;
 
@@ -83,4 +84,3 @@ criterion_group! {
     targets = reference_mpsc_oneshot, plain_send, persisted_send
 }
 criterion_main!(benches);
-

@@ -65,13 +65,19 @@ impl EntityHandler for CounterInstance {
     async fn handle_stream(
         &self,
         request: IncomingRequest,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, ClusterError>>, ClusterError> {
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, ClusterError>>, ClusterError>
+    {
         let n: u32 = request.decode()?;
         Ok(futures::stream::iter((1..=n).map(|i| wire::encode(&i))).boxed())
     }
 }
 
-async fn throughput<F, Fut>(label: &str, total: usize, concurrency: usize, call: F) -> anyhow::Result<()>
+async fn throughput<F, Fut>(
+    label: &str,
+    total: usize,
+    concurrency: usize,
+    call: F,
+) -> anyhow::Result<()>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = Result<i64, ClusterError>> + Send,
@@ -157,10 +163,16 @@ async fn main() -> anyhow::Result<()> {
     let id = EntityId::new("counter-1");
     let v: i64 = client.send(&id, "increment", &5i64).await?;
     println!("  send                 increment(5)      -> {v}");
-    let v: i64 = client.send_persisted(&id, "increment", &2i64, false).await?;
+    let v: i64 = client
+        .send_persisted(&id, "increment", &2i64, false)
+        .await?;
     println!("  send_persisted       increment(2)      -> {v}");
-    let a: i64 = client.send_persisted_with_key(&id, "increment", &10i64, "order-42", false).await?;
-    let b: i64 = client.send_persisted_with_key(&id, "increment", &10i64, "order-42", false).await?;
+    let a: i64 = client
+        .send_persisted_with_key(&id, "increment", &10i64, "order-42", false)
+        .await?;
+    let b: i64 = client
+        .send_persisted_with_key(&id, "increment", &10i64, "order-42", false)
+        .await?;
     println!("  send_persisted_with_key twice          -> {a}, {b} (second is the stored reply)");
     client.notify(&id, "increment", &1i64).await?;
     let request = client.notify_persisted(&id, "increment", &1i64).await?;
@@ -169,8 +181,18 @@ async fn main() -> anyhow::Result<()> {
     let due = Utc::now() + chrono::Duration::milliseconds(300);
     let started = Instant::now();
     let v: i64 = client.send_at(&id, "increment", &100i64, due).await?;
-    println!("  send_at(+300 ms)                       -> {v} after {:.0?}", started.elapsed());
-    let scheduled = client.notify_at(&id, "increment", &1000i64, Utc::now() + chrono::Duration::milliseconds(200)).await?;
+    println!(
+        "  send_at(+300 ms)                       -> {v} after {:.0?}",
+        started.elapsed()
+    );
+    let scheduled = client
+        .notify_at(
+            &id,
+            "increment",
+            &1000i64,
+            Utc::now() + chrono::Duration::milliseconds(200),
+        )
+        .await?;
     let v: Option<i64> = client.poll_reply(scheduled).await?;
     println!("  notify_at(+200 ms), poll_reply at once -> {v:?}");
     let v: i64 = client.join_reply(scheduled).await?;
@@ -182,22 +204,32 @@ async fn main() -> anyhow::Result<()> {
         .collect()
         .await;
     println!("  send_stream(5)                         -> {streamed:?}");
-    let err = client.send::<_, i64>(&id, "no-such-rpc", &()).await.unwrap_err();
-    println!("  unknown tag                            -> {err}");
+    match client.send::<_, i64>(&id, "no-such-rpc", &()).await {
+        Err(err) => println!("  unknown tag                            -> {err}"),
+        Ok(v) => anyhow::bail!("an unknown tag answered {v}"),
+    }
 
     println!("\nthroughput (64 concurrent callers on distinct entities):");
     let c = client.clone();
     throughput("send", 200_000, 64, move |i| {
         let c = c.clone();
-        async move { c.send(&EntityId::new(format!("t-{}", i % 64)), "increment", &1i64).await }
+        async move {
+            c.send(&EntityId::new(format!("t-{}", i % 64)), "increment", &1i64)
+                .await
+        }
     })
     .await?;
     let c = client.clone();
     throughput("send_persisted (memory storage)", 100_000, 64, move |i| {
         let c = c.clone();
         async move {
-            c.send_persisted(&EntityId::new(format!("p-{}", i % 64)), "increment", &1i64, false)
-                .await
+            c.send_persisted(
+                &EntityId::new(format!("p-{}", i % 64)),
+                "increment",
+                &1i64,
+                false,
+            )
+            .await
         }
     })
     .await?;

@@ -146,11 +146,15 @@ mod tests {
             shards_per_group: 0,
             ..Default::default()
         };
-        assert!(matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "shards_per_group"));
+        assert!(
+            matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "shards_per_group")
+        );
         let c = ShardingConfig {
             entity_mailbox_capacity: 0,
             ..Default::default()
         };
-        assert!(matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "entity_mailbox_capacity"));
+        assert!(
+            matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "entity_mailbox_capacity")
+        );
     }
 }

@@ -64,7 +64,10 @@ struct StreamWindow {
 }
 
 impl EntityManager {
-    pub(crate) fn new(core: Arc<RuntimeCore>, entity: Arc<dyn Entity>) -> Result<Arc<Self>, ClusterError> {
+    pub(crate) fn new(
+        core: Arc<RuntimeCore>,
+        entity: Arc<dyn Entity>,
+    ) -> Result<Arc<Self>, ClusterError> {
         let entity_type = entity.entity_type();
         if entity_type.as_str().is_empty() {
             return Err(ClusterError::InvalidConfig {
@@ -74,7 +77,9 @@ impl EntityManager {
         }
         let options = entity.options();
         let config = &core.config;
-        let mailbox_capacity = options.mailbox_capacity.unwrap_or(config.entity_mailbox_capacity);
+        let mailbox_capacity = options
+            .mailbox_capacity
+            .unwrap_or(config.entity_mailbox_capacity);
         if mailbox_capacity == 0 {
             return Err(ClusterError::InvalidConfig {
                 field: format!("mailbox_capacity of {entity_type}"),
@@ -120,8 +125,13 @@ impl EntityManager {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Queues a request for its entity, activating the entity if needed.
-    pub(crate) fn deliver(self: &Arc<Self>, item: MailboxItem) -> Result<(), (ClusterError, MailboxItem)> {
+    /// Queues a request for its entity, activating the entity if needed. On refusal the
+    /// item comes back by value, so a routing retry needs no clone.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        item: MailboxItem,
+    ) -> Result<(), (ClusterError, MailboxItem)> {
         let mut item = item;
         for _ in 0..3 {
             let instance = match self.instances.get(&item.envelope.address.entity_id) {
@@ -153,7 +163,9 @@ impl EntityManager {
                     // and try a fresh one, which re-checks shard ownership.
                     instance.pending.fetch_sub(1, Ordering::AcqRel);
                     self.instances
-                        .remove_if(&back.envelope.address.entity_id, |_, v| Arc::ptr_eq(v, &instance));
+                        .remove_if(&back.envelope.address.entity_id, |_, v| {
+                            Arc::ptr_eq(v, &instance)
+                        });
                     item = back;
                 }
             }
@@ -207,7 +219,11 @@ impl EntityManager {
         instance
     }
 
-    async fn run_instance(self: Arc<Self>, instance: Arc<Instance>, mut rx: mpsc::Receiver<MailboxItem>) {
+    async fn run_instance(
+        self: Arc<Self>,
+        instance: Arc<Instance>,
+        mut rx: mpsc::Receiver<MailboxItem>,
+    ) {
         let ctx = EntityContext {
             address: instance.address.clone(),
             runner_address: self.core.config.runner_address.clone(),
@@ -221,18 +237,30 @@ impl EntityManager {
             Err(err) => {
                 tracing::warn!(%err, "entity failed to start; failing its queued messages");
                 self.instances
-                    .remove_if(&instance.address.entity_id, |_, v| Arc::ptr_eq(v, &instance));
+                    .remove_if(&instance.address.entity_id, |_, v| {
+                        Arc::ptr_eq(v, &instance)
+                    });
                 rx.close();
                 while let Ok(item) = rx.try_recv() {
                     self.mailbox_gauge.dec();
-                    self.finish_failed(item, ClusterError::handler(format!("entity {} failed to start: {err}", instance.address)))
-                        .await;
+                    self.finish_failed(
+                        item,
+                        ClusterError::handler(format!(
+                            "entity {} failed to start: {err}",
+                            instance.address
+                        )),
+                    )
+                    .await;
                 }
                 self.active_gauge.dec();
                 return;
             }
         };
-        let limit = if self.concurrency == 0 { usize::MAX } else { self.concurrency };
+        let limit = if self.concurrency == 0 {
+            usize::MAX
+        } else {
+            self.concurrency
+        };
         let mut running = FuturesUnordered::new();
         loop {
             tokio::select! {
@@ -296,11 +324,17 @@ impl EntityManager {
         }
         .instrument(span)
         .await;
-        instance.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+        instance
+            .last_active_ms
+            .store(self.now_ms(), Ordering::Relaxed);
         instance.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn interrupt_token(&self, instance: &Instance, envelope: &EnvelopeRequest) -> Option<CancellationToken> {
+    fn interrupt_token(
+        &self,
+        instance: &Instance,
+        envelope: &EnvelopeRequest,
+    ) -> Option<CancellationToken> {
         if envelope.uninterruptible || !envelope.persisted {
             return None;
         }
@@ -312,7 +346,12 @@ impl EntityManager {
         Some(token)
     }
 
-    async fn process_request(&self, instance: &Instance, handler: Arc<dyn EntityHandler>, item: MailboxItem) {
+    async fn process_request(
+        &self,
+        instance: &Instance,
+        handler: Arc<dyn EntityHandler>,
+        item: MailboxItem,
+    ) {
         let MailboxItem { envelope, mut sink } = item;
         let request_id = envelope.request_id;
         let persisted = envelope.persisted;
@@ -359,7 +398,12 @@ impl EntityManager {
         sink.reply(reply);
     }
 
-    async fn process_stream(&self, instance: &Instance, handler: Arc<dyn EntityHandler>, item: MailboxItem) {
+    async fn process_stream(
+        &self,
+        instance: &Instance,
+        handler: Arc<dyn EntityHandler>,
+        item: MailboxItem,
+    ) {
         let MailboxItem { envelope, sink } = item;
         let request_id = envelope.request_id;
         let persisted = envelope.persisted;
@@ -400,7 +444,9 @@ impl EntityManager {
                             break;
                         }
                         Ok(bytes) => {
-                            let Ok(permit) = permits.acquire().await else { break };
+                            let Ok(permit) = permits.acquire().await else {
+                                break;
+                            };
                             permit.forget();
                             let chunk = ReplyChunk {
                                 request_id,
@@ -410,12 +456,14 @@ impl EntityManager {
                             sequence += 1;
                             if persisted {
                                 if let Ok(storage) = self.core.storage() {
-                                    let saved = storage.save_reply(&Reply::Chunk(chunk.clone())).await;
+                                    let saved =
+                                        storage.save_reply(&Reply::Chunk(chunk.clone())).await;
                                     self.core.storage_result(&saved);
                                 }
                             }
                             if tx.send(Ok(Reply::Chunk(chunk))).is_err() {
-                                exit = ExitResult::failure(&ClusterError::Interrupted { request_id });
+                                exit =
+                                    ExitResult::failure(&ClusterError::Interrupted { request_id });
                                 break;
                             }
                         }
@@ -451,7 +499,11 @@ impl EntityManager {
 
     /// Records a stream acknowledgement, letting the producer run further ahead.
     pub(crate) fn ack(&self, ack: &AckChunk) {
-        let Some(instance) = self.instances.get(&ack.address.entity_id).map(|i| i.clone()) else {
+        let Some(instance) = self
+            .instances
+            .get(&ack.address.entity_id)
+            .map(|i| i.clone())
+        else {
             return;
         };
         let mut streams = instance.streams.lock();

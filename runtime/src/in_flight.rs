@@ -69,7 +69,10 @@ mod tests {
         let before = Instant::now();
         set.complete(Snowflake(1));
         set.prune_completed_before(before);
-        assert!(set.contains(Snowflake(1)), "a poll started before completion may see it");
+        assert!(
+            set.contains(Snowflake(1)),
+            "a poll started before completion may see it"
+        );
         set.prune_completed_before(Instant::now());
         assert!(!set.contains(Snowflake(1)));
         assert!(set.enter(Snowflake(2)));

@@ -84,7 +84,9 @@ impl Membership {
     }
 
     async fn keep_alive_loop(&self) {
-        let Some(storage) = &self.runner_storage else { return };
+        let Some(storage) = &self.runner_storage else {
+            return;
+        };
         let me = self.core.config.runner_address.clone();
         let period = self.ttl() / 3;
         loop {
@@ -96,7 +98,10 @@ impl Membership {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!("runner registration had expired; registering again");
-                    match storage.register(&me, self.core.config.runner_weight, self.ttl()).await {
+                    match storage
+                        .register(&me, self.core.config.runner_weight, self.ttl())
+                        .await
+                    {
                         Ok(machine) => self.core.snowflakes.set_machine_id(machine),
                         Err(err) => tracing::warn!(%err, "re-registration failed"),
                     }
@@ -107,7 +112,9 @@ impl Membership {
     }
 
     async fn watch_loop(&self) {
-        let Some(storage) = &self.runner_storage else { return };
+        let Some(storage) = &self.runner_storage else {
+            return;
+        };
         loop {
             match storage.watch_runners().await {
                 Ok(mut stream) => loop {
@@ -152,7 +159,11 @@ impl Membership {
                     true
                 }
             };
-            let wait = if pending { retry } else { refresh_every.min(Duration::from_secs(1)) };
+            let wait = if pending {
+                retry
+            } else {
+                refresh_every.min(Duration::from_secs(1))
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
@@ -164,11 +175,12 @@ impl Membership {
     /// One round. Returns whether some assigned shards could not be acquired yet.
     pub(crate) async fn rebalance(&self, refresh: bool) -> Result<bool, ClusterError> {
         let me = self.core.config.runner_address.clone();
-        let desired: BTreeSet<ShardId> = if self.core.is_detached() || self.core.stopping.is_cancelled() {
-            BTreeSet::new()
-        } else {
-            self.core.shard_table.assigned_to_me().into_iter().collect()
-        };
+        let desired: BTreeSet<ShardId> =
+            if self.core.is_detached() || self.core.stopping.is_cancelled() {
+                BTreeSet::new()
+            } else {
+                self.core.shard_table.assigned_to_me().into_iter().collect()
+            };
         let held: BTreeSet<ShardId> = self.core.shard_table.held().into_iter().collect();
 
         let release: Vec<ShardId> = held.difference(&desired).cloned().collect();
@@ -193,7 +205,10 @@ impl Membership {
                     }
                 }
                 self.core.shard_table.set_held(&acquired, true);
-                self.core.metrics.shards_owned.set(self.core.shard_table.held().len() as i64);
+                self.core
+                    .metrics
+                    .shards_owned
+                    .set(self.core.shard_table.held().len() as i64);
                 self.core
                     .metrics
                     .shard_moves
@@ -209,11 +224,18 @@ impl Membership {
             if let Some(storage) = &self.runner_storage {
                 let keep: Vec<ShardId> = held.intersection(&desired).cloned().collect();
                 if !keep.is_empty() {
-                    let kept: BTreeSet<ShardId> =
-                        storage.refresh_shards(&me, &keep, self.ttl()).await?.into_iter().collect();
-                    let lost: Vec<ShardId> = keep.into_iter().filter(|s| !kept.contains(s)).collect();
+                    let kept: BTreeSet<ShardId> = storage
+                        .refresh_shards(&me, &keep, self.ttl())
+                        .await?
+                        .into_iter()
+                        .collect();
+                    let lost: Vec<ShardId> =
+                        keep.into_iter().filter(|s| !kept.contains(s)).collect();
                     if !lost.is_empty() {
-                        tracing::warn!(count = lost.len(), "lost shard locks (expired); stopping their entities");
+                        tracing::warn!(
+                            count = lost.len(),
+                            "lost shard locks (expired); stopping their entities"
+                        );
                         self.stop_serving(&lost).await;
                     }
                 }
@@ -230,7 +252,10 @@ impl Membership {
         let deadline = self.core.config.shutdown_timeout;
         let managers = self.registry.all();
         futures::future::join_all(managers.iter().map(|m| m.stop_shards(shards, deadline))).await;
-        self.core.metrics.shards_owned.set(self.core.shard_table.held().len() as i64);
+        self.core
+            .metrics
+            .shards_owned
+            .set(self.core.shard_table.held().len() as i64);
     }
 
     /// Stops serving shards and releases their locks (entities drained first).

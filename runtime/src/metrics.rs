@@ -75,7 +75,10 @@ impl ClusterMetrics {
                 &["entity_type"],
             )?,
             mailbox_depth: IntGaugeVec::new(
-                Opts::new("cruster_mailbox_depth", "Messages waiting in entity mailboxes"),
+                Opts::new(
+                    "cruster_mailbox_depth",
+                    "Messages waiting in entity mailboxes",
+                ),
                 &["entity_type"],
             )?,
             messages_sent: IntCounter::new("cruster_messages_sent_total", "Requests sent")?,

@@ -45,7 +45,10 @@ impl ReplyWaiters {
     pub(crate) fn wait(self: &Arc<Self>, request_id: Snowflake) -> Waiter {
         let (tx, rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.waiters.entry(request_id).or_default().push((token, tx));
+        self.waiters
+            .entry(request_id)
+            .or_default()
+            .push((token, tx));
         Waiter {
             owner: self.clone(),
             request_id,

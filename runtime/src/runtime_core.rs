@@ -63,8 +63,9 @@ impl RuntimeCore {
         self.message_storage
             .as_ref()
             .ok_or_else(|| ClusterError::Unsupported {
-                operation: "persisted messaging (send_persisted, notify_persisted, send_at, workflows)"
-                    .into(),
+                operation:
+                    "persisted messaging (send_persisted, notify_persisted, send_at, workflows)"
+                        .into(),
                 backend: "this runner, which was built without message storage; pass one to \
                           ShardingImpl::new_with_engines"
                     .into(),
@@ -77,7 +78,9 @@ impl RuntimeCore {
             Ok(_) => {
                 self.storage_failures.store(0, Ordering::Relaxed);
                 if self.detached.swap(false, Ordering::Relaxed) {
-                    tracing::info!("message storage recovered: runner re-attaches and takes shards again");
+                    tracing::info!(
+                        "message storage recovered: runner re-attaches and takes shards again"
+                    );
                 }
             }
             Err(err) => {

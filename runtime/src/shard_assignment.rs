@@ -21,7 +21,11 @@ use cruster_types::{rendezvous_weight, RunnerAddress, ShardId};
 pub struct RendezvousAssignment;
 
 impl ShardAssignment for RendezvousAssignment {
-    fn owner<'a>(&self, shard: &ShardId, runners: &'a [RunnerAddress]) -> Option<&'a RunnerAddress> {
+    fn owner<'a>(
+        &self,
+        shard: &ShardId,
+        runners: &'a [RunnerAddress],
+    ) -> Option<&'a RunnerAddress> {
         let shard_key = shard.to_string();
         runners
             .iter()
@@ -51,7 +55,9 @@ mod tests {
     use std::collections::HashMap;
 
     fn runners(n: usize) -> Vec<RunnerAddress> {
-        let mut v: Vec<_> = (0..n).map(|i| RunnerAddress::new(format!("10.0.0.{i}"), 9000)).collect();
+        let mut v: Vec<_> = (0..n)
+            .map(|i| RunnerAddress::new(format!("10.0.0.{i}"), 9000))
+            .collect();
         v.sort();
         v
     }
@@ -66,7 +72,9 @@ mod tests {
 
     #[test]
     fn no_runners_means_no_owner() {
-        assert!(assign_group(&RendezvousAssignment, "g", 10, &[]).iter().all(Option::is_none));
+        assert!(assign_group(&RendezvousAssignment, "g", 10, &[])
+            .iter()
+            .all(Option::is_none));
     }
 
     proptest! {

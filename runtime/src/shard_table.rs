@@ -100,7 +100,12 @@ impl ShardTable {
         next.groups.insert(
             Arc::from(group),
             GroupRouting {
-                owners: assign_group(self.strategy.as_ref(), group, self.shards_per_group, &runners),
+                owners: assign_group(
+                    self.strategy.as_ref(),
+                    group,
+                    self.shards_per_group,
+                    &runners,
+                ),
                 held: vec![false; self.shards_per_group as usize],
             },
         );
@@ -117,8 +122,12 @@ impl ShardTable {
         let current = self.routing.load();
         let mut next = (**current).clone();
         for (group, routing) in next.groups.iter_mut() {
-            routing.owners =
-                assign_group(self.strategy.as_ref(), group, self.shards_per_group, &runners);
+            routing.owners = assign_group(
+                self.strategy.as_ref(),
+                group,
+                self.shards_per_group,
+                &runners,
+            );
         }
         self.routing.store(Arc::new(next));
     }
@@ -216,7 +225,11 @@ mod tests {
         table.set_runners(vec![me.clone(), other.clone()]);
         let mine = table.assigned_to_me();
         assert!(!mine.is_empty() && mine.len() < 16);
-        assert_eq!(table.route(&mine[0]), Route::Pending, "assigned but not locked");
+        assert_eq!(
+            table.route(&mine[0]),
+            Route::Pending,
+            "assigned but not locked"
+        );
         table.set_held(&mine[..1], true);
         assert_eq!(table.route(&mine[0]), Route::Local);
         let theirs = table

@@ -267,7 +267,8 @@ impl ShardingImpl {
         self.membership.leave().await;
         self.core.killed.cancel();
         self.core.tasks.close();
-        let _ = tokio::time::timeout(self.core.config.shutdown_timeout, self.core.tasks.wait()).await;
+        let _ =
+            tokio::time::timeout(self.core.config.shutdown_timeout, self.core.tasks.wait()).await;
         Ok(())
     }
 
@@ -380,7 +381,10 @@ impl ShardingImpl {
 
     /// Delivers a non-persisted request and waits for its reply, retrying routing failures
     /// that happened before delivery.
-    async fn send_plain(&self, mut envelope: EnvelopeRequest) -> Result<ReplyWithExit, ClusterError> {
+    async fn send_plain(
+        &self,
+        mut envelope: EnvelopeRequest,
+    ) -> Result<ReplyWithExit, ClusterError> {
         let retries = self.core.config.send_retry_count;
         let mut attempt = 0;
         loop {
@@ -406,7 +410,8 @@ impl ShardingImpl {
                         },
                     }
                 }
-                Route::Remote(address) => match self.runners.send(&address, envelope.clone()).await {
+                Route::Remote(address) => match self.runners.send(&address, envelope.clone()).await
+                {
                     Ok(stream) => return final_reply(stream).await,
                     Err(err) => err,
                 },
@@ -429,7 +434,10 @@ impl ShardingImpl {
 
     /// Stores a persisted request (or finds its duplicate). `Ok(Some(reply))` when the
     /// request is a duplicate that already has its reply; `Ok(None)` when it must be delivered.
-    async fn save_persisted(&self, envelope: &EnvelopeRequest) -> Result<SaveOutcome, ClusterError> {
+    async fn save_persisted(
+        &self,
+        envelope: &EnvelopeRequest,
+    ) -> Result<SaveOutcome, ClusterError> {
         let storage = self.core.storage()?;
         let saved = storage.save_request(envelope).await;
         self.core.storage_result(&saved);
@@ -452,7 +460,10 @@ impl ShardingImpl {
         }
     }
 
-    async fn send_persisted(&self, envelope: EnvelopeRequest) -> Result<ReplyWithExit, ClusterError> {
+    async fn send_persisted(
+        &self,
+        envelope: EnvelopeRequest,
+    ) -> Result<ReplyWithExit, ClusterError> {
         match self.save_persisted(&envelope).await? {
             SaveOutcome::Answered(reply) => return Ok(reply),
             SaveOutcome::Pending(original) => return self.join_reply(original).await,
@@ -555,10 +566,12 @@ impl ShardingImpl {
                         }
                     }
                 }
-                Route::Remote(address) => match self.runners.notify(&address, envelope.clone()).await {
-                    Ok(()) => return Ok(()),
-                    Err(err) => err,
-                },
+                Route::Remote(address) => {
+                    match self.runners.notify(&address, envelope.clone()).await {
+                        Ok(()) => return Ok(()),
+                        Err(err) => err,
+                    }
+                }
                 Route::Pending => self.not_routable(&envelope),
             };
             if !err.is_routing() || attempt >= retries {
@@ -569,7 +582,12 @@ impl ShardingImpl {
         }
     }
 
-    fn local_stream(&self, envelope: EnvelopeRequest) -> Result<ReplyStream, (ClusterError, EnvelopeRequest)> {
+    // The envelope comes back by value on refusal, so a routing retry needs no clone.
+    #[allow(clippy::result_large_err)]
+    fn local_stream(
+        &self,
+        envelope: EnvelopeRequest,
+    ) -> Result<ReplyStream, (ClusterError, EnvelopeRequest)> {
         let manager = match self.manager(&envelope.address.entity_type) {
             Ok(m) => m,
             Err(err) => return Err((err, envelope)),
@@ -586,7 +604,9 @@ impl ShardingImpl {
 
     /// Handles a request that arrived from another runner.
     async fn inbound_send(&self, envelope: EnvelopeRequest) -> Result<ReplyStream, ClusterError> {
-        if self.core.stopping.is_cancelled() || !self.core.shard_table.is_held(&envelope.address.shard_id) {
+        if self.core.stopping.is_cancelled()
+            || !self.core.shard_table.is_held(&envelope.address.shard_id)
+        {
             return Err(self.not_routable(&envelope));
         }
         if envelope.streaming {
@@ -628,9 +648,7 @@ fn single_reply(reply: ReplyWithExit) -> ReplyStream {
     futures::stream::once(async move { Ok(Reply::WithExit(reply)) }).boxed()
 }
 
-fn tokio_stream_from(
-    mut rx: mpsc::UnboundedReceiver<Result<Reply, ClusterError>>,
-) -> ReplyStream {
+fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Result<Reply, ClusterError>>) -> ReplyStream {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
@@ -715,7 +733,8 @@ impl Sharding for ShardingImpl {
                         err
                     }
                 },
-                Route::Remote(address) => match self.runners.send(&address, envelope.clone()).await {
+                Route::Remote(address) => match self.runners.send(&address, envelope.clone()).await
+                {
                     Ok(stream) => return Ok(until_exit(stream)),
                     Err(err) => err,
                 },
@@ -739,7 +758,10 @@ impl Sharding for ShardingImpl {
         }
     }
 
-    async fn poll_reply(&self, request_id: Snowflake) -> Result<Option<ReplyWithExit>, ClusterError> {
+    async fn poll_reply(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<Option<ReplyWithExit>, ClusterError> {
         let storage = self.core.storage()?;
         let replies = storage.replies_for(request_id).await;
         self.core.storage_result(&replies);
@@ -854,7 +876,9 @@ impl RunnerInbound for ShardingImpl {
     }
 
     async fn handle_notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
-        if self.core.stopping.is_cancelled() || !self.core.shard_table.is_held(&envelope.address.shard_id) {
+        if self.core.stopping.is_cancelled()
+            || !self.core.shard_table.is_held(&envelope.address.shard_id)
+        {
             return Err(self.not_routable(&envelope));
         }
         if envelope.persisted {

@@ -48,7 +48,12 @@ impl SingletonSupervisor {
         }
     }
 
-    pub(crate) fn register(&self, name: &str, group: &str, run: SingletonFn) -> Result<ShardId, ClusterError> {
+    pub(crate) fn register(
+        &self,
+        name: &str,
+        group: &str,
+        run: SingletonFn,
+    ) -> Result<ShardId, ClusterError> {
         let mut list = self.singletons.lock();
         if list.iter().any(|s| &*s.name == name) {
             return Err(ClusterError::InvalidConfig {
@@ -143,7 +148,12 @@ impl SingletonSupervisor {
         self.singletons
             .lock()
             .iter()
-            .filter(|s| s.running.lock().as_ref().is_some_and(|r| !r.handle.is_finished()))
+            .filter(|s| {
+                s.running
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|r| !r.handle.is_finished())
+            })
             .map(|s| s.name.to_string())
             .collect()
     }
@@ -161,7 +171,12 @@ async fn run_with_restarts(
             Ok(s) => s,
             Err(_) => return,
         };
-        let ctx = SingletonContext::new(singleton.name.clone(), stop.clone(), graceful.clone(), sharding);
+        let ctx = SingletonContext::new(
+            singleton.name.clone(),
+            stop.clone(),
+            graceful.clone(),
+            sharding,
+        );
         let run = AssertUnwindSafe((singleton.run)(ctx)).catch_unwind();
         // Force-cancellation (for singletons that never opted in) is the supervisor
         // aborting this task; graceful ones see `stop` through their context.
@@ -187,7 +202,12 @@ async fn run_with_restarts(
             .singleton_crash_backoff_base
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
             .min(MAX_BACKOFF);
-        tracing::warn!(reason, ?backoff, failures, "singleton failed; restarting after backoff");
+        tracing::warn!(
+            reason,
+            ?backoff,
+            failures,
+            "singleton failed; restarting after backoff"
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.cancelled() => return,

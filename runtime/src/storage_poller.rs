@@ -64,7 +64,11 @@ impl StoragePoller {
         }
         let started = Instant::now();
         let result = storage
-            .unprocessed(&shards, Utc::now(), self.core.config.storage_poll_batch_size)
+            .unprocessed(
+                &shards,
+                Utc::now(),
+                self.core.config.storage_poll_batch_size,
+            )
             .await;
         self.core.storage_result(&result);
         let messages = result?;
@@ -95,7 +99,8 @@ impl StoragePoller {
                 sink: ReplySink::Nobody,
             }) {
                 Ok(()) => delivered += 1,
-                Err((ClusterError::MailboxFull { .. }, _)) | Err((ClusterError::ShardNotOwned { .. }, _)) => {
+                Err((ClusterError::MailboxFull { .. }, _))
+                | Err((ClusterError::ShardNotOwned { .. }, _)) => {
                     // Back-pressure or a move under way: leave it for a later round.
                     self.core.in_flight.abandon(request_id);
                 }

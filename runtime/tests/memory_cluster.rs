@@ -1,5 +1,6 @@
 //! Multi-runner behaviour on an in-process cluster: distribution, failover, redelivery,
 //! singletons moving, scheduled messages surviving a stop.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -38,15 +39,19 @@ async fn cluster(journal: Journal, singleton_runs: Arc<Mutex<Vec<String>>>) -> M
                     .register_entity(Arc::new(TestEntity::new("T", journal)))
                     .await?;
                 let me = sharding.runner_address().to_string();
-                register_singleton(sharding.as_ref(), "the-one", move |ctx: SingletonContext| {
-                    let runs = runs.clone();
-                    let me = me.clone();
-                    async move {
-                        runs.lock().push(me);
-                        ctx.cancellation().cancelled().await;
-                        Ok(())
-                    }
-                })
+                register_singleton(
+                    sharding.as_ref(),
+                    "the-one",
+                    move |ctx: SingletonContext| {
+                        let runs = runs.clone();
+                        let me = me.clone();
+                        async move {
+                            runs.lock().push(me);
+                            ctx.cancellation().cancelled().await;
+                            Ok(())
+                        }
+                    },
+                )
                 .await
             }
         })
@@ -62,12 +67,19 @@ fn client(cluster: &MemoryCluster, i: usize) -> EntityClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_entities_spread_evenly_over_three_runners() {
     let cluster = cluster(Journal::default(), Arc::default()).await;
-    cluster.wait_until_balanced(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(10))
+        .await
+        .unwrap();
     let client = client(&cluster, 0);
     let mut per_runner: HashMap<String, usize> = HashMap::new();
-    let ids: Vec<EntityId> = (0..10_000).map(|i| EntityId::new(format!("e-{i}"))).collect();
+    let ids: Vec<EntityId> = (0..10_000)
+        .map(|i| EntityId::new(format!("e-{i}")))
+        .collect();
     for chunk in ids.chunks(500) {
-        let calls = chunk.iter().map(|id| client.send::<_, String>(id, "whoami", &()));
+        let calls = chunk
+            .iter()
+            .map(|id| client.send::<_, String>(id, "whoami", &()));
         for runner in futures::future::join_all(calls).await {
             *per_runner.entry(runner.unwrap()).or_default() += 1;
         }
@@ -88,7 +100,10 @@ async fn stopped_runner_loses_nothing_and_its_shards_and_singleton_move() {
     let journal = Journal::default();
     let singleton_runs: Arc<Mutex<Vec<String>>> = Arc::default();
     let cluster = cluster(journal.clone(), singleton_runs.clone()).await;
-    cluster.wait_until_balanced(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(eventually(Duration::from_secs(3), || singleton_runs.lock().len() == 1).await);
     let first_singleton_host = singleton_runs.lock()[0].clone();
     let victim = (0..3)
@@ -135,9 +150,16 @@ async fn stopped_runner_loses_nothing_and_its_shards_and_singleton_move() {
 
     let keys = journal.all_keys();
     let distinct: HashSet<&String> = keys.iter().collect();
-    assert_eq!(distinct.len(), 600, "every message processed (missing some)");
+    assert_eq!(
+        distinct.len(),
+        600,
+        "every message processed (missing some)"
+    );
     let duplicates = keys.len() - distinct.len();
-    assert_eq!(duplicates, 0, "a graceful stop must not redeliver handled messages");
+    assert_eq!(
+        duplicates, 0,
+        "a graceful stop must not redeliver handled messages"
+    );
 
     // The singleton moved to a survivor.
     assert!(
@@ -152,7 +174,10 @@ async fn stopped_runner_loses_nothing_and_its_shards_and_singleton_move() {
 
     // A restarted runner gets shards back.
     cluster.start_runner(victim).await.unwrap();
-    cluster.wait_until_balanced(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(!cluster.runner(victim).owned_shards().is_empty());
     cluster.shutdown().await.unwrap();
 }
@@ -161,7 +186,10 @@ async fn stopped_runner_loses_nothing_and_its_shards_and_singleton_move() {
 async fn killed_runner_persisted_messages_are_redelivered_by_survivors() {
     let journal = Journal::default();
     let cluster = cluster(journal.clone(), Arc::default()).await;
-    cluster.wait_until_balanced(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(10))
+        .await
+        .unwrap();
     let victim = 2;
     let client = client(&cluster, 0);
     // Find entities whose shard the victim owns.
@@ -197,13 +225,19 @@ async fn killed_runner_persisted_messages_are_redelivered_by_survivors() {
 async fn scheduled_messages_survive_a_runner_stop_before_they_are_due() {
     let journal = Journal::default();
     let cluster = cluster(journal.clone(), Arc::default()).await;
-    cluster.wait_until_balanced(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(10))
+        .await
+        .unwrap();
     let client = client(&cluster, 0);
     let due = Utc::now() + chrono::Duration::milliseconds(1500);
     let mut ids = Vec::new();
     for i in 0..30 {
         let id = EntityId::new(format!("later-{i}"));
-        client.notify_at(&id, "record", &format!("at-{i}"), due).await.unwrap();
+        client
+            .notify_at(&id, "record", &format!("at-{i}"), due)
+            .await
+            .unwrap();
         ids.push(id);
     }
     cluster.stop_runner(1).await.unwrap();

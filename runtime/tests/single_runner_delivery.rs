@@ -1,5 +1,6 @@
 //! Every client delivery mode against a hand-written entity on a `SingleRunner`, and the
 //! errors of bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -13,7 +14,11 @@ use futures::StreamExt;
 use support::{eventually, Journal, TestEntity};
 
 async fn runner_with(config: ShardingConfig, entity: TestEntity) -> (SingleRunner, EntityClient) {
-    let runner = SingleRunner::builder().config(config).build().await.unwrap();
+    let runner = SingleRunner::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
     let name = entity.name;
     runner
         .sharding()
@@ -48,11 +53,21 @@ async fn persisted_send_stores_request_and_reply() {
     let journal = Journal::default();
     let (runner, client) = runner_with(fast_config(), TestEntity::new("T", journal.clone())).await;
     let id = EntityId::new("p-1");
-    let count: u64 = client.send_persisted(&id, "record", &"a", false).await.unwrap();
+    let count: u64 = client
+        .send_persisted(&id, "record", &"a", false)
+        .await
+        .unwrap();
     assert_eq!(count, 1);
     let storage = runner.sharding().message_storage().unwrap().clone();
     let shard = runner.sharding().owned_shards();
-    assert!(storage.unprocessed(&shard, Utc::now(), 10).await.unwrap().is_empty(), "processed");
+    assert!(
+        storage
+            .unprocessed(&shard, Utc::now(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "processed"
+    );
     runner.shutdown().await.unwrap();
 }
 
@@ -79,7 +94,10 @@ async fn notify_persisted_can_be_polled_and_joined() {
     let journal = Journal::default();
     let (runner, client) = runner_with(fast_config(), TestEntity::new("T", journal.clone())).await;
     let id = EntityId::new("np-1");
-    let request_id = client.notify_persisted(&id, "echo", &"later").await.unwrap();
+    let request_id = client
+        .notify_persisted(&id, "echo", &"later")
+        .await
+        .unwrap();
     let joined: String = client.join_reply(request_id).await.unwrap();
     assert_eq!(joined, "later");
     let polled: Option<String> = client.poll_reply(request_id).await.unwrap();
@@ -108,7 +126,8 @@ async fn send_at_and_notify_at_deliver_no_earlier_than_due() {
 
 #[tokio::test]
 async fn streams_arrive_in_order() {
-    let (runner, client) = runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
+    let (runner, client) =
+        runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
     let id = EntityId::new("s-1");
     let values: Vec<u32> = client
         .send_stream::<_, u32>(&id, "count", &500u32)
@@ -123,12 +142,22 @@ async fn streams_arrive_in_order() {
 
 #[tokio::test]
 async fn handler_errors_come_back_as_their_variant() {
-    let (runner, client) = runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
+    let (runner, client) =
+        runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
     let id = EntityId::new("f-1");
-    let err = client.send::<_, ()>(&id, "fail", &"nope").await.unwrap_err();
-    assert!(matches!(err, ClusterError::Handler { ref message } if message == "nope"), "{err}");
+    let err = client
+        .send::<_, ()>(&id, "fail", &"nope")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::Handler { ref message } if message == "nope"),
+        "{err}"
+    );
     let err = client.send::<_, ()>(&id, "panic", &()).await.unwrap_err();
-    assert!(matches!(err, ClusterError::Handler { ref message } if message.contains("panicked")), "{err}");
+    assert!(
+        matches!(err, ClusterError::Handler { ref message } if message.contains("panicked")),
+        "{err}"
+    );
     // the entity survives a panic
     let ok: String = client.send(&id, "echo", &"still here").await.unwrap();
     assert_eq!(ok, "still here");
@@ -137,22 +166,47 @@ async fn handler_errors_come_back_as_their_variant() {
 
 #[tokio::test]
 async fn unknown_type_unknown_tag_and_malformed_payload_are_clear_errors() {
-    let (runner, client) = runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
+    let (runner, client) =
+        runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
     let id = EntityId::new("bad-1");
-    let err = client.send::<_, String>(&id, "no-such-rpc", &"x").await.unwrap_err();
-    assert!(matches!(err, ClusterError::UnknownTag { ref tag, .. } if tag == "no-such-rpc"), "{err}");
+    let err = client
+        .send::<_, String>(&id, "no-such-rpc", &"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::UnknownTag { ref tag, .. } if tag == "no-such-rpc"),
+        "{err}"
+    );
 
-    let err = client.send::<_, String>(&id, "echo", &12345u64).await.unwrap_err();
-    assert!(matches!(err, ClusterError::MalformedMessage { .. }), "{err}");
+    let err = client
+        .send::<_, String>(&id, "echo", &12345u64)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::MalformedMessage { .. }),
+        "{err}"
+    );
 
     let ghost = EntityClient::new(runner.sharding().clone(), EntityType::new("Ghost"));
-    let err = ghost.send::<_, String>(&id, "echo", &"x").await.unwrap_err();
-    assert!(matches!(err, ClusterError::EntityNotRegistered { .. }), "{err}");
+    let err = ghost
+        .send::<_, String>(&id, "echo", &"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::EntityNotRegistered { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("register"));
 
     // a reply that does not decode into the expected type
-    let err = client.send::<_, u64>(&id, "echo", &"text").await.unwrap_err();
-    assert!(matches!(err, ClusterError::MalformedMessage { .. }), "{err}");
+    let err = client
+        .send::<_, u64>(&id, "echo", &"text")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::MalformedMessage { .. }),
+        "{err}"
+    );
     runner.shutdown().await.unwrap();
 }
 
@@ -166,17 +220,22 @@ async fn a_full_mailbox_is_refused_at_once() {
     for i in 0..3 {
         let c = client.clone();
         let id = id.clone();
-        pending.push(tokio::spawn(async move { c.send::<_, ()>(&id, "sleep", &500u64).await }));
+        pending.push(tokio::spawn(async move {
+            c.send::<_, ()>(&id, "sleep", &500u64).await
+        }));
         if i == 0 {
             // let the first one start running, so two more fill the mailbox
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let err = tokio::time::timeout(Duration::from_secs(1), client.send::<_, ()>(&id, "sleep", &1u64))
-        .await
-        .expect("a full mailbox must not hang")
-        .unwrap_err();
+    let err = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.send::<_, ()>(&id, "sleep", &1u64),
+    )
+    .await
+    .expect("a full mailbox must not hang")
+    .unwrap_err();
     assert!(
         matches!(err, ClusterError::MailboxFull { capacity: 2, .. }),
         "{err}"
@@ -198,7 +257,10 @@ async fn concurrency_option_runs_requests_in_parallel() {
     for r in futures::future::join_all(calls).await {
         r.unwrap();
     }
-    assert!(start.elapsed() < Duration::from_millis(1100), "4 sleeps of 300 ms ran one by one");
+    assert!(
+        start.elapsed() < Duration::from_millis(1100),
+        "4 sleeps of 300 ms ran one by one"
+    );
     runner.shutdown().await.unwrap();
 }
 
@@ -211,15 +273,23 @@ async fn idle_entities_are_evicted_and_reactivated() {
     let id = EntityId::new("i-1");
     let _: String = client.send(&id, "echo", &"a").await.unwrap();
     assert!(eventually(Duration::from_secs(3), || journal.passivated() == ["i-1"]).await);
-    assert_eq!(runner.sharding().active_entities()[&EntityType::new("Idle")], 0);
+    assert_eq!(
+        runner.sharding().active_entities()[&EntityType::new("Idle")],
+        0
+    );
     let _: String = client.send(&id, "echo", &"b").await.unwrap();
-    assert_eq!(journal.spawned(), ["i-1", "i-1"], "re-activated transparently");
+    assert_eq!(
+        journal.spawned(),
+        ["i-1", "i-1"],
+        "re-activated transparently"
+    );
     runner.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_drains_running_requests_then_refuses_new_ones() {
-    let (runner, client) = runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
+    let (runner, client) =
+        runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
     let id = EntityId::new("d-1");
     let c = client.clone();
     let id2 = id.clone();
@@ -227,9 +297,15 @@ async fn shutdown_drains_running_requests_then_refuses_new_ones() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     runner.shutdown().await.unwrap();
     running.await.unwrap().unwrap();
-    let err = client.send::<_, String>(&id, "echo", &"x").await.unwrap_err();
+    let err = client
+        .send::<_, String>(&id, "echo", &"x")
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::ShuttingDown), "{err}");
-    assert!(runner.sharding().owned_shards().is_empty(), "locks released");
+    assert!(
+        runner.sharding().owned_shards().is_empty(),
+        "locks released"
+    );
 }
 
 #[tokio::test]
@@ -263,23 +339,36 @@ async fn singletons_run_once_and_restart_after_failure() {
         singleton_crash_backoff_base: Duration::from_millis(10),
         ..fast_config()
     };
-    let runner = SingleRunner::builder().config(config).build().await.unwrap();
+    let runner = SingleRunner::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
     let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let s = starts.clone();
-    register_singleton(runner.sharding().as_ref(), "flaky", move |ctx: SingletonContext| {
-        let s = s.clone();
-        async move {
-            let n = s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if n < 2 {
-                return Err(ClusterError::handler("boom"));
+    register_singleton(
+        runner.sharding().as_ref(),
+        "flaky",
+        move |ctx: SingletonContext| {
+            let s = s.clone();
+            async move {
+                let n = s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n < 2 {
+                    return Err(ClusterError::handler("boom"));
+                }
+                ctx.cancellation().cancelled().await;
+                Ok(())
             }
-            ctx.cancellation().cancelled().await;
-            Ok(())
-        }
-    })
+        },
+    )
     .await
     .unwrap();
-    assert!(eventually(Duration::from_secs(3), || starts.load(std::sync::atomic::Ordering::SeqCst) == 3).await);
+    assert!(
+        eventually(Duration::from_secs(3), || starts
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 3)
+        .await
+    );
     assert_eq!(runner.sharding().running_singletons(), ["flaky"]);
     let err = register_singleton(runner.sharding().as_ref(), "flaky", |_ctx| async { Ok(()) })
         .await
@@ -290,14 +379,23 @@ async fn singletons_run_once_and_restart_after_failure() {
         .expect("graceful singleton stops")
         .unwrap();
     assert_eq!(
-        runner.sharding().metrics().singleton_restarts.with_label_values(&["flaky"]).get(),
+        runner
+            .sharding()
+            .metrics()
+            .singleton_restarts
+            .with_label_values(&["flaky"])
+            .get(),
         2
     );
 }
 
 #[tokio::test]
 async fn singleton_without_cancellation_is_force_cancelled() {
-    let runner = SingleRunner::builder().config(fast_config()).build().await.unwrap();
+    let runner = SingleRunner::builder()
+        .config(fast_config())
+        .build()
+        .await
+        .unwrap();
     cruster::singleton::singleton("stubborn", |_ctx: SingletonContext| async move {
         loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -306,7 +404,13 @@ async fn singleton_without_cancellation_is_force_cancelled() {
     .register(runner.sharding().as_ref())
     .await
     .unwrap();
-    assert!(eventually(Duration::from_secs(2), || runner.sharding().running_singletons() == ["stubborn"]).await);
+    assert!(
+        eventually(Duration::from_secs(2), || runner
+            .sharding()
+            .running_singletons()
+            == ["stubborn"])
+        .await
+    );
     tokio::time::timeout(Duration::from_secs(2), runner.shutdown())
         .await
         .expect("force-cancelled, not waited for")
@@ -338,7 +442,10 @@ async fn persisted_messaging_without_storage_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::Unsupported { .. }), "{err}");
-    let plain: String = client.send(&EntityId::new("x"), "echo", &"x").await.unwrap();
+    let plain: String = client
+        .send(&EntityId::new("x"), "echo", &"x")
+        .await
+        .unwrap();
     assert_eq!(plain, "x");
     sharding.shutdown().await.unwrap();
 }
@@ -349,6 +456,10 @@ async fn bad_config_is_rejected() {
         shards_per_group: 0,
         ..Default::default()
     };
-    let err = SingleRunner::builder().config(config).build().await.unwrap_err();
+    let err = SingleRunner::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::InvalidConfig { .. }), "{err}");
 }

@@ -8,5 +8,6 @@ use cruster_types::{RunnerAddress, ShardId};
 /// implementation must be a pure function of its arguments.
 pub trait ShardAssignment: Send + Sync + 'static {
     /// The owner of `shard` among `runners` (sorted, non-empty), or `None` if there are none.
-    fn owner<'a>(&self, shard: &ShardId, runners: &'a [RunnerAddress]) -> Option<&'a RunnerAddress>;
+    fn owner<'a>(&self, shard: &ShardId, runners: &'a [RunnerAddress])
+        -> Option<&'a RunnerAddress>;
 }

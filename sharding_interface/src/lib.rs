@@ -33,8 +33,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cruster_types::{
-    AckChunk, ClusterError, EntityId, EntityType, EnvelopeRequest, Interrupt, Reply,
-    ReplyWithExit, ShardId, Snowflake,
+    AckChunk, ClusterError, EntityId, EntityType, EnvelopeRequest, Interrupt, Reply, ReplyWithExit,
+    ShardId, Snowflake,
 };
 use futures::stream::BoxStream;
 
@@ -74,8 +74,10 @@ pub trait Sharding: Send + Sync + 'static {
     async fn notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError>;
 
     /// The final reply of a persisted request, if it has one.
-    async fn poll_reply(&self, request_id: Snowflake)
-        -> Result<Option<ReplyWithExit>, ClusterError>;
+    async fn poll_reply(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<Option<ReplyWithExit>, ClusterError>;
 
     /// Waits for the final reply of a persisted request.
     async fn join_reply(&self, request_id: Snowflake) -> Result<ReplyWithExit, ClusterError>;

@@ -127,14 +127,18 @@ impl FromStr for ShardId {
     type Err = ClusterError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (group, id) = s.rsplit_once(':').ok_or_else(|| ClusterError::MalformedMessage {
-            reason: format!("shard id `{s}` is not of the form `group:number`"),
-            source: None,
-        })?;
-        let id = id.parse::<u32>().map_err(|e| ClusterError::MalformedMessage {
-            reason: format!("shard id `{s}` has a bad shard number"),
-            source: Some(Box::new(e)),
-        })?;
+        let (group, id) = s
+            .rsplit_once(':')
+            .ok_or_else(|| ClusterError::MalformedMessage {
+                reason: format!("shard id `{s}` is not of the form `group:number`"),
+                source: None,
+            })?;
+        let id = id
+            .parse::<u32>()
+            .map_err(|e| ClusterError::MalformedMessage {
+                reason: format!("shard id `{s}` has a bad shard number"),
+                source: Some(Box::new(e)),
+            })?;
         Ok(ShardId::new(group, id))
     }
 }
@@ -152,7 +156,11 @@ pub struct EntityAddress {
 
 impl fmt::Display for EntityAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}@{}", self.entity_type, self.entity_id, self.shard_id)
+        write!(
+            f,
+            "{}/{}@{}",
+            self.entity_type, self.entity_id, self.shard_id
+        )
     }
 }
 
@@ -217,7 +225,9 @@ impl FromStr for RunnerAddress {
         if host.is_empty() {
             return Err(bad("empty host"));
         }
-        let port = port.parse::<u16>().map_err(|_| bad("port is not a number in 0..=65535"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| bad("port is not a number in 0..=65535"))?;
         Ok(RunnerAddress::new(host, port))
     }
 }
@@ -235,7 +245,10 @@ impl MachineId {
         if id > Self::MAX {
             return Err(ClusterError::InvalidConfig {
                 field: "machine_id".into(),
-                reason: format!("machine id {id} does not fit in 10 bits (max {})", Self::MAX),
+                reason: format!(
+                    "machine id {id} does not fit in 10 bits (max {})",
+                    Self::MAX
+                ),
             });
         }
         Ok(MachineId(id))
@@ -288,14 +301,20 @@ mod tests {
     fn bad_runner_addresses_are_config_errors() {
         for bad in ["", "host", ":80", "host:99999", "host:x"] {
             let err = bad.parse::<RunnerAddress>().unwrap_err();
-            assert!(matches!(err, ClusterError::InvalidConfig { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ClusterError::InvalidConfig { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn machine_id_rejects_more_than_ten_bits() {
         assert!(MachineId::new(1023).is_ok());
-        assert!(matches!(MachineId::new(1024), Err(ClusterError::InvalidConfig { .. })));
+        assert!(matches!(
+            MachineId::new(1024),
+            Err(ClusterError::InvalidConfig { .. })
+        ));
         assert_eq!(MachineId::wrapping(1025).get(), 1);
     }
 

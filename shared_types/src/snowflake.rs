@@ -127,7 +127,8 @@ impl SnowflakeGenerator {
 
     /// Changes the machine id (after the runner registered and was given one).
     pub fn set_machine_id(&self, machine: MachineId) {
-        self.machine.store(u64::from(machine.get()), Ordering::Relaxed);
+        self.machine
+            .store(u64::from(machine.get()), Ordering::Relaxed);
     }
 
     /// The machine id in use.
@@ -148,10 +149,12 @@ impl SnowflakeGenerator {
                 // overflow carries into the millisecond, which stays monotonic.
                 current + 1
             };
-            match self
-                .last
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return (next, now),
                 Err(actual) => current = actual,
             }
@@ -253,7 +256,10 @@ mod tests {
         let mut all = HashSet::new();
         for handle in handles {
             let ids = handle.join().unwrap();
-            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one thread increase");
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "ids of one thread increase"
+            );
             for id in ids {
                 assert!(all.insert(id), "duplicate id {id:?}");
             }
@@ -268,7 +274,10 @@ mod tests {
         for _ in 0..10_000 {
             let id = generator.next_async().await;
             assert!(id > last);
-            assert!(id.timestamp_ms() <= system_clock_ms(), "never ahead of the clock");
+            assert!(
+                id.timestamp_ms() <= system_clock_ms(),
+                "never ahead of the clock"
+            );
             last = id;
         }
     }

@@ -22,14 +22,20 @@ use crate::reply::Reply;
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, ClusterError> {
     rmp_serde::to_vec_named(value)
         .map(Bytes::from)
-        .map_err(|e| ClusterError::malformed(format!("cannot encode {}", std::any::type_name::<T>()), e))
+        .map_err(|e| {
+            ClusterError::malformed(format!("cannot encode {}", std::any::type_name::<T>()), e)
+        })
 }
 
 /// Decodes a MessagePack value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClusterError> {
     rmp_serde::from_slice(bytes).map_err(|e| {
         ClusterError::malformed(
-            format!("cannot decode {} from {} bytes", std::any::type_name::<T>(), bytes.len()),
+            format!(
+                "cannot decode {} from {} bytes",
+                std::any::type_name::<T>(),
+                bytes.len()
+            ),
             e,
         )
     })
@@ -87,8 +93,14 @@ mod tests {
             vec![0x92, 0x01],
         ];
         for input in inputs {
-            assert!(matches!(decode_envelope(&input), Err(ClusterError::MalformedMessage { .. })));
-            assert!(matches!(decode_reply(&input), Err(ClusterError::MalformedMessage { .. })));
+            assert!(matches!(
+                decode_envelope(&input),
+                Err(ClusterError::MalformedMessage { .. })
+            ));
+            assert!(matches!(
+                decode_reply(&input),
+                Err(ClusterError::MalformedMessage { .. })
+            ));
         }
         // a truncated real envelope
         let bytes = encode_envelope(&sample_envelope()).unwrap();

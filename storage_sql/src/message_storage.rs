@@ -242,7 +242,7 @@ impl MessageStorage for SqlMessageStorage {
                     .bind(sql_limit(limit))
                     .fetch_all(pool)
                     .await
-                    .map(|rows| rows.iter().map(|row| rows::dead_letter(row)).collect())
+                    .map(|rows| rows.iter().map(rows::dead_letter).collect())
             })
             .map_err(|e| failed("reading dead letters", e))?;
         Ok(decoded

@@ -75,7 +75,7 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .fetch_all(pool)
                 .await
                 .map_err(|e| failed("listing executions", e))?;
-            found.iter().map(|row| rows::execution(row)).collect()
+            found.iter().map(rows::execution).collect()
         })
     }
 
@@ -138,7 +138,7 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .fetch_all(pool)
                 .await
                 .map_err(|e| failed("reading due timers", e))?;
-            found.iter().map(|row| rows::timer(row)).collect()
+            found.iter().map(rows::timer).collect()
         })
     }
 

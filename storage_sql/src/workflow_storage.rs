@@ -79,7 +79,7 @@ impl WorkflowStorage for SqlWorkflowStorage {
                 .fetch_all(pool)
                 .await
                 .map_err(|e| failed(format_args!("reading the journal of {execution_id}"), e))?;
-            found.iter().map(|row| rows::journal_entry(row)).collect()
+            found.iter().map(rows::journal_entry).collect()
         })
     }
 

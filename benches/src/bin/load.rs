@@ -28,7 +28,11 @@ async fn run(mode: Mode, callers: usize, seconds: u64) -> anyhow::Result<()> {
                 let start = Instant::now();
                 let result = match mode {
                     Mode::Plain => client.send::<_, u64>(&id, "echo", &1u64).await,
-                    Mode::Persisted => client.send_persisted::<_, u64>(&id, "echo", &1u64, false).await,
+                    Mode::Persisted => {
+                        client
+                            .send_persisted::<_, u64>(&id, "echo", &1u64, false)
+                            .await
+                    }
                 };
                 if result.is_err() {
                     errors += 1;
@@ -46,7 +50,11 @@ async fn run(mode: Mode, callers: usize, seconds: u64) -> anyhow::Result<()> {
         errors += e;
     }
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let name = match mode {
         Mode::Plain => "send",
         Mode::Persisted => "send_persisted (memory)",
@@ -65,7 +73,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let callers: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         run(Mode::Plain, callers, seconds).await?;
         run(Mode::Persisted, callers, seconds).await?;

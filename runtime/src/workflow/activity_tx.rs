@@ -73,7 +73,10 @@ impl ActivityTx {
     ///
     /// # Errors
     /// `Unsupported` if the backend's transaction is not a `T`.
-    pub async fn with_backend<T: 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, ClusterError> {
+    pub async fn with_backend<T: 'static, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, ClusterError> {
         let mut guard = self.inner.lock().await;
         let tx = guard.as_mut().ok_or_else(finished)?;
         match tx.backend_mut().downcast_mut::<T>() {

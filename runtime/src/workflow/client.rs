@@ -40,7 +40,9 @@ impl<W: WorkflowDefinition> Clone for WorkflowClient<W> {
 
 impl<W: WorkflowDefinition> std::fmt::Debug for WorkflowClient<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkflowClient").field("workflow", &W::NAME).finish()
+        f.debug_struct("WorkflowClient")
+            .field("workflow", &W::NAME)
+            .finish()
     }
 }
 
@@ -136,7 +138,9 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
             return Ok(None);
         };
         match (record.status, record.result) {
-            (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => wire::decode(&bytes).map(Some),
+            (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
+                wire::decode(&bytes).map(Some)
+            }
             (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.into()),
             _ => Ok(None),
         }
@@ -175,7 +179,9 @@ pub async fn register_workflow<W: WorkflowDefinition>(
     let sharding = sharding.into_sharding();
     let unsupported = |what: &str| ClusterError::Unsupported {
         operation: format!("workflow `{}`", W::NAME),
-        backend: format!("this runner, which has no {what}; build it with one (SingleRunner has all of them)"),
+        backend: format!(
+            "this runner, which has no {what}; build it with one (SingleRunner has all of them)"
+        ),
     };
     let runner = sharding
         .as_any()

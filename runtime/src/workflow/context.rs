@@ -221,7 +221,9 @@ impl WorkflowContext {
             let outcome = AssertUnwindSafe(run(tx.clone()))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|_| Err(ClusterError::handler(format!("activity `{name}` panicked"))));
+                .unwrap_or_else(|_| {
+                    Err(ClusterError::handler(format!("activity `{name}` panicked")))
+                });
             match outcome {
                 Ok(value) => {
                     let entry = JournalEntry {
@@ -231,10 +233,11 @@ impl WorkflowContext {
                         attempts: attempt,
                         recorded_at: Utc::now(),
                     };
-                    let transaction = tx.take().await.ok_or_else(|| ClusterError::InvalidConfig {
-                        field: "self.tx".into(),
-                        reason: "the activity's transaction was taken before commit".into(),
-                    })?;
+                    let transaction =
+                        tx.take().await.ok_or_else(|| ClusterError::InvalidConfig {
+                            field: "self.tx".into(),
+                            reason: "the activity's transaction was taken before commit".into(),
+                        })?;
                     return match transaction.commit(&entry).await? {
                         CommitOutcome::Committed => {
                             self.inner.metrics.workflow_steps.inc();
@@ -292,9 +295,11 @@ impl WorkflowContext {
             Some(timer) => timer,
             None => {
                 let fire_at = now
-                    + chrono::Duration::from_std(duration).map_err(|_| ClusterError::InvalidConfig {
-                        field: "sleep duration".into(),
-                        reason: format!("{duration:?} is too long"),
+                    + chrono::Duration::from_std(duration).map_err(|_| {
+                        ClusterError::InvalidConfig {
+                            field: "sleep duration".into(),
+                            reason: format!("{duration:?} is too long"),
+                        }
                     })?;
                 let timer = DurableTimer {
                     execution_id: exec.clone(),
@@ -305,7 +310,12 @@ impl WorkflowContext {
                 };
                 self.inner.engine.schedule_timer(&timer).await?;
                 // The first schedule wins; read back what is stored.
-                let timer = self.inner.engine.timer(exec, &timer_key).await?.unwrap_or(timer);
+                let timer = self
+                    .inner
+                    .engine
+                    .timer(exec, &timer_key)
+                    .await?
+                    .unwrap_or(timer);
                 self.schedule_wake_up(&timer).await?;
                 timer
             }

@@ -25,7 +25,9 @@ pub fn execution_id_from_key(key: &str, hash: bool) -> String {
 ///
 /// # Errors
 /// `MalformedMessage` if the request cannot be serialized.
-pub fn execution_id_from_request<T: Serialize + ?Sized>(request: &T) -> Result<String, ClusterError> {
+pub fn execution_id_from_request<T: Serialize + ?Sized>(
+    request: &T,
+) -> Result<String, ClusterError> {
     let bytes = wire::encode(request)?;
     // Hash the bytes as lossless hex so any byte sequence maps to a distinct string.
     let mut hex = String::with_capacity(bytes.len() * 2);

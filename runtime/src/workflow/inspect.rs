@@ -20,7 +20,9 @@ pub async fn list_executions(
     sharding: &ShardingImpl,
     filter: &ExecutionFilter,
 ) -> Result<Vec<ExecutionRecord>, ClusterError> {
-    let engine = sharding.workflow_engine().ok_or_else(|| unsupported("workflow engine"))?;
+    let engine = sharding
+        .workflow_engine()
+        .ok_or_else(|| unsupported("workflow engine"))?;
     engine.list_executions(filter).await
 }
 
@@ -32,6 +34,8 @@ pub async fn workflow_journal(
     sharding: &ShardingImpl,
     execution_id: &str,
 ) -> Result<Vec<JournalEntry>, ClusterError> {
-    let storage = sharding.workflow_storage().ok_or_else(|| unsupported("workflow storage"))?;
+    let storage = sharding
+        .workflow_storage()
+        .ok_or_else(|| unsupported("workflow storage"))?;
     storage.journal(execution_id).await
 }

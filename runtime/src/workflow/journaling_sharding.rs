@@ -94,7 +94,10 @@ impl Sharding for JournalingSharding {
             .await
     }
 
-    async fn poll_reply(&self, request_id: Snowflake) -> Result<Option<ReplyWithExit>, ClusterError> {
+    async fn poll_reply(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<Option<ReplyWithExit>, ClusterError> {
         self.inner().poll_reply(request_id).await
     }
 
@@ -120,7 +123,9 @@ impl Sharding for JournalingSharding {
         shard_group: Option<&str>,
         run: SingletonFn,
     ) -> Result<(), ClusterError> {
-        self.inner().register_singleton(name, shard_group, run).await
+        self.inner()
+            .register_singleton(name, shard_group, run)
+            .await
     }
 
     fn as_any(&self) -> &dyn Any {

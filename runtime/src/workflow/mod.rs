@@ -24,7 +24,9 @@ mod workflow_entity;
 pub use activity_tx::ActivityTx;
 pub use client::{register_workflow, WorkflowClient};
 pub use context::{ActivityOptions, Backoff, WorkflowContext};
+pub use cruster_workflow_storage::{
+    ExecutionFilter, ExecutionRecord, ExecutionStatus, JournalEntry,
+};
 pub use definition::{ClientFromSharding, WorkflowDefinition};
 pub use execution_id::{execution_id_from_key, execution_id_from_request};
 pub use inspect::{list_executions, workflow_journal};
-pub use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus, JournalEntry};

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use cruster_sharding::{Entity, EntityContext, EntityHandler, EntityOptions, IncomingRequest, Sharding};
+use cruster_sharding::{
+    Entity, EntityContext, EntityHandler, EntityOptions, IncomingRequest, Sharding,
+};
 use cruster_types::{wire, ClusterError, EntityAddress, EntityType, ExitResult};
 use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine, WorkflowStorage};
 
@@ -69,7 +71,12 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
         self.address.entity_id.as_str()
     }
 
-    async fn save(&self, record: &mut ExecutionRecord, status: ExecutionStatus, result: Option<ExitResult>) -> Result<(), ClusterError> {
+    async fn save(
+        &self,
+        record: &mut ExecutionRecord,
+        status: ExecutionStatus,
+        result: Option<ExitResult>,
+    ) -> Result<(), ClusterError> {
         record.status = status;
         record.result = result;
         record.updated_at = Utc::now();
@@ -105,15 +112,22 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
             (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
                 return wire::encode(&WorkflowReply::Completed(bytes.clone()));
             }
-            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => return Err(err.clone().into()),
+            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => {
+                return Err(err.clone().into())
+            }
             _ => {}
         }
-        let request: W::Request = wire::decode(&record.request).map_err(|err| ClusterError::MalformedMessage {
-            reason: format!("the stored request of workflow execution `{exec}` does not decode as {}", std::any::type_name::<W::Request>()),
-            source: Some(Box::new(err)),
-        })?;
+        let request: W::Request =
+            wire::decode(&record.request).map_err(|err| ClusterError::MalformedMessage {
+                reason: format!(
+                    "the stored request of workflow execution `{exec}` does not decode as {}",
+                    std::any::type_name::<W::Request>()
+                ),
+                source: Some(Box::new(err)),
+            })?;
         if record.status != ExecutionStatus::Running {
-            self.save(&mut record, ExecutionStatus::Running, None).await?;
+            self.save(&mut record, ExecutionStatus::Running, None)
+                .await?;
         }
         let journal = self.storage.journal(&exec).await?;
         let ctx = WorkflowContext::new(
@@ -134,8 +148,12 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
         match outcome {
             RunOutcome::Done(Ok(response)) => {
                 let bytes = wire::encode(&response)?;
-                self.save(&mut record, ExecutionStatus::Completed, Some(ExitResult::Success(bytes.clone())))
-                    .await?;
+                self.save(
+                    &mut record,
+                    ExecutionStatus::Completed,
+                    Some(ExitResult::Success(bytes.clone())),
+                )
+                .await?;
                 tracing::info!(execution_id = %exec, workflow = W::NAME, "workflow completed");
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
@@ -145,14 +163,22 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
                     // redelivered request replays it.
                     return Err(err);
                 }
-                self.save(&mut record, ExecutionStatus::Failed, Some(ExitResult::failure(&err)))
-                    .await?;
+                self.save(
+                    &mut record,
+                    ExecutionStatus::Failed,
+                    Some(ExitResult::failure(&err)),
+                )
+                .await?;
                 tracing::warn!(execution_id = %exec, workflow = W::NAME, %err, "workflow failed");
                 Err(err)
             }
             RunOutcome::Suspended(until) => {
-                self.save(&mut record, ExecutionStatus::Suspended { until: Some(until) }, None)
-                    .await?;
+                self.save(
+                    &mut record,
+                    ExecutionStatus::Suspended { until: Some(until) },
+                    None,
+                )
+                .await?;
                 tracing::debug!(execution_id = %exec, %until, "workflow suspended");
                 wire::encode(&WorkflowReply::Suspended)
             }

@@ -23,7 +23,11 @@ pub struct Journal {
 
 impl Journal {
     pub fn record(&self, entity: &str, key: &str) {
-        self.inner.lock().entry(entity.to_string()).or_default().push(key.to_string());
+        self.inner
+            .lock()
+            .entry(entity.to_string())
+            .or_default()
+            .push(key.to_string());
     }
 
     pub fn keys(&self, entity: &str) -> Vec<String> {
@@ -85,7 +89,10 @@ impl Entity for TestEntity {
     }
 
     async fn spawn(&self, ctx: EntityContext) -> Result<Arc<dyn EntityHandler>, ClusterError> {
-        self.journal.spawned.lock().push(ctx.address.entity_id.to_string());
+        self.journal
+            .spawned
+            .lock()
+            .push(ctx.address.entity_id.to_string());
         Ok(Arc::new(TestHandler {
             entity_id: ctx.address.entity_id.to_string(),
             runner: ctx.runner_address.to_string(),
