@@ -309,11 +309,20 @@ impl EntityManager {
         handler: Arc<dyn EntityHandler>,
         item: MailboxItem,
     ) {
+        let parent = item
+            .envelope
+            .trace
+            .0
+            .iter()
+            .find(|(k, _)| k == crate::sharding_impl::TRACE_PARENT_SPAN)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
         let span = tracing::debug_span!(
             "cruster.handle",
             tag = %item.envelope.tag,
             request_id = %item.envelope.request_id,
             persisted = item.envelope.persisted,
+            remote_parent = parent,
         );
         async {
             if item.envelope.streaming {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod cron;
 pub mod metrics;
 pub mod prelude;
+pub mod sharding_builder;
 pub mod sharding_impl;
 #[cfg(feature = "memory")]
 pub mod single_runner;

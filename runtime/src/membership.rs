@@ -175,6 +175,9 @@ impl Membership {
     /// One round. Returns whether some assigned shards could not be acquired yet.
     pub(crate) async fn rebalance(&self, refresh: bool) -> Result<bool, ClusterError> {
         let me = self.core.config.runner_address.clone();
+        if self.core.is_detached() {
+            self.probe_storage().await;
+        }
         let desired: BTreeSet<ShardId> =
             if self.core.is_detached() || self.core.stopping.is_cancelled() {
                 BTreeSet::new()
@@ -244,6 +247,15 @@ impl Membership {
         // Restart singletons that finished by failure-backoff exhaustion or were not started.
         self.supervisor.sync();
         Ok(pending)
+    }
+
+    /// A detached runner has no shards, so nothing else touches storage: probe it with a
+    /// cheap read so the runner re-attaches once storage answers again.
+    async fn probe_storage(&self) {
+        if let Some(storage) = &self.core.message_storage {
+            let probe = storage.unprocessed(&[], chrono::Utc::now(), 1).await;
+            self.core.storage_result(&probe);
+        }
     }
 
     async fn stop_serving(&self, shards: &[ShardId]) {

@@ -44,6 +44,9 @@ use crate::shard_table::{Route, ShardTable};
 use crate::singleton_supervisor::SingletonSupervisor;
 use crate::storage_poller::StoragePoller;
 
+/// Trace-context key of the sender's span (`span-id@runner-address`).
+pub const TRACE_PARENT_SPAN: &str = "cruster-parent-span";
+
 /// The registered entity types of a runner: read on every delivery, written on registration.
 #[derive(Default)]
 pub(crate) struct EntityRegistry {
@@ -425,6 +428,20 @@ impl ShardingImpl {
         }
     }
 
+    /// Carries the caller's span and runner in the envelope, so the receiving runner's
+    /// `cruster.handle` span names where the request came from.
+    fn attach_trace(&self, envelope: &mut EnvelopeRequest) {
+        if !envelope.trace.is_empty() {
+            return;
+        }
+        if let Some(id) = tracing::Span::current().id() {
+            envelope.trace.0.push((
+                TRACE_PARENT_SPAN.to_string(),
+                format!("{}@{}", id.into_u64(), self.core.config.runner_address),
+            ));
+        }
+    }
+
     fn lost_reply(&self) -> ClusterError {
         ClusterError::RunnerUnavailable {
             address: self.core.config.runner_address.clone(),
@@ -697,8 +714,9 @@ impl Sharding for ShardingImpl {
         self.core.snowflakes.next()
     }
 
-    async fn send(&self, envelope: EnvelopeRequest) -> Result<ReplyWithExit, ClusterError> {
+    async fn send(&self, mut envelope: EnvelopeRequest) -> Result<ReplyWithExit, ClusterError> {
         self.check_open()?;
+        self.attach_trace(&mut envelope);
         self.core.metrics.messages_sent.inc();
         let span = tracing::debug_span!(
             "cruster.send",
