@@ -8,7 +8,7 @@ use cruster_sharding::{EntityClient, IntoSharding, Sharding};
 use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
 use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
 
-use super::definition::{ClientFromSharding, WorkflowDefinition, WorkflowReply};
+use super::definition::{ClientFromSharding, WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
 use super::workflow_entity::WorkflowEntity;
 use crate::sharding_impl::ShardingImpl;
@@ -72,6 +72,12 @@ fn engine_of(sharding: &Arc<dyn Sharding>) -> Result<Arc<dyn WorkflowEngine>, Cl
 }
 
 impl<W: WorkflowDefinition> WorkflowClient<W> {
+    /// A client of workflow `W` on `sharding` (the workflow must be registered on the
+    /// runners that own its executions; `register` returns the same client).
+    pub fn new(sharding: impl IntoSharding) -> Self {
+        Self::from_sharding(sharding.into_sharding())
+    }
+
     /// The same client with an idempotency key, hashed into the execution id: executing
     /// twice with one key runs once and returns the first result.
     pub fn with_key(&self, key: impl AsRef<str>) -> Self {
@@ -167,18 +173,19 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     }
 }
 
-/// Registers a workflow on a runner and returns its client.
+/// Registers a workflow body on a runner and returns the workflow's client. The workflow
+/// macros call it from the generated `register`.
 ///
 /// # Errors
 /// `Unsupported` when the runner has no workflow storage, workflow engine or message
 /// storage (it cannot run workflows); `InvalidConfig` if the workflow is already registered.
-pub async fn register_workflow<W: WorkflowDefinition>(
+pub async fn register_workflow<B: WorkflowBody>(
     sharding: impl IntoSharding,
-    definition: W,
-) -> Result<WorkflowClient<W>, ClusterError> {
+    body: B,
+) -> Result<WorkflowClient<B::Workflow>, ClusterError> {
     let sharding = sharding.into_sharding();
     let unsupported = |what: &str| ClusterError::Unsupported {
-        operation: format!("workflow `{}`", W::NAME),
+        operation: format!("workflow `{}`", <B::Workflow as WorkflowDefinition>::NAME),
         backend: format!(
             "this runner, which has no {what}; build it with one (SingleRunner has all of them)"
         ),
@@ -201,7 +208,7 @@ pub async fn register_workflow<W: WorkflowDefinition>(
     let metrics = runner.metrics().clone();
     sharding
         .register_entity(Arc::new(WorkflowEntity {
-            definition,
+            body: Arc::new(body),
             storage,
             engine,
             metrics,

@@ -1,4 +1,10 @@
-//! [`WorkflowDefinition`]: what the workflow macros generate for a workflow type.
+//! [`WorkflowDefinition`] and [`WorkflowBody`]: what the workflow macros generate for a
+//! workflow type.
+//!
+//! The two are separate so the typed client (`WorkflowClient<OrderWorkflow>`) only needs what
+//! identifies the workflow (its name, request and response types, execution ids), while the
+//! body registered on a runner may carry more than the workflow struct (for example the
+//! activity groups it composes).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,9 +17,27 @@ use serde::{Deserialize, Serialize};
 
 use super::context::WorkflowContext;
 
-/// A workflow type: its name, request and response types, how an execution id is derived
-/// from a request, and its body.
-pub trait WorkflowDefinition: Clone + Send + Sync + 'static {
+/// A workflow type: its name, request and response types, and how an execution id is
+/// derived from a request. `#[workflow_impl]` implements it on the workflow struct.
+///
+/// ```
+/// use cruster::workflow::{execution_id_from_key, WorkflowDefinition};
+/// use cruster::ClusterError;
+///
+/// struct Greet;
+///
+/// impl WorkflowDefinition for Greet {
+///     type Request = String;
+///     type Response = String;
+///     const NAME: &'static str = "Greet";
+///
+///     fn execution_id(request: &String) -> Result<String, ClusterError> {
+///         Ok(execution_id_from_key(request, true))
+///     }
+/// }
+/// assert_eq!(Greet::execution_id(&"a".into()).unwrap(), Greet::execution_id(&"a".into()).unwrap());
+/// ```
+pub trait WorkflowDefinition: Send + Sync + 'static {
     /// The request `execute` takes.
     type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What `execute` returns.
@@ -28,13 +52,28 @@ pub trait WorkflowDefinition: Clone + Send + Sync + 'static {
     /// # Errors
     /// `MalformedMessage` if the request cannot be serialized.
     fn execution_id(request: &Self::Request) -> Result<String, ClusterError>;
+}
+
+/// The boxed future of a workflow body.
+pub type WorkflowFuture<T> = Pin<Box<dyn Future<Output = Result<T, ClusterError>> + Send>>;
+
+/// The code of a workflow, as registered on a runner with
+/// [`register_workflow`](super::register_workflow): runs one execution in a
+/// [`WorkflowContext`]. `#[workflow_impl]` implements it on a hidden type holding the
+/// workflow struct and its activity groups; by hand, implement both traits on one type.
+///
+/// The body must be deterministic in the order of its activity calls: it is run again from
+/// the start after a crash or a durable sleep, and journaled calls are matched by position.
+pub trait WorkflowBody: Send + Sync + 'static {
+    /// The workflow this body runs.
+    type Workflow: WorkflowDefinition;
 
     /// Runs the body for one execution.
     fn execute(
-        &self,
+        self: Arc<Self>,
         ctx: WorkflowContext,
-        request: Self::Request,
-    ) -> Pin<Box<dyn Future<Output = Result<Self::Response, ClusterError>> + Send>>;
+        request: <Self::Workflow as WorkflowDefinition>::Request,
+    ) -> WorkflowFuture<<Self::Workflow as WorkflowDefinition>::Response>;
 }
 
 /// A typed client that can be built over any `Sharding` (generated entity and workflow

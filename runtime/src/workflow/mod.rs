@@ -10,7 +10,9 @@
 //! is delivered, also after a restart.
 //!
 //! Usually written with `#[workflow]` / `#[workflow_impl]` / `#[activity]`; the generated
-//! code implements [`WorkflowDefinition`] and calls [`WorkflowContext::activity`].
+//! code implements [`WorkflowDefinition`] (on the workflow struct) and [`WorkflowBody`] (on
+//! a hidden type holding the struct and its activity groups), and calls
+//! [`WorkflowContext::activity`] for every activity.
 
 mod activity_tx;
 mod client;
@@ -27,6 +29,6 @@ pub use context::{ActivityOptions, Backoff, WorkflowContext};
 pub use cruster_workflow_storage::{
     ExecutionFilter, ExecutionRecord, ExecutionStatus, JournalEntry,
 };
-pub use definition::{ClientFromSharding, WorkflowDefinition};
+pub use definition::{ClientFromSharding, WorkflowBody, WorkflowDefinition, WorkflowFuture};
 pub use execution_id::{execution_id_from_key, execution_id_from_request};
 pub use inspect::{list_executions, workflow_journal};

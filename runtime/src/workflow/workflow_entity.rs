@@ -17,18 +17,18 @@ use cruster_types::{wire, ClusterError, EntityAddress, EntityType, ExitResult};
 use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine, WorkflowStorage};
 
 use super::context::WorkflowContext;
-use super::definition::{WorkflowDefinition, WorkflowReply};
+use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use crate::metrics::ClusterMetrics;
 
-pub(crate) struct WorkflowEntity<W: WorkflowDefinition> {
-    pub(crate) definition: W,
+pub(crate) struct WorkflowEntity<B: WorkflowBody> {
+    pub(crate) body: Arc<B>,
     pub(crate) storage: Arc<dyn WorkflowStorage>,
     pub(crate) engine: Arc<dyn WorkflowEngine>,
     pub(crate) metrics: Arc<ClusterMetrics>,
 }
 
-struct WorkflowInstance<W: WorkflowDefinition> {
-    definition: W,
+struct WorkflowInstance<B: WorkflowBody> {
+    body: Arc<B>,
     storage: Arc<dyn WorkflowStorage>,
     engine: Arc<dyn WorkflowEngine>,
     metrics: Arc<ClusterMetrics>,
@@ -37,9 +37,9 @@ struct WorkflowInstance<W: WorkflowDefinition> {
 }
 
 #[async_trait]
-impl<W: WorkflowDefinition> Entity for WorkflowEntity<W> {
+impl<B: WorkflowBody> Entity for WorkflowEntity<B> {
     fn entity_type(&self) -> EntityType {
-        EntityType::new(W::NAME)
+        EntityType::new(<B::Workflow as WorkflowDefinition>::NAME)
     }
 
     fn options(&self) -> EntityOptions {
@@ -51,7 +51,7 @@ impl<W: WorkflowDefinition> Entity for WorkflowEntity<W> {
 
     async fn spawn(&self, ctx: EntityContext) -> Result<Arc<dyn EntityHandler>, ClusterError> {
         Ok(Arc::new(WorkflowInstance {
-            definition: self.definition.clone(),
+            body: self.body.clone(),
             storage: self.storage.clone(),
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
@@ -66,7 +66,7 @@ enum RunOutcome<T> {
     Suspended(chrono::DateTime<Utc>),
 }
 
-impl<W: WorkflowDefinition> WorkflowInstance<W> {
+impl<B: WorkflowBody> WorkflowInstance<B> {
     fn execution_id(&self) -> &str {
         self.address.entity_id.as_str()
     }
@@ -92,7 +92,7 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
                     let now = Utc::now();
                     let record = ExecutionRecord {
                         execution_id: exec.clone(),
-                        workflow: W::NAME.to_string(),
+                        workflow: <B::Workflow as WorkflowDefinition>::NAME.to_string(),
                         status: ExecutionStatus::Running,
                         request,
                         result: None,
@@ -117,11 +117,11 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
             }
             _ => {}
         }
-        let request: W::Request =
+        let request: <B::Workflow as WorkflowDefinition>::Request =
             wire::decode(&record.request).map_err(|err| ClusterError::MalformedMessage {
                 reason: format!(
                     "the stored request of workflow execution `{exec}` does not decode as {}",
-                    std::any::type_name::<W::Request>()
+                    std::any::type_name::<<B::Workflow as WorkflowDefinition>::Request>()
                 ),
                 source: Some(Box::new(err)),
             })?;
@@ -132,7 +132,7 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
         let journal = self.storage.journal(&exec).await?;
         let ctx = WorkflowContext::new(
             exec.clone(),
-            W::NAME,
+            <B::Workflow as WorkflowDefinition>::NAME,
             self.address.clone(),
             self.storage.clone(),
             self.engine.clone(),
@@ -140,7 +140,7 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
             self.metrics.clone(),
             journal,
         );
-        let body = self.definition.execute(ctx.clone(), request);
+        let body = self.body.clone().execute(ctx.clone(), request);
         let outcome = tokio::select! {
             result = body => RunOutcome::Done(result),
             until = ctx.suspended() => RunOutcome::Suspended(until),
@@ -154,7 +154,7 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
                     Some(ExitResult::Success(bytes.clone())),
                 )
                 .await?;
-                tracing::info!(execution_id = %exec, workflow = W::NAME, "workflow completed");
+                tracing::info!(execution_id = %exec, workflow = <B::Workflow as WorkflowDefinition>::NAME, "workflow completed");
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
             RunOutcome::Done(Err(err)) => {
@@ -169,7 +169,7 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
                     Some(ExitResult::failure(&err)),
                 )
                 .await?;
-                tracing::warn!(execution_id = %exec, workflow = W::NAME, %err, "workflow failed");
+                tracing::warn!(execution_id = %exec, workflow = <B::Workflow as WorkflowDefinition>::NAME, %err, "workflow failed");
                 Err(err)
             }
             RunOutcome::Suspended(until) => {
@@ -187,17 +187,17 @@ impl<W: WorkflowDefinition> WorkflowInstance<W> {
 }
 
 #[async_trait]
-impl<W: WorkflowDefinition> EntityHandler for WorkflowInstance<W> {
+impl<B: WorkflowBody> EntityHandler for WorkflowInstance<B> {
     async fn handle(&self, request: IncomingRequest) -> Result<Bytes, ClusterError> {
         match request.tag() {
             "execute" => {
                 // Validate the request before recording the execution.
-                request.decode::<W::Request>()?;
+                request.decode::<<B::Workflow as WorkflowDefinition>::Request>()?;
                 self.run(Some(request.envelope.payload.clone())).await
             }
             "resume" => self.run(None).await,
             other => Err(ClusterError::UnknownTag {
-                entity_type: EntityType::new(W::NAME),
+                entity_type: EntityType::new(<B::Workflow as WorkflowDefinition>::NAME),
                 tag: other.to_string(),
             }),
         }
