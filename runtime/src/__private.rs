@@ -13,8 +13,15 @@ pub use cruster_sharding as sharding;
 pub use cruster_types as types;
 pub use serde;
 
+pub use crate::workflow;
+
+use std::sync::Arc;
+
 use cruster_sharding::{EntityClient, EntityContext, EntityOptions, IncomingRequest};
 use cruster_types::{wire, ClusterError, EntityType};
+use parking_lot::Mutex;
+
+use crate::workflow::WorkflowContext;
 
 /// What `#[entity]` knows about an entity struct: its type name, options and client types.
 #[diagnostic::on_unimplemented(
@@ -107,6 +114,133 @@ pub fn check_unique_tags(
         }
     }
     Ok(())
+}
+
+/// What `#[workflow]` knows about a workflow struct: its name.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a workflow",
+    label = "not a workflow",
+    note = "add `#[workflow]` to the struct `{Self}` (and `#[workflow_impl]` to its impl block)"
+)]
+pub trait WorkflowName {
+    /// The workflow's name (`#[workflow(name = "…")]`, default: the struct's name).
+    const NAME: &'static str;
+}
+
+/// Implemented by `#[activity_group_impl]` for an activity group struct.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an activity group",
+    label = "not an activity group",
+    note = "add `#[activity_group]` to the struct `{Self}` and `#[activity_group_impl]` to its \
+            impl block"
+)]
+pub trait ActivityGroup: Send + Sync + 'static {}
+
+/// Checks at compile time that `G` is an activity group (the error names the group).
+pub fn require_activity_group<G: ActivityGroup>() {}
+
+/// The execution scope of a workflow that composes the activity group `G`: what the group's
+/// journaled activity wrappers need.
+pub trait ActivityGroupScope<G>: Send + Sync {
+    /// The group value registered with the workflow.
+    fn activity_group(&self) -> &Arc<G>;
+    /// The running execution.
+    fn workflow_context(&self) -> &WorkflowContext;
+}
+
+/// A value an activity returns, which is journaled.
+#[diagnostic::on_unimplemented(
+    message = "the activity result `{Self}` is journaled, so it must implement `Serialize` and \
+               `Deserialize` (and be `Send`)",
+    label = "not journalable"
+)]
+pub trait JournalValue: serde::Serialize + serde::de::DeserializeOwned + Send {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send> JournalValue for T {}
+
+/// Names an activity result type's journal requirements at that type.
+pub fn require_journal_value<T: JournalValue>() {}
+
+/// An argument of an activity with retries: each attempt gets its own copy.
+#[diagnostic::on_unimplemented(
+    message = "the argument type `{Self}` of an activity with retries must be `Clone` (and \
+               `Send`): every attempt runs with its own copy",
+    label = "not `Clone`"
+)]
+pub trait RetriedArgument: Clone + Send + Sync + 'static {}
+
+impl<T: Clone + Send + Sync + 'static> RetriedArgument for T {}
+
+/// Names an activity argument's `Clone` requirement (activities with retries).
+pub fn require_retried_argument<T: RetriedArgument>() {}
+
+/// An argument of an activity without retries, moved into its only attempt.
+#[diagnostic::on_unimplemented(
+    message = "the argument type `{Self}` of an activity must be `Send + 'static` (owned): it is \
+               moved into the activity's transaction scope",
+    label = "not an owned `Send` value"
+)]
+pub trait ActivityArgument: Send + 'static {}
+
+impl<T: Send + 'static> ActivityArgument for T {}
+
+/// Names an activity argument's requirements (activities without retries).
+pub fn require_activity_argument<T: ActivityArgument>() {}
+
+/// The arguments of one activity call, handed to each attempt: moved into the only attempt
+/// of an activity without retries, cloned for each attempt of one with retries.
+pub struct ActivityArgs<A> {
+    slot: Mutex<Option<A>>,
+    retried: bool,
+}
+
+impl<A: Send> ActivityArgs<A> {
+    /// Arguments for an activity without retries (no `Clone` needed).
+    pub fn once(args: A) -> Self {
+        ActivityArgs {
+            slot: Mutex::new(Some(args)),
+            retried: false,
+        }
+    }
+
+    /// Arguments moved into the first attempt.
+    ///
+    /// # Errors
+    /// `Handler` if the arguments were already taken (an activity without retries ran twice,
+    /// which the runtime never does).
+    pub fn take(&self) -> Result<A, ClusterError> {
+        self.slot.lock().take().ok_or_else(|| {
+            ClusterError::handler("an activity without retries was started a second time")
+        })
+    }
+}
+
+impl<A: Clone + Send> ActivityArgs<A> {
+    /// Arguments for an activity with retries.
+    pub fn retried(args: A) -> Self {
+        ActivityArgs {
+            slot: Mutex::new(Some(args)),
+            retried: true,
+        }
+    }
+
+    /// A copy of the arguments for one attempt.
+    ///
+    /// # Errors
+    /// As [`ActivityArgs::take`].
+    pub fn copy(&self) -> Result<A, ClusterError> {
+        if !self.retried {
+            return self.take();
+        }
+        self.slot.lock().clone().ok_or_else(|| {
+            ClusterError::handler("the arguments of an activity with retries are gone")
+        })
+    }
+}
+
+/// The execution id of a workflow key (`key = |req| …` of `#[workflow_impl]`).
+pub fn execution_id_of_key<K: std::fmt::Display + ?Sized>(key: &K, hash: bool) -> String {
+    crate::workflow::execution_id_from_key(&key.to_string(), hash)
 }
 
 tokio::task_local! {

@@ -262,19 +262,34 @@ impl EntityManager {
             self.concurrency
         };
         let mut running = FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = instance.stop.cancelled() => break,
-                Some(()) = running.next(), if !running.is_empty() => {}
-                item = rx.recv(), if running.len() < limit => match item {
-                    Some(item) => {
-                        self.mailbox_gauge.dec();
-                        instance.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
-                        running.push(self.clone().process(instance.clone(), handler.clone(), item));
-                    }
-                    None => break,
-                },
+        if limit == 1 {
+            // One at a time (the default): run each request inline, no per-message allocation.
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    _ = instance.stop.cancelled() => break,
+                    item = rx.recv() => item,
+                };
+                let Some(item) = item else { break };
+                self.mailbox_gauge.dec();
+                instance.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+                self.process(&instance, &handler, item).await;
+            }
+        } else {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = instance.stop.cancelled() => break,
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    item = rx.recv(), if running.len() < limit => match item {
+                        Some(item) => {
+                            self.mailbox_gauge.dec();
+                            instance.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+                            running.push(self.process(&instance, &handler, item));
+                        }
+                        None => break,
+                    },
+                }
             }
         }
         // Stopping: refuse what is queued (the caller retries with the new owner; persisted
@@ -304,9 +319,9 @@ impl EntityManager {
     }
 
     async fn process(
-        self: Arc<Self>,
-        instance: Arc<Instance>,
-        handler: Arc<dyn EntityHandler>,
+        &self,
+        instance: &Instance,
+        handler: &Arc<dyn EntityHandler>,
         item: MailboxItem,
     ) {
         let parent = item
@@ -326,9 +341,9 @@ impl EntityManager {
         );
         async {
             if item.envelope.streaming {
-                self.process_stream(&instance, handler, item).await;
+                self.process_stream(instance, handler.clone(), item).await;
             } else {
-                self.process_request(&instance, handler, item).await;
+                self.process_request(instance, handler.as_ref(), item).await;
             }
         }
         .instrument(span)
@@ -358,7 +373,7 @@ impl EntityManager {
     async fn process_request(
         &self,
         instance: &Instance,
-        handler: Arc<dyn EntityHandler>,
+        handler: &dyn EntityHandler,
         item: MailboxItem,
     ) {
         let MailboxItem { envelope, mut sink } = item;

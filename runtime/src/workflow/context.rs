@@ -60,6 +60,15 @@ impl Default for ActivityOptions {
 }
 
 impl ActivityOptions {
+    /// The options of `#[activity(retries = .., backoff = "..", backoff_base_ms = ..)]`.
+    pub const fn new(retries: u32, backoff: Backoff, base_delay: Duration) -> Self {
+        ActivityOptions {
+            retries,
+            backoff,
+            base_delay,
+        }
+    }
+
     /// The pause before attempt `attempt + 1` (after `attempt` failures, from 1).
     pub fn delay_after(&self, attempt: u32) -> Duration {
         match self.backoff {
@@ -310,14 +319,11 @@ impl WorkflowContext {
                 };
                 self.inner.engine.schedule_timer(&timer).await?;
                 // The first schedule wins; read back what is stored.
-                let timer = self
-                    .inner
+                self.inner
                     .engine
                     .timer(exec, &timer_key)
                     .await?
-                    .unwrap_or(timer);
-                self.schedule_wake_up(&timer).await?;
-                timer
+                    .unwrap_or(timer)
             }
         };
         if timer.completed {
@@ -327,6 +333,10 @@ impl WorkflowContext {
             self.inner.engine.complete_timer(exec, &timer_key).await?;
             return Ok(());
         }
+        // Every suspension (re)sends the wake-up: its de-duplication key makes this a no-op
+        // when it is already stored, and repairs a crash between storing the timer and
+        // storing its wake-up.
+        self.schedule_wake_up(&timer).await?;
         *self.inner.suspended_until.lock() = Some(timer.fire_at);
         self.inner.suspended.notify_one();
         std::future::pending::<()>().await;
