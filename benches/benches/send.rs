@@ -2,7 +2,7 @@
 //! tokio mpsc + oneshot round trip measured in the same run as the reference.
 #![allow(clippy::expect_used, missing_docs)] // a benchmark binary: failing to set up is fatal
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cruster::types::EntityId;
@@ -29,13 +29,17 @@ fn reference_mpsc_oneshot(c: &mut Criterion) {
         tx
     });
     c.bench_function("reference: tokio mpsc + oneshot round trip", |b| {
-        b.to_async(&rt).iter(|| {
+        b.iter_custom(|iters| {
             let tx = tx.clone();
-            async move {
-                let (rtx, rrx) = oneshot::channel();
-                let _ = tx.send((1, rtx)).await;
-                rrx.await.unwrap_or(0)
-            }
+            in_task(&rt, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let (rtx, rrx) = oneshot::channel();
+                    let _ = tx.send((1, rtx)).await;
+                    let _ = rrx.await;
+                }
+                start.elapsed()
+            })
         })
     });
 }
@@ -45,10 +49,16 @@ fn plain_send(c: &mut Criterion) {
     let (_runner, client) = rt.block_on(echo_node()).expect("echo node");
     let id = EntityId::new("bench-1");
     c.bench_function("send (plain) round trip", |b| {
-        b.to_async(&rt).iter(|| {
+        b.iter_custom(|iters| {
             let client = client.clone();
             let id = id.clone();
-            async move { client.send::<_, u64>(&id, "echo", &7u64).await.unwrap_or(0) }
+            in_task(&rt, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let _ = client.send::<_, u64>(&id, "echo", &7u64).await;
+                }
+                start.elapsed()
+            })
         })
     });
 }
@@ -58,17 +68,29 @@ fn persisted_send(c: &mut Criterion) {
     let (_runner, client) = rt.block_on(echo_node()).expect("echo node");
     let id = EntityId::new("bench-p");
     c.bench_function("send_persisted round trip (memory storage)", |b| {
-        b.to_async(&rt).iter(|| {
+        b.iter_custom(|iters| {
             let client = client.clone();
             let id = id.clone();
-            async move {
-                client
-                    .send_persisted::<_, u64>(&id, "echo", &7u64, false)
-                    .await
-                    .unwrap_or(0)
-            }
+            in_task(&rt, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let _ = client
+                        .send_persisted::<_, u64>(&id, "echo", &7u64, false)
+                        .await;
+                }
+                start.elapsed()
+            })
         })
     });
+}
+
+/// Runs `fut` as a task on the runtime's workers (as application code would) and returns
+/// what it measured, so the figures do not include waking a thread outside the runtime.
+fn in_task(
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = Duration> + Send + 'static,
+) -> Duration {
+    rt.block_on(async move { tokio::spawn(fut).await.unwrap_or_default() })
 }
 
 fn config() -> Criterion {

@@ -229,6 +229,26 @@ pub(crate) fn expand_entity(args: TokenStream, input: TokenStream) -> TokenStrea
             }
         }
 
+        impl ::cruster::__private::workflow::ClientFromSharding for #client {
+            fn client_entity_type() -> ::cruster::__private::types::EntityType {
+                <#ident as ::cruster::__private::EntityDefinition>::entity_type()
+            }
+
+            fn from_entity_client(client: ::cruster::__private::sharding::EntityClient) -> Self {
+                Self { client }
+            }
+        }
+
+        impl ::cruster::__private::workflow::ClientFromSharding for #internal_client {
+            fn client_entity_type() -> ::cruster::__private::types::EntityType {
+                <#ident as ::cruster::__private::EntityDefinition>::entity_type()
+            }
+
+            fn from_entity_client(client: ::cruster::__private::sharding::EntityClient) -> Self {
+                Self { public: #client { client } }
+            }
+        }
+
         impl ::cruster::__private::HasEntityClient for #client {
             fn entity_client(&self) -> &::cruster::__private::sharding::EntityClient {
                 &self.client

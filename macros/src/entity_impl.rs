@@ -77,7 +77,7 @@ pub(crate) fn expand_entity_impl(args: TokenStream, input: TokenStream) -> Token
 }
 
 /// A snake_case parameter name for a group type (`AuditLog` → `audit_log`).
-fn group_param(group: &Path, index: usize) -> Ident {
+pub(crate) fn group_param(group: &Path, index: usize) -> Ident {
     let Some(last) = group.segments.last() else {
         return format_ident!("group{}", index);
     };

@@ -151,11 +151,15 @@
 use proc_macro::TokenStream;
 use quote::quote;
 
+mod activity;
+mod activity_group;
 mod entity;
 mod entity_impl;
 mod errors;
 mod rpc;
 mod rpc_group;
+mod workflow;
+mod workflow_impl;
 
 /// Declares an entity on its state struct; see the [crate docs](crate#entity).
 ///
@@ -208,6 +212,54 @@ pub fn protected(_args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn private(_args: TokenStream, input: TokenStream) -> TokenStream {
     misplaced_marker("private", input)
+}
+
+/// Declares a durable workflow on its struct; see the [crate docs](crate#workflow-and-workflow_impl).
+///
+/// Option: `name = "…"` (default: the struct's name). Defines `<Name>Client` (an alias of
+/// `cruster::workflow::WorkflowClient<Name>`) beside the struct, with its visibility.
+#[proc_macro_attribute]
+pub fn workflow(args: TokenStream, input: TokenStream) -> TokenStream {
+    workflow::expand_workflow(args.into(), input.into()).into()
+}
+
+/// Turns a workflow's `execute` and `#[activity]` methods into a journaled workflow, and
+/// generates `register`; see the [crate docs](crate#workflow-and-workflow_impl).
+///
+/// Options: `key = |req: &R| …` (the execution id; hashed unless `hash = false`),
+/// `hash = bool`, `activity_groups(A, B)`.
+#[proc_macro_attribute]
+pub fn workflow_impl(args: TokenStream, input: TokenStream) -> TokenStream {
+    workflow_impl::expand_workflow_impl(args.into(), input.into()).into()
+}
+
+/// Marks a journaled activity in a `#[workflow_impl]` or `#[activity_group_impl]` block:
+/// `#[activity]`, or `#[activity(retries = N, backoff = "exponential" | "constant",
+/// backoff_base_ms = N)]`.
+#[proc_macro_attribute]
+pub fn activity(_args: TokenStream, input: TokenStream) -> TokenStream {
+    let input = proc_macro2::TokenStream::from(input);
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "#[activity] only has a meaning on a method inside a #[workflow_impl] or \
+         #[activity_group_impl] impl block",
+    )
+    .to_compile_error();
+    quote!(#input #error).into()
+}
+
+/// Declares a reusable activity group on its state struct; see the
+/// [crate docs](crate#activity_group-and-activity_group_impl).
+#[proc_macro_attribute]
+pub fn activity_group(args: TokenStream, input: TokenStream) -> TokenStream {
+    workflow::expand_activity_group(args.into(), input.into()).into()
+}
+
+/// Turns an activity group's `#[activity]` methods into the `<Group>Activities` trait that
+/// composing workflows call; see the [crate docs](crate#activity_group-and-activity_group_impl).
+#[proc_macro_attribute]
+pub fn activity_group_impl(args: TokenStream, input: TokenStream) -> TokenStream {
+    activity_group::expand_activity_group_impl(args.into(), input.into()).into()
 }
 
 /// A method marker used outside an `#[entity_impl]` / `#[rpc_group_impl]` block (which would

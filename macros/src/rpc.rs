@@ -472,7 +472,7 @@ fn return_type_message(name: &str) -> String {
 }
 
 /// `R` of a `Result<R, ClusterError>` (any path ending in `Result` / `ClusterError`).
-fn result_ok_type(ty: &Type) -> Option<&Type> {
+pub(crate) fn result_ok_type(ty: &Type) -> Option<&Type> {
     let Type::Path(type_path) = ty else {
         return None;
     };

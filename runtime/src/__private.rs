@@ -161,6 +161,25 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send> JournalValue for 
 /// Names an activity result type's journal requirements at that type.
 pub fn require_journal_value<T: JournalValue>() {}
 
+/// A workflow's request, which is persisted with its `execute` message.
+#[diagnostic::on_unimplemented(
+    message = "the workflow request `{Self}` is persisted, so it must implement `Serialize` and \
+               `Deserialize` (and be `Send + Sync + 'static`)",
+    label = "not a persistable request"
+)]
+pub trait WorkflowRequest:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> WorkflowRequest
+    for T
+{
+}
+
+/// Names a workflow request type's requirements at that type.
+pub fn require_workflow_request<T: WorkflowRequest>() {}
+
 /// An argument of an activity with retries: each attempt gets its own copy.
 #[diagnostic::on_unimplemented(
     message = "the argument type `{Self}` of an activity with retries must be `Clone` (and \

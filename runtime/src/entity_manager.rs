@@ -272,7 +272,9 @@ impl EntityManager {
                 };
                 let Some(item) = item else { break };
                 self.mailbox_gauge.dec();
-                instance.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+                instance
+                    .last_active_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
                 self.process(&instance, &handler, item).await;
             }
         } else {

@@ -34,7 +34,16 @@ mod runtime_core;
 mod shard_assignment;
 mod shard_table;
 mod singleton_supervisor;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql_activity_tx;
+#[cfg(all(feature = "memory", any(feature = "postgres", feature = "sqlite")))]
+mod single_node_lease;
 mod storage_poller;
+
+/// The `sqlx` crate (features `postgres` / `sqlite`), so SQL entities and activities need
+/// no second dependency: `cruster::sqlx::query(..)`, `cruster::sqlx::PgPool`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sqlx;
 
 #[doc(hidden)]
 pub mod __private;

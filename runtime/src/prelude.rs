@@ -6,7 +6,10 @@ pub use crate::sharding_impl::ShardingImpl;
 #[cfg(feature = "memory")]
 pub use crate::single_runner::SingleRunner;
 pub use crate::singleton::{register_singleton, singleton, SingletonContext};
-pub use cruster_macros::{entity, entity_impl, private, protected, rpc, rpc_group, rpc_group_impl};
+pub use cruster_macros::{
+    activity, activity_group, activity_group_impl, entity, entity_impl, private, protected, rpc,
+    rpc_group, rpc_group_impl, workflow, workflow_impl,
+};
 pub use cruster_sharding::{
     Entity, EntityClient, EntityContext, EntityHandler, EntityOptions, IncomingRequest,
     IntoSharding, Sharding,

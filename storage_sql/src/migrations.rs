@@ -27,18 +27,32 @@ pub(crate) const MIGRATIONS_TABLE: &str = "_cruster_migrations";
 type Embedded = (i64, &'static str, &'static str);
 
 #[cfg(feature = "postgres")]
-const POSTGRES: &[Embedded] = &[(
-    1,
-    "initial schema",
-    include_str!("../migrations/postgres/0001_initial_schema.sql"),
-)];
+const POSTGRES: &[Embedded] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("../migrations/postgres/0001_initial_schema.sql"),
+    ),
+    (
+        2,
+        "single node lease",
+        include_str!("../migrations/postgres/0002_single_node_lease.sql"),
+    ),
+];
 
 #[cfg(feature = "sqlite")]
-const SQLITE: &[Embedded] = &[(
-    1,
-    "initial schema",
-    include_str!("../migrations/sqlite/0001_initial_schema.sql"),
-)];
+const SQLITE: &[Embedded] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("../migrations/sqlite/0001_initial_schema.sql"),
+    ),
+    (
+        2,
+        "single node lease",
+        include_str!("../migrations/sqlite/0002_single_node_lease.sql"),
+    ),
+];
 
 fn migrator(files: &[Embedded]) -> Migrator {
     let migrations = files

@@ -259,8 +259,8 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
     assert_eq!(
         db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
             .await,
-        1,
-        "one migration file, applied once"
+        2,
+        "each of the two migration files applied once"
     );
     assert_eq!(pending_ids(&messages).await, vec![1]);
     pool.close().await;

@@ -1,0 +1,8 @@
+-- The exclusive lease of a single-node deployment (`SingleRunner` on this database): at
+-- most one live holder per name. Instants are unix milliseconds.
+CREATE TABLE IF NOT EXISTS cruster_single_node_lease (
+    name           TEXT PRIMARY KEY NOT NULL,
+    holder         TEXT NOT NULL,
+    acquired_at_ms INTEGER NOT NULL,
+    expires_at_ms  INTEGER NOT NULL
+);
