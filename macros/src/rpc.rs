@@ -671,13 +671,13 @@ mod tests {
         let (model, errors) = model(quote! {
             impl Counter {
                 #[rpc(persisted)]
-                pub async fn increment(&self, request: Inc) -> Result<i64, ClusterError> { todo!() }
+                pub async fn increment(&self, request: Inc) -> Result<i64, ClusterError> { unreachable!() }
                 #[rpc]
                 #[protected]
-                pub async fn sync(&self) -> Result<(), cruster::ClusterError> { todo!() }
+                pub async fn sync(&self) -> Result<(), cruster::ClusterError> { unreachable!() }
                 #[rpc]
                 #[private]
-                async fn validate(&self, a: String, b: u32) -> Result<bool, ClusterError> { todo!() }
+                async fn validate(&self, a: String, b: u32) -> Result<bool, ClusterError> { unreachable!() }
                 fn helper(&self) {}
             }
         });
@@ -711,15 +711,15 @@ mod tests {
                 #[protected]
                 fn plain(&self) {}
                 #[rpc]
-                pub async fn mutating(&mut self) -> Result<(), ClusterError> { todo!() }
+                pub async fn mutating(&mut self) -> Result<(), ClusterError> { unreachable!() }
                 #[rpc]
-                pub fn blocking(&self) -> Result<(), ClusterError> { todo!() }
+                pub fn blocking(&self) -> Result<(), ClusterError> { unreachable!() }
                 #[rpc]
-                pub async fn anyhow(&self) -> anyhow::Result<()> { todo!() }
+                pub async fn anyhow(&self) -> anyhow::Result<()> { unreachable!() }
                 #[rpc(durable)]
-                pub async fn unknown(&self) -> Result<(), ClusterError> { todo!() }
+                pub async fn unknown(&self) -> Result<(), ClusterError> { unreachable!() }
                 #[rpc]
-                pub async fn ok(&self) -> Result<(), ClusterError> { todo!() }
+                pub async fn ok(&self) -> Result<(), ClusterError> { unreachable!() }
             }
         });
         assert_eq!(errors.len(), 5, "{errors:?}");
@@ -742,7 +742,7 @@ mod tests {
         let (_, errors) = model(quote! {
             impl Counter {
                 #[activity]
-                async fn step(&self) -> Result<(), ClusterError> { todo!() }
+                async fn step(&self) -> Result<(), ClusterError> { unreachable!() }
             }
         });
         assert_eq!(errors.len(), 1);
@@ -754,7 +754,7 @@ mod tests {
         let (model, _) = model(quote! {
             impl Counter {
                 #[rpc]
-                async fn get(&self, entity_id: String, (a, b): (u8, u8)) -> Result<(), ClusterError> { todo!() }
+                async fn get(&self, entity_id: String, (a, b): (u8, u8)) -> Result<(), ClusterError> { unreachable!() }
             }
         });
         let names: Vec<_> = model.expect("model").rpcs[0]
