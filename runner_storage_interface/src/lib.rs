@@ -63,8 +63,11 @@ pub trait RunnerStorage: Send + Sync + 'static {
     ) -> Result<MachineId, ClusterError>;
 
     /// Extends a registration. Returns `false` if it had expired (the caller re-registers).
-    async fn keep_alive(&self, address: &RunnerAddress, ttl: Duration)
-        -> Result<bool, ClusterError>;
+    async fn keep_alive(
+        &self,
+        address: &RunnerAddress,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError>;
 
     /// Removes a runner and releases its shard locks.
     async fn unregister(&self, address: &RunnerAddress) -> Result<(), ClusterError>;

@@ -33,11 +33,11 @@ mod reply_waiters;
 mod runtime_core;
 mod shard_assignment;
 mod shard_table;
+#[cfg(all(feature = "memory", any(feature = "postgres", feature = "sqlite")))]
+mod single_node_lease;
 mod singleton_supervisor;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql_activity_tx;
-#[cfg(all(feature = "memory", any(feature = "postgres", feature = "sqlite")))]
-mod single_node_lease;
 mod storage_poller;
 
 /// The `sqlx` crate (features `postgres` / `sqlite`), so SQL entities and activities need

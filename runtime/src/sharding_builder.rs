@@ -144,7 +144,8 @@ impl ShardingImplBuilder {
             self.workflow_engine,
             self.metrics
                 .unwrap_or_else(|| Arc::new(ClusterMetrics::unregistered())),
-            self.assignment.unwrap_or_else(|| Arc::new(RendezvousAssignment)),
+            self.assignment
+                .unwrap_or_else(|| Arc::new(RendezvousAssignment)),
         )
     }
 }

@@ -74,7 +74,9 @@ impl MessageStorage for FlakyStorage {
         max_attempts: u32,
     ) -> Result<FailedAttempt, ClusterError> {
         self.check()?;
-        self.inner.record_failed_attempt(request_id, reason, max_attempts).await
+        self.inner
+            .record_failed_attempt(request_id, reason, max_attempts)
+            .await
     }
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
         self.check()?;
@@ -122,10 +124,15 @@ async fn failing_storage_detaches_the_runner_until_it_recovers() {
             .send_persisted::<_, String>(&EntityId::new(format!("d-{i}")), "echo", &"x", false)
             .await
             .unwrap_err();
-        assert!(matches!(err, ClusterError::PersistenceError { .. }), "{err}");
+        assert!(
+            matches!(err, ClusterError::PersistenceError { .. }),
+            "{err}"
+        );
     }
     assert!(
-        eventually(Duration::from_secs(3), || sharding.is_detached() && sharding.owned_shards().is_empty()).await,
+        eventually(Duration::from_secs(3), || sharding.is_detached()
+            && sharding.owned_shards().is_empty())
+        .await,
         "detached: {}, shards: {}",
         sharding.is_detached(),
         sharding.owned_shards().len()
@@ -133,7 +140,9 @@ async fn failing_storage_detaches_the_runner_until_it_recovers() {
 
     storage.broken.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || !sharding.is_detached() && !sharding.owned_shards().is_empty()).await,
+        eventually(Duration::from_secs(3), || !sharding.is_detached()
+            && !sharding.owned_shards().is_empty())
+        .await,
         "re-attached"
     );
     let ok: String = client

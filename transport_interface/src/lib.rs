@@ -39,12 +39,18 @@ pub trait Runners: Send + Sync + 'static {
     ///
     /// # Errors
     /// `RunnerUnavailable` if `to` cannot be reached; any error the receiver raised.
-    async fn send(&self, to: &RunnerAddress, envelope: EnvelopeRequest)
-        -> Result<ReplyStream, ClusterError>;
+    async fn send(
+        &self,
+        to: &RunnerAddress,
+        envelope: EnvelopeRequest,
+    ) -> Result<ReplyStream, ClusterError>;
 
     /// Sends a request without waiting for its reply.
-    async fn notify(&self, to: &RunnerAddress, envelope: EnvelopeRequest)
-        -> Result<(), ClusterError>;
+    async fn notify(
+        &self,
+        to: &RunnerAddress,
+        envelope: EnvelopeRequest,
+    ) -> Result<(), ClusterError>;
 
     /// Acknowledges a streamed chunk.
     async fn ack_chunk(&self, to: &RunnerAddress, ack: AckChunk) -> Result<(), ClusterError>;

@@ -144,6 +144,9 @@ pub trait WorkflowEngine: Send + Sync + 'static {
     ) -> Result<bool, ClusterError>;
 
     /// A deferred value, if resolved.
-    async fn deferred(&self, execution_id: &str, name: &str)
-        -> Result<Option<ExitResult>, ClusterError>;
+    async fn deferred(
+        &self,
+        execution_id: &str,
+        name: &str,
+    ) -> Result<Option<ExitResult>, ClusterError>;
 }
