@@ -41,6 +41,8 @@ pub struct ClusterMetrics {
     pub workflow_steps: IntCounter,
     /// Storage operations that failed.
     pub storage_errors: IntCounter,
+    /// Cron runs, by cron name and outcome (`ok`, `failed`, `skipped`).
+    pub cron_runs: IntCounterVec,
 }
 
 fn metric_error(err: prometheus::Error) -> ClusterError {
@@ -111,6 +113,10 @@ impl ClusterMetrics {
                 "cruster_storage_errors_total",
                 "Storage operations that failed",
             )?,
+            cron_runs: IntCounterVec::new(
+                Opts::new("cruster_cron_runs_total", "Cron runs by outcome"),
+                &["cron", "outcome"],
+            )?,
         })
     }
 
@@ -133,6 +139,7 @@ impl ClusterMetrics {
         registry.register(Box::new(self.singleton_restarts.clone()))?;
         registry.register(Box::new(self.workflow_steps.clone()))?;
         registry.register(Box::new(self.storage_errors.clone()))?;
+        registry.register(Box::new(self.cron_runs.clone()))?;
         Ok(())
     }
 }

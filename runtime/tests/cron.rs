@@ -117,6 +117,17 @@ async fn an_every_second_cron_runs_once_per_occurrence() -> Result<(), ClusterEr
     runner.shutdown().await?;
 
     let runs = runs.lock().clone();
+    let counted = runner
+        .sharding()
+        .metrics()
+        .cron_runs
+        .with_label_values(&["every-second", "ok"])
+        .get();
+    assert_eq!(
+        counted as usize,
+        runs.len(),
+        "cruster_cron_runs_total counts every run"
+    );
     assert_no_double_runs(&runs);
     assert_no_missed_seconds(&runs);
     // About once per second: never more runs than seconds that passed (plus the first).

@@ -137,6 +137,25 @@ struct CronEntityHandler {
 }
 
 impl CronEntityHandler {
+    /// Counts a run in `cruster_cron_runs_total{cron, outcome}` when the runner is a
+    /// `ShardingImpl` (test doubles have no metrics).
+    fn count(&self, outcome: &str) {
+        if let Some(runner) = self
+            .client
+            .sharding()
+            .as_any()
+            .downcast_ref::<crate::sharding_impl::ShardingImpl>()
+        {
+            runner
+                .metrics()
+                .cron_runs
+                .with_label_values(&[self.spec.name.as_str(), outcome])
+                .inc();
+        }
+    }
+}
+
+impl CronEntityHandler {
     async fn run(&self, scheduled_time: DateTime<Utc>) {
         let spec = &self.spec;
         let span = tracing::span!(
@@ -167,6 +186,7 @@ impl CronEntityHandler {
             match plan.decision {
                 Decision::SkipStale { age } => {
                     tracing::Span::current().record("outcome", "skipped");
+                    self.count("skipped");
                     tracing::warn!(
                         late_by_ms = age.num_milliseconds(),
                         skip_if_older_than_ms = spec.policy.skip_if_older_than.num_milliseconds(),
@@ -176,10 +196,12 @@ impl CronEntityHandler {
                 Decision::Run => match (spec.handler)(scheduled_time).await {
                     Ok(()) => {
                         tracing::Span::current().record("outcome", "ok");
+                        self.count("ok");
                         tracing::debug!("cron run finished");
                     }
                     Err(err) => {
                         tracing::Span::current().record("outcome", "failed");
+                        self.count("failed");
                         tracing::error!(error = %err, "cron handler failed; the next occurrence stays scheduled");
                     }
                 },
