@@ -15,8 +15,7 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{
-    Attribute, Expr, FnArg, Ident, ImplItemFn, Lit, Meta, Path, ReturnType, Token, Type,
-    Visibility,
+    Attribute, Expr, FnArg, Ident, ImplItemFn, Lit, Meta, Path, ReturnType, Token, Type, Visibility,
 };
 
 use crate::errors::Errors;
@@ -99,7 +98,10 @@ pub(crate) fn parse_activity_options(attr: &Attribute, errors: &mut Errors) -> A
             }
         }
         Meta::NameValue(nv) => {
-            errors.at(nv, "expected `#[activity]` or `#[activity(retries = N, ...)]`");
+            errors.at(
+                nv,
+                "expected `#[activity]` or `#[activity(retries = N, ...)]`",
+            );
             return options;
         }
     };
@@ -151,19 +153,14 @@ pub(crate) fn parse_activity_options(attr: &Attribute, errors: &mut Errors) -> A
                 "constant" => options.backoff = BackoffDef::Constant,
                 other => errors.at(
                     s,
-                    format!(
-                        "unknown backoff `{other}`; expected \"exponential\" or \"constant\""
-                    ),
+                    format!("unknown backoff `{other}`; expected \"exponential\" or \"constant\""),
                 ),
             },
             ("backoff", other) => errors.at(
                 other,
                 "`backoff` takes a string: \"exponential\" or \"constant\"",
             ),
-            (_, other) => errors.at(
-                other,
-                format!("`{key}` takes an integer, e.g. `{key} = 3`"),
-            ),
+            (_, other) => errors.at(other, format!("`{key}` takes an integer, e.g. `{key} = 3`")),
         }
     }
     options
@@ -259,10 +256,8 @@ pub(crate) fn parse_activity_method(
     let response = response?;
     // Normalise what was reported, so the body still type-checks on the activity scope.
     method.sig.asyncness = Some(Default::default());
-    if let Some(FnArg::Receiver(receiver)) = method.sig.inputs.first_mut() {
-        if receiver.reference.is_some() {
-            receiver.mutability = None;
-        }
+    if let Some(first @ FnArg::Receiver(_)) = method.sig.inputs.first_mut() {
+        *first = syn::parse_quote!(&self);
     }
     let docs = method
         .attrs
@@ -331,8 +326,9 @@ fn options_expr(options: &ActivityOptionsDef) -> TokenStream {
     let base = match options.backoff_base_ms {
         Some(ms) => quote!(::core::time::Duration::from_millis(#ms)),
         None => quote!(
-            <::cruster::__private::workflow::ActivityOptions as ::core::default::Default>::default()
-                .base_delay
+            <::cruster::__private::workflow::ActivityOptions as ::core::default::Default>::default(
+            )
+            .base_delay
         ),
     };
     quote!(::cruster::__private::workflow::ActivityOptions::new(#retries, #backoff, #base))
@@ -373,8 +369,7 @@ pub(crate) fn journaled_call(
             quote_spanned!(ty.span()=> ::cruster::__private::require_activity_argument::<#ty>();)
         }
     });
-    let response_check =
-        quote_spanned!(response.span()=> ::cruster::__private::require_journal_value::<#response>(););
+    let response_check = quote_spanned!(response.span()=> ::cruster::__private::require_journal_value::<#response>(););
     let (make_args, get_args) = if retried {
         (quote!(retried), quote!(copy))
     } else {
@@ -523,10 +518,11 @@ mod tests {
         let (_, errors) = options(syn::parse_quote!(
             #[activity(retry = 3, backoff = "linear", retries = "three", retries = 2)]
         ));
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].contains("unknown #[activity] option `retry`"));
         assert!(errors[1].contains("unknown backoff `linear`"));
         assert!(errors[2].contains("takes an integer"));
+        assert!(errors[3].contains("more than once"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! The macros of cruster: entities, their RPCs, and reusable RPC groups. Use them through
-//! `use cruster::prelude::*;` (a crate that depends on `cruster` alone compiles the
-//! generated code).
+//! The macros of cruster: entities, their RPCs, reusable RPC groups, durable workflows and
+//! their activity groups. Use them through `use cruster::prelude::*;` (a crate that depends
+//! on `cruster` alone compiles the generated code).
 //!
-//! Every macro parses its input into a model (entity options, one `RpcDef` per method),
+//! Every macro parses its input into a model (entity options, one `RpcDef` or `ActivityDef` per method),
 //! validates it and reports *every* problem at its own span, then generates code. When it
 //! reports an error it still emits the annotated item, so editors keep working.
 //!
@@ -141,6 +141,90 @@
 //! value, so two entities composing one group keep separate dispatch and state; a group's
 //! `#[protected]` RPCs are dispatched but reachable only by tag (`EntityClient::send`).
 //! Registering fails with `InvalidConfig` if two parts of an entity dispatch the same tag.
+//!
+//! # `#[workflow]` and `#[workflow_impl]`
+//!
+//! A durable workflow: an `execute` entry point whose `#[activity]` calls are journaled, so
+//! a crash (or a durable sleep) resumes the execution without running a finished activity
+//! again.
+//!
+//! ```ignore
+//! #[workflow]                      // optional: #[workflow(name = "orders")]
+//! #[derive(Clone)]
+//! struct OrderWorkflow { pool: Pool }
+//!
+//! #[workflow_impl(
+//!     key = |req: &ProcessOrderRequest| req.order_id.clone(), // execution id (Display)
+//!     hash = false,                                          // default: hashed
+//! )]
+//! impl OrderWorkflow {
+//!     async fn execute(&self, request: ProcessOrderRequest) -> Result<OrderResult, ClusterError> {
+//!         self.reserve(request.order_id.clone(), request.item_count).await?; // journaled
+//!         self.sleep(Duration::from_secs(60)).await?;                       // durable timer
+//!         let n = self.client::<CounterClient>().increment(&id, &1).await?; // journaled call
+//!         Ok(OrderResult { .. })
+//!     }
+//!
+//!     #[activity(retries = 3, backoff = "constant", backoff_base_ms = 200)]
+//!     async fn reserve(&self, order_id: String, count: u32) -> Result<(), ClusterError> {
+//!         self.tx.put(&format!("reservations/{order_id}"), count.to_string()).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let client: OrderWorkflowClient = OrderWorkflow { pool }.register(sharding.clone()).await?;
+//! ```
+//!
+//! * Without `key`, the execution id is a hash of the serialized request. `hash = false`
+//!   uses the key as it is.
+//! * Inside `execute`, `self` is an execution scope that dereferences to the struct: each
+//!   activity method is a journaled call, and `self.sleep(d)`, `self.client::<C>()` (a
+//!   generated entity or workflow client whose calls are journaled) and
+//!   `self.workflow_context()` are available (unless the block defines methods of those
+//!   names).
+//! * Inside an activity, `self` dereferences to the struct too, and `self.tx` is the
+//!   `ActivityTx` committed atomically with the activity's journal entry.
+//! * `Self` in these methods still means the workflow struct. Other methods of the block
+//!   stay ordinary methods, reachable from both.
+//! * An activity's journal name is its method name; calls are matched to the journal by
+//!   position, so the body must call activities in a deterministic order (a replay that
+//!   differs is a `ClusterError::NonDeterminism`).
+//! * Activity options: `retries = N` (retried N times after the first attempt),
+//!   `backoff = "exponential"` (default; `base * 2^(n-1)`, capped at 60 s) or `"constant"`,
+//!   `backoff_base_ms = N` (default 100). Only the final result (success, or the last
+//!   error) is journaled, with the attempt count.
+//! * Activity arguments are owned values (`Send + 'static`; also `Clone` with retries,
+//!   since each attempt gets its own copy); results implement `Serialize` and
+//!   `Deserialize`. The errors point at the offending type.
+//! * `#[workflow]` defines `OrderWorkflowClient` (an alias of
+//!   `cruster::workflow::WorkflowClient<OrderWorkflow>`) with the struct's visibility:
+//!   `execute`, `start`, `poll`, `join`, `with_key`, `with_key_raw`.
+//!
+//! # `#[activity_group]` and `#[activity_group_impl]`
+//!
+//! A reusable bundle of activities with its own state, composed into several workflows:
+//!
+//! ```ignore
+//! #[activity_group]
+//! #[derive(Clone)]
+//! struct Inventory { pool: Pool }
+//!
+//! #[activity_group_impl]
+//! impl Inventory {
+//!     #[activity]
+//!     async fn reserve(&self, order_id: String, count: u32) -> Result<String, ClusterError> { ... }
+//! }
+//!
+//! #[workflow_impl(key = |r: &Req| r.id.clone(), activity_groups(Inventory, Payments))]
+//! impl OrderWorkflow { /* execute calls self.reserve(...) */ }
+//!
+//! let client = OrderWorkflow.register(sharding, Inventory { pool }, Payments).await?;
+//! ```
+//!
+//! Group activities are journaled as `Group.method` (`Inventory.reserve`). The group's
+//! journaled calls are the methods of a trait named after it (`InventoryActivities`) with
+//! the group's visibility; a composing workflow imports it itself (from the group's path),
+//! so the impl block must follow the `#[activity_group]` struct in the same module.
 //!
 //! # `#[rpc]`, `#[protected]`, `#[private]`
 //!

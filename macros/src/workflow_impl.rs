@@ -173,10 +173,8 @@ fn check_execute(mut method: ImplItemFn, errors: &mut Errors) -> Option<ExecuteD
     };
     let (request, response) = (request?, response?);
     method.sig.asyncness = Some(Default::default());
-    if let Some(FnArg::Receiver(receiver)) = method.sig.inputs.first_mut() {
-        if receiver.reference.is_some() {
-            receiver.mutability = None;
-        }
+    if let Some(first @ FnArg::Receiver(_)) = method.sig.inputs.first_mut() {
+        *first = syn::parse_quote!(&self);
     }
     Some(ExecuteDef {
         method,
@@ -306,9 +304,9 @@ fn generate(
         .iter()
         .map(|g| sibling(g, |i| format_ident!("{}Activities", i)))
         .collect();
-    let group_checks = groups.iter().map(|g| {
-        quote_spanned!(g.span()=> ::cruster::__private::require_activity_group::<#g>();)
-    });
+    let group_checks = groups
+        .iter()
+        .map(|g| quote_spanned!(g.span()=> ::cruster::__private::require_activity_group::<#g>();));
 
     let request = replace_self_type(execute.request.to_token_stream(), self_path);
     let response = replace_self_type(execute.response.to_token_stream(), self_path);
@@ -328,7 +326,9 @@ fn generate(
                 ::core::result::Result::Ok(::cruster::__private::execution_id_of_key(&__cruster_key, #hash))
             }
         }
-        None => quote!(::cruster::__private::workflow::execution_id_from_request(request)),
+        None => quote!(::cruster::__private::workflow::execution_id_from_request(
+            request
+        )),
     };
 
     // Journaled calls on the execution scope, bodies on the activity scope.

@@ -4,6 +4,12 @@
 //! client mode, and prints what happened and the throughput it measured.
 //!
 //! `cargo run --release --example quickstart`
+//!
+//! With `--storage sqlite:PATH` (feature `sqlite`, on in this workspace's builds) the same
+//! node runs durably on a SQLite file: persisted messages, replies and the counters
+//! themselves are stored there, so a second run continues from the first one's values.
+//!
+//! `cargo run --release --example quickstart -- --storage sqlite:quickstart.db`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,15 +25,65 @@ use cruster::types::{wire, EntityType};
 use futures::StreamExt;
 
 /// A counter entity written against the `Entity`/`EntityHandler` traits. Its state lives in
-/// a shared map standing in for the database an application would use.
+/// a shared map standing in for the database an application would use, or (with
+/// `--storage sqlite:PATH`) in a table of the SQLite file.
 #[derive(Clone, Default)]
 struct Counter {
-    totals: Arc<dashmap::DashMap<String, i64>>,
+    totals: Totals,
+}
+
+/// Where counter values live.
+#[derive(Clone)]
+enum Totals {
+    Memory(Arc<dashmap::DashMap<String, i64>>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(cruster::sqlx::SqlitePool),
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals::Memory(Arc::default())
+    }
+}
+
+impl Totals {
+    async fn add(&self, id: &str, amount: i64) -> Result<i64, ClusterError> {
+        match self {
+            Totals::Memory(map) => {
+                let mut total = map.entry(id.to_string()).or_insert(0);
+                *total += amount;
+                Ok(*total)
+            }
+            #[cfg(feature = "sqlite")]
+            Totals::Sqlite(pool) => Ok(cruster::sqlx::query_scalar(
+                "INSERT INTO quickstart_counters (id, value) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET value = value + excluded.value RETURNING value",
+            )
+            .bind(id)
+            .bind(amount)
+            .fetch_one(pool)
+            .await?),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<i64, ClusterError> {
+        match self {
+            Totals::Memory(map) => Ok(map.get(id).map(|v| *v).unwrap_or(0)),
+            #[cfg(feature = "sqlite")]
+            Totals::Sqlite(pool) => Ok(cruster::sqlx::query_scalar(
+                "SELECT value FROM quickstart_counters WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0)),
+        }
+    }
 }
 
 struct CounterInstance {
     id: String,
-    totals: Arc<dashmap::DashMap<String, i64>>,
+    totals: Totals,
 }
 
 #[async_trait]
@@ -50,11 +106,9 @@ impl EntityHandler for CounterInstance {
         match request.tag() {
             "increment" => {
                 let amount: i64 = request.decode()?;
-                let mut total = self.totals.entry(self.id.clone()).or_insert(0);
-                *total += amount;
-                wire::encode(&*total)
+                wire::encode(&self.totals.add(&self.id, amount).await?)
             }
-            "get" => wire::encode(&self.totals.get(&self.id).map(|v| *v).unwrap_or(0)),
+            "get" => wire::encode(&self.totals.get(&self.id).await?),
             tag => Err(ClusterError::UnknownTag {
                 entity_type: EntityType::new("Counter"),
                 tag: tag.to_string(),
@@ -107,25 +161,93 @@ where
     Ok(())
 }
 
+/// `--storage memory` (default) or `--storage sqlite:PATH`.
+fn storage_flag() -> anyhow::Result<Option<String>> {
+    let mut args = std::env::args().skip(1);
+    let mut storage = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--storage" => storage = args.next(),
+            other => match other.strip_prefix("--storage=") {
+                Some(value) => storage = Some(value.to_string()),
+                None => anyhow::bail!(
+                    "unknown argument `{other}`; usage: quickstart [--storage memory|sqlite:PATH]"
+                ),
+            },
+        }
+    }
+    match storage.as_deref() {
+        None | Some("memory") => Ok(None),
+        Some(url) if url.starts_with("sqlite:") => Ok(Some(url.to_string())),
+        Some(other) => {
+            anyhow::bail!("unsupported --storage `{other}`: use `memory` or `sqlite:PATH`")
+        }
+    }
+}
+
+/// Builds the node on memory, or durably on the SQLite file of `url`.
+async fn start_node(
+    config: ShardingConfig,
+    sqlite_url: Option<&str>,
+) -> anyhow::Result<(SingleRunner, Totals, &'static str)> {
+    let Some(url) = sqlite_url else {
+        let runner = SingleRunner::builder().config(config).build().await?;
+        return Ok((runner, Totals::default(), "memory backends"));
+    };
+    #[cfg(feature = "sqlite")]
+    {
+        use cruster::storage::sql_message::SqlPool;
+        let SqlPool::Sqlite(pool) = SqlPool::connect(url).await? else {
+            anyhow::bail!("`{url}` did not open a SQLite pool");
+        };
+        cruster::sqlx::query(
+            "CREATE TABLE IF NOT EXISTS quickstart_counters \
+             (id TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
+        let runner = SingleRunner::builder()
+            .config(config)
+            .sqlite(pool.clone())
+            .build()
+            .await?;
+        Ok((runner, Totals::Sqlite(pool), "durable on SQLite"))
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        anyhow::bail!(
+            "--storage {url} needs the `sqlite` feature: \
+             cargo run --release --example quickstart --features sqlite -- --storage {url}"
+        )
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runner = SingleRunner::builder()
-        .config(ShardingConfig {
+    let sqlite_url = storage_flag()?;
+    let durable = sqlite_url.is_some();
+    let (runner, totals, backends) = start_node(
+        ShardingConfig {
             storage_poll_interval: Duration::from_millis(100),
             ..Default::default()
-        })
-        .build()
-        .await?;
+        },
+        sqlite_url.as_deref(),
+    )
+    .await?;
     let sharding = runner.sharding().clone();
     println!(
-        "cruster quickstart: one node at {}, {} shards owned, memory backends",
+        "cruster quickstart: one node at {}, {} shards owned, {backends}",
         sharding.runner_address(),
         sharding.owned_shards().len()
     );
 
-    let counter = Counter::default();
+    let counter = Counter { totals };
     sharding.register_entity(Arc::new(counter.clone())).await?;
     let client = EntityClient::new(sharding.clone(), EntityType::new("Counter"));
+    if durable {
+        let before: i64 = client.send(&EntityId::new("counter-1"), "get", &()).await?;
+        println!("counter-1 starts at {before} (its value from earlier runs on this file)");
+    }
 
     // A singleton and a cron job.
     let heartbeats = Arc::new(AtomicU64::new(0));
@@ -210,8 +332,19 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("\nthroughput (64 concurrent callers on distinct entities):");
+    // Durable runs write every increment to the file: fewer calls keep them short.
+    let (sends, persisted_sends) = if durable {
+        (20_000, 5_000)
+    } else {
+        (200_000, 100_000)
+    };
+    let persisted_label = if durable {
+        "send_persisted (SQLite storage)"
+    } else {
+        "send_persisted (memory storage)"
+    };
     let c = client.clone();
-    throughput("send", 200_000, 64, move |i| {
+    throughput("send", sends, 64, move |i| {
         let c = c.clone();
         async move {
             c.send(&EntityId::new(format!("t-{}", i % 64)), "increment", &1i64)
@@ -220,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let c = client.clone();
-    throughput("send_persisted (memory storage)", 100_000, 64, move |i| {
+    throughput(persisted_label, persisted_sends, 64, move |i| {
         let c = c.clone();
         async move {
             c.send_persisted(

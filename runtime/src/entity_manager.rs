@@ -396,6 +396,15 @@ impl EntityManager {
         }
         let exit = match outcome {
             Ok(Ok(bytes)) => ExitResult::Success(bytes),
+            Ok(Err(err @ ClusterError::PersistenceError { .. })) if persisted => {
+                // A storage failure is not the handler's answer: count a failed delivery
+                // and let the storage poll retry it (dead-lettered at the limit). The
+                // caller keeps waiting for the stored reply.
+                tracing::warn!(%err, %request_id, "persisted handler hit a storage error; will retry");
+                self.core.record_failure(request_id, &err.to_string()).await;
+                drop(sink);
+                return;
+            }
             Ok(Err(err)) => ExitResult::failure(&err),
             Err(panic) => {
                 let err = ClusterError::handler(format!(

@@ -146,16 +146,37 @@ impl Membership {
     async fn rebalance_loop(&self) {
         let refresh_every = self.ttl() / 3;
         let mut last_refresh = Instant::now();
+        // When the shard locks were last confirmed in storage. Past one TTL without a
+        // confirmation, other runners may hold them: this runner stops serving (fences
+        // itself) rather than risk two owners.
+        let mut last_confirmed = Instant::now();
+        let mut force_refresh = false;
         let retry = (self.ttl() / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
         loop {
-            let refresh = last_refresh.elapsed() >= refresh_every;
+            let refresh = force_refresh || last_refresh.elapsed() >= refresh_every;
             if refresh {
                 last_refresh = Instant::now();
             }
             let pending = match self.rebalance(refresh).await {
-                Ok(pending) => pending,
+                Ok(pending) => {
+                    if refresh {
+                        last_confirmed = Instant::now();
+                    }
+                    force_refresh = false;
+                    pending
+                }
                 Err(err) => {
-                    tracing::warn!(%err, "rebalance failed; retrying");
+                    force_refresh = true;
+                    let held = self.core.shard_table.held();
+                    if self.runner_storage.is_some()
+                        && !held.is_empty()
+                        && last_confirmed.elapsed() >= self.ttl()
+                    {
+                        tracing::error!(%err, count = held.len(), "shard locks could not be confirmed for a whole TTL; no longer serving them");
+                        self.stop_serving(&held).await;
+                    } else {
+                        tracing::warn!(%err, "rebalance failed; retrying");
+                    }
                     true
                 }
             };

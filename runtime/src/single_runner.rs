@@ -3,6 +3,37 @@
 //! Memory backends by default; entities, workflows, singletons and cron register on
 //! `runner.sharding()` exactly as on a production `ShardingImpl`.
 //!
+//! # Durable single node (features `postgres` / `sqlite`)
+//!
+//! [`SingleRunnerBuilder::postgres`] and [`SingleRunnerBuilder::sqlite`] put message storage,
+//! workflow journal and workflow engine on one database pool; `build` runs the migrations.
+//! Persisted messages, replies, journals and timers then survive a restart: the next
+//! single node on the same database picks them up.
+//!
+//! A durable single node owns every shard, so two of them on one database would take each
+//! other's messages. `build` therefore takes an exclusive **single-node lease** in the
+//! database (table `cruster_single_node_lease`; holder id `runner address/pid N/nonce`):
+//!
+//! * if another live node holds it, `build` fails at once with
+//!   `ClusterError::InvalidConfig { field: "single_node_lease", .. }` naming the holder;
+//! * with [`SingleRunnerBuilder::standby`]`(true)` it waits until the lease is free instead;
+//! * the lease is renewed every third of its TTL ([`SingleRunnerBuilder::lease_ttl`],
+//!   default 15 s), released by [`SingleRunner::shutdown`], and expires after its TTL when
+//!   the process dies; a node that loses its lease (it could not renew in time and another
+//!   node took over) shuts down.
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn run() -> Result<(), cruster::ClusterError> {
+//! use cruster::prelude::*;
+//!
+//! let pool = cruster::sqlx::PgPool::connect("postgres://cruster:cruster@127.0.0.1/cruster").await?;
+//! let runner = SingleRunner::builder().postgres(pool).build().await?;
+//! // register entities and workflows on runner.sharding() ...
+//! runner.shutdown().await?; // also releases the lease
+//! # Ok(()) }
+//! ```
+//!
 //! ```
 //! use cruster::prelude::*;
 //!
@@ -15,6 +46,8 @@
 //! ```
 
 use std::sync::Arc;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use std::time::Duration;
 
 use cruster_message_storage::MessageStorage;
 use cruster_storage_memory::{
@@ -30,7 +63,13 @@ use crate::sharding_impl::ShardingImpl;
 /// A one-node cluster. See the module docs.
 pub struct SingleRunner {
     sharding: Arc<ShardingImpl>,
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    lease: tokio::sync::Mutex<Option<crate::single_node_lease::SingleNodeLease>>,
 }
+
+/// Default TTL of the single-node lease.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for SingleRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,12 +88,30 @@ impl SingleRunner {
         &self.sharding
     }
 
-    /// Graceful shutdown (see [`ShardingImpl::shutdown`]).
+    /// Graceful shutdown (see [`ShardingImpl::shutdown`]); on a SQL database, then releases
+    /// the single-node lease so that the next node starts at once.
     ///
     /// # Errors
-    /// As [`ShardingImpl::shutdown`].
+    /// As [`ShardingImpl::shutdown`]; `PersistenceError` when the lease cannot be released
+    /// (it then expires after its TTL).
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
-        self.sharding.shutdown().await
+        self.sharding.shutdown().await?;
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        if let Some(mut lease) = self.lease.lock().await.take() {
+            lease.release().await?;
+        }
+        Ok(())
+    }
+
+    /// The holder id of the single-node lease this runner holds (`runner address/pid
+    /// N/nonce`), or `None` on memory storage.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub async fn lease_holder(&self) -> Option<String> {
+        self.lease
+            .lock()
+            .await
+            .as_ref()
+            .map(|lease| lease.holder().to_owned())
     }
 }
 
@@ -66,9 +123,55 @@ pub struct SingleRunnerBuilder {
     workflow_storage: Option<Arc<dyn WorkflowStorage>>,
     workflow_engine: Option<Arc<dyn WorkflowEngine>>,
     metrics: Option<Arc<ClusterMetrics>>,
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    sql: Option<cruster_storage_sql::SqlPool>,
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    standby: bool,
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    lease_ttl: Option<Duration>,
 }
 
 impl SingleRunnerBuilder {
+    /// Runs durably on PostgreSQL (feature `postgres`): message storage, workflow journal
+    /// and workflow engine on `pool`, migrated by `build`, under the exclusive single-node
+    /// lease (see the module docs). Ports set with the other methods take precedence.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, pool: sqlx::PgPool) -> Self {
+        self.sql = Some(pool.into());
+        self
+    }
+
+    /// Runs durably on SQLite (feature `sqlite`): as [`Self::postgres`], on a SQLite pool
+    /// (open it on a file in WAL mode, as `SqlPool::connect("sqlite:path")` does).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(mut self, pool: sqlx::SqlitePool) -> Self {
+        self.sql = Some(pool.into());
+        self
+    }
+
+    /// Runs durably on either SQL database; see [`Self::postgres`].
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn sql(mut self, pool: impl Into<cruster_storage_sql::SqlPool>) -> Self {
+        self.sql = Some(pool.into());
+        self
+    }
+
+    /// With `true`, `build` waits while another single node holds the database's lease and
+    /// starts once it is released or expires, instead of failing at once (default `false`).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn standby(mut self, standby: bool) -> Self {
+        self.standby = standby;
+        self
+    }
+
+    /// TTL of the single-node lease (default 15 s): how long after a crash the next node
+    /// may take over. Renewed every third of it.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
     /// Sets the configuration (default: `ShardingConfig::default()`).
     pub fn config(mut self, config: ShardingConfig) -> Self {
         self.config = Some(config);
@@ -99,12 +202,22 @@ impl SingleRunnerBuilder {
         self
     }
 
-    /// Builds and starts the runner.
+    /// Builds and starts the runner. On a SQL pool, first runs the migrations and takes
+    /// the single-node lease.
     ///
     /// # Errors
-    /// `InvalidConfig` for a bad configuration; storage errors while starting.
-    pub async fn build(self) -> Result<SingleRunner, ClusterError> {
-        let config = Arc::new(self.config.unwrap_or_default());
+    /// `InvalidConfig` for a bad configuration, or (field `single_node_lease`) when another
+    /// single node holds the database; `PersistenceError` when the database cannot be
+    /// reached or migrated; storage errors while starting.
+    #[allow(unused_mut)]
+    pub async fn build(mut self) -> Result<SingleRunner, ClusterError> {
+        let config = Arc::new(self.config.take().unwrap_or_default());
+        config.validate()?;
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        let mut lease = match self.sql.take() {
+            Some(pool) => Some(self.prepare_sql(pool, &config).await?),
+            None => None,
+        };
         let network = InProcessNetwork::new();
         let message_storage = self
             .message_storage
@@ -125,9 +238,69 @@ impl SingleRunnerBuilder {
             Some(workflow_engine),
             self.metrics
                 .unwrap_or_else(|| Arc::new(ClusterMetrics::unregistered())),
-        )?;
+        );
+        let sharding = match sharding {
+            Ok(sharding) => sharding,
+            Err(err) => {
+                #[cfg(any(feature = "postgres", feature = "sqlite"))]
+                if let Some(mut lease) = lease.take() {
+                    let _ = lease.release().await;
+                }
+                return Err(err);
+            }
+        };
         network.register(config.runner_address.clone(), sharding.clone());
-        sharding.start().await?;
-        Ok(SingleRunner { sharding })
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        if let Some(lease) = lease.as_mut() {
+            lease.start_heartbeat(
+                self.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+                Arc::downgrade(&sharding),
+            );
+        }
+        if let Err(err) = sharding.start().await {
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
+            if let Some(mut lease) = lease.take() {
+                let _ = lease.release().await;
+            }
+            return Err(err);
+        }
+        Ok(SingleRunner {
+            sharding,
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
+            lease: tokio::sync::Mutex::new(lease),
+        })
+    }
+
+    /// Migrates the database, takes the single-node lease and fills the storage ports not
+    /// set explicitly with SQL backends on `pool`.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    async fn prepare_sql(
+        &mut self,
+        pool: cruster_storage_sql::SqlPool,
+        config: &ShardingConfig,
+    ) -> Result<crate::single_node_lease::SingleNodeLease, ClusterError> {
+        use crate::single_node_lease::SingleNodeLease;
+        use cruster_storage_sql::{SqlMessageStorage, SqlWorkflowEngine, SqlWorkflowStorage};
+
+        let ttl = self.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
+        if ttl < Duration::from_millis(30) {
+            return Err(ClusterError::InvalidConfig {
+                field: "lease_ttl".into(),
+                reason: format!("must be at least 30 ms (got {ttl:?})"),
+            });
+        }
+        pool.migrate().await?;
+        let holder = SingleNodeLease::holder_id(&config.runner_address);
+        let lease = SingleNodeLease::acquire(pool.clone(), holder, ttl, self.standby).await?;
+        if self.message_storage.is_none() {
+            self.message_storage = Some(Arc::new(SqlMessageStorage::from_pool(pool.clone())));
+        }
+        if self.workflow_storage.is_none() {
+            self.workflow_storage = Some(Arc::new(SqlWorkflowStorage::from_pool(pool.clone())));
+        }
+        if self.workflow_engine.is_none() {
+            self.workflow_engine = Some(Arc::new(SqlWorkflowEngine::from_pool(pool)));
+        }
+        Ok(lease)
     }
 }

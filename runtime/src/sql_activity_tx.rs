@@ -27,7 +27,7 @@
 
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
-use sqlx::{Either, Executor};
+use sqlx::Either;
 use tokio::sync::MutexGuard;
 
 use cruster_types::ClusterError;
@@ -94,10 +94,7 @@ macro_rules! activity_executor {
             ) -> BoxStream<
                 'e,
                 Result<
-                    Either<
-                        <$db as sqlx::Database>::QueryResult,
-                        <$db as sqlx::Database>::Row,
-                    >,
+                    Either<<$db as sqlx::Database>::QueryResult, <$db as sqlx::Database>::Row>,
                     sqlx::Error,
                 >,
             >

@@ -44,7 +44,9 @@ async fn futures_are_send(sharding: Arc<ShardingImpl>, client: EntityClient, run
     send(&runner.shutdown());
     send(&SingleRunner::builder().build());
     send(&MemoryCluster::builder().build());
-    send(&register_singleton(sharding.as_ref(), "s", |_ctx| async { Ok(()) }));
+    send(&register_singleton(sharding.as_ref(), "s", |_ctx| async {
+        Ok(())
+    }));
 }
 
 #[test]

@@ -463,3 +463,30 @@ async fn bad_config_is_rejected() {
         .unwrap_err();
     assert!(matches!(err, ClusterError::InvalidConfig { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_storage_error_in_a_persisted_handler_is_retried_not_answered() {
+    let journal = Journal::default();
+    let config = ShardingConfig {
+        storage_poll_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let (runner, client) = runner_with(config, TestEntity::new("T", journal.clone())).await;
+    let attempts: u64 = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.send_persisted(&EntityId::new("sf-1"), "storage-flaky", &"k", false),
+    )
+    .await
+    .expect("retried by the storage poll")
+    .unwrap();
+    assert_eq!(attempts, 3, "two storage failures, then success");
+    let err = client
+        .send::<_, u64>(&EntityId::new("sf-2"), "storage-flaky", &"k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::PersistenceError { .. }),
+        "a plain send gets the error as its answer: {err}"
+    );
+    runner.shutdown().await.unwrap();
+}

@@ -94,6 +94,9 @@ pub(crate) struct ContextInner {
     next_sleep: AtomicU32,
     suspended_until: Mutex<Option<DateTime<Utc>>>,
     suspended: Notify,
+    /// Set when an activity's recorded (or just recorded) outcome is a failure: an error
+    /// the workflow then returns is its answer, not a transient storage problem.
+    activity_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The context of one workflow execution run (see the module docs).
@@ -137,6 +140,7 @@ impl WorkflowContext {
                 next_sleep: AtomicU32::new(0),
                 suspended_until: Mutex::new(None),
                 suspended: Notify::new(),
+                activity_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -179,8 +183,16 @@ impl WorkflowContext {
                 ),
                 source: Some(Box::new(err)),
             }),
-            ExitResult::Failure(err) => Err(err.clone().into()),
+            ExitResult::Failure(err) => {
+                self.inner.activity_failed.store(true, Ordering::SeqCst);
+                Err(err.clone().into())
+            }
         }
+    }
+
+    /// Whether an activity of this run ended in a recorded failure.
+    pub(crate) fn activity_failed(&self) -> bool {
+        self.inner.activity_failed.load(Ordering::SeqCst)
     }
 
     /// Runs (or replays) one activity call. `run` makes one attempt's future from the
@@ -281,6 +293,7 @@ impl WorkflowContext {
                     return match transaction.commit(&entry).await? {
                         CommitOutcome::Committed => {
                             self.inner.metrics.workflow_steps.inc();
+                            self.inner.activity_failed.store(true, Ordering::SeqCst);
                             Err(err)
                         }
                         CommitOutcome::AlreadyRecorded(existing) => self.decode_entry(&existing),

@@ -158,9 +158,10 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
             RunOutcome::Done(Err(err)) => {
-                if matches!(err, ClusterError::PersistenceError { .. }) {
-                    // Storage trouble is not the workflow's answer: leave it running so the
-                    // redelivered request replays it.
+                if matches!(err, ClusterError::PersistenceError { .. }) && !ctx.activity_failed() {
+                    // Storage trouble of the engine itself is not the workflow's answer:
+                    // leave it running; the entity manager counts a failed delivery and
+                    // the storage poll redelivers the request, which replays it.
                     return Err(err);
                 }
                 self.save(

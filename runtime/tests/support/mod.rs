@@ -117,6 +117,19 @@ impl EntityHandler for TestHandler {
                 wire::encode(&())
             }
             "fail" => Err(ClusterError::handler(request.decode::<String>()?)),
+            "storage-flaky" => {
+                // Fails with a storage error on the first two attempts of a key.
+                let key: String = request.decode()?;
+                self.journal.record(&self.entity_id, &key);
+                let attempts = self.journal.keys(&self.entity_id).iter().filter(|k| **k == key).count();
+                if attempts <= 2 {
+                    return Err(ClusterError::PersistenceError {
+                        reason: format!("injected storage error, attempt {attempts}"),
+                        source: None,
+                    });
+                }
+                wire::encode(&(attempts as u64))
+            }
             "panic" => panic!("test entity told to panic"),
             "whoami" => wire::encode(&self.runner),
             other => Err(ClusterError::UnknownTag {

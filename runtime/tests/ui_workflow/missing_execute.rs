@@ -1,0 +1,15 @@
+use cruster::prelude::*;
+
+#[workflow]
+#[derive(Clone)]
+struct NoEntryPoint;
+
+#[workflow_impl]
+impl NoEntryPoint {
+    #[activity]
+    async fn step(&self) -> Result<(), ClusterError> {
+        Ok(())
+    }
+}
+
+fn main() {}
