@@ -209,7 +209,8 @@ impl SingleRunnerBuilder {
     /// `InvalidConfig` for a bad configuration, or (field `single_node_lease`) when another
     /// single node holds the database; `PersistenceError` when the database cannot be
     /// reached or migrated; storage errors while starting.
-    #[allow(unused_mut)]
+    // Without the SQL features the error paths below are plain `?`s.
+    #[allow(unused_mut, clippy::question_mark)]
     pub async fn build(mut self) -> Result<SingleRunner, ClusterError> {
         let config = Arc::new(self.config.take().unwrap_or_default());
         config.validate()?;

@@ -21,9 +21,10 @@
 //! On any other workflow storage (memory, a custom backend), or a storage of the other SQL
 //! dialect, every call fails with `sqlx::Error::Configuration` wrapping a
 //! `ClusterError::Unsupported` that names the problem; nothing is written anywhere. With
-//! `?` in an activity returning `Result<_, ClusterError>` it becomes a
-//! `ClusterError::PersistenceError` whose source chain holds that `Unsupported` error. Using
-//! `self.tx` after the activity returned fails the same way with `InvalidConfig`.
+//! `?` in an activity returning `Result<_, ClusterError>` it becomes that
+//! `ClusterError::Unsupported` again (cruster-types unwraps it), so it is not retried as a
+//! storage failure. Using `self.tx` after the activity returned fails the same way with
+//! `InvalidConfig`.
 
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};

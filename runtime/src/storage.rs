@@ -57,8 +57,8 @@ pub mod sql_message {
 /// custom backend, the other SQL dialect) every call fails with
 /// `sqlx::Error::Configuration` wrapping a `ClusterError::Unsupported` that says so, and
 /// nothing is written; through `?` in an activity returning `Result<_, ClusterError>` that
-/// becomes a `ClusterError::PersistenceError` with the `Unsupported` error in its source
-/// chain. A `self.tx` kept past the end of its activity fails the same way (wrapping
+/// becomes the `ClusterError::Unsupported` itself (not a retryable `PersistenceError`). A
+/// `self.tx` kept past the end of its activity fails the same way (wrapping
 /// `InvalidConfig`).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod sql_workflow {

@@ -511,9 +511,20 @@ impl From<std::io::Error> for ClusterError {
 /// Every database error becomes a retryable [`ClusterError::PersistenceError`] whose
 /// `source` is the `sqlx::Error`, so its details (SQLSTATE, constraint name) stay reachable
 /// through `std::error::Error::source`.
+///
+/// A `sqlx::Error::Configuration` that wraps a `ClusterError` (how `self.tx` reports that
+/// the workflow storage is not SQL-backed: `Unsupported`) gives back that error itself, so
+/// it is not retried as a storage failure.
 #[cfg(feature = "sqlx")]
 impl From<sqlx::Error> for ClusterError {
     fn from(err: sqlx::Error) -> Self {
+        let err = match err {
+            sqlx::Error::Configuration(inner) => match inner.downcast::<ClusterError>() {
+                Ok(cluster) => return *cluster,
+                Err(other) => sqlx::Error::Configuration(other),
+            },
+            other => other,
+        };
         ClusterError::PersistenceError {
             reason: format!("database operation failed: {err}"),
             source: Some(Box::new(err)),

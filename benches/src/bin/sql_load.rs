@@ -1,0 +1,253 @@
+//! Persisted sends and workflow activities on PostgreSQL and SQLite, each beside a raw
+//! single-row commit measured in the same run on the same database.
+//!
+//! `cargo run --release -p cruster-benches --bin sql_load [-- postgres|sqlite]`
+//!
+//! PostgreSQL runs when `DATABASE_URL` is set (in a schema of its own, dropped at the end);
+//! SQLite on a temporary file in WAL mode with `synchronous = FULL`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cruster::prelude::*;
+use cruster::sqlx::{self, AssertSqlSafe};
+use cruster::storage::sql_message::SqlPool;
+use cruster::types::EntityType;
+use cruster_benches::Echo;
+
+const LATENCY_CALLS: usize = 2_000;
+const THROUGHPUT_CALLS: usize = 20_000;
+const CALLERS: usize = 64;
+
+/// Three activities, each inserting one row through `self.tx`.
+#[workflow]
+#[derive(Clone)]
+struct ThreeSteps {
+    sqlite: bool,
+}
+
+#[workflow_impl(key = |n: &u64| n.to_string())]
+impl ThreeSteps {
+    async fn execute(&self, n: u64) -> Result<(), ClusterError> {
+        self.step(n, 1).await?;
+        self.step(n, 2).await?;
+        self.step(n, 3).await?;
+        Ok(())
+    }
+
+    #[activity]
+    async fn step(&self, n: u64, step: i64) -> Result<(), ClusterError> {
+        let id = format!("{n}/{step}");
+        let insert = sqlx::query("INSERT INTO bench_effects (id) VALUES ($1)").bind(id);
+        if self.sqlite {
+            // sqlx's SQLite arguments are a different type: build the query for SQLite.
+            let id = format!("{n}/{step}");
+            sqlx::query("INSERT INTO bench_effects (id) VALUES ($1)")
+                .bind(id)
+                .execute(self.tx.sqlite())
+                .await?;
+        } else {
+            insert.execute(&self.tx).await?;
+        }
+        Ok(())
+    }
+}
+
+fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
+    (at(0.50), at(0.99))
+}
+
+async fn exec(pool: &SqlPool, sql: &str) -> anyhow::Result<()> {
+    match pool {
+        SqlPool::Postgres(p) => {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(p)
+                .await?;
+        }
+        SqlPool::Sqlite(p) => {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(p)
+                .await?;
+        }
+        _ => anyhow::bail!("unknown pool"),
+    }
+    Ok(())
+}
+
+async fn raw_insert(pool: &SqlPool, id: String) -> anyhow::Result<()> {
+    match pool {
+        SqlPool::Postgres(p) => {
+            sqlx::query("INSERT INTO bench_raw (id, body) VALUES ($1, $2)")
+                .bind(id)
+                .bind(vec![0u8; 64])
+                .execute(p)
+                .await?;
+        }
+        SqlPool::Sqlite(p) => {
+            sqlx::query("INSERT INTO bench_raw (id, body) VALUES ($1, $2)")
+                .bind(id)
+                .bind(vec![0u8; 64])
+                .execute(p)
+                .await?;
+        }
+        _ => anyhow::bail!("unknown pool"),
+    }
+    Ok(())
+}
+
+/// Sequential latency of `call`, then throughput of `CALLERS` concurrent callers.
+async fn measure<F, Fut>(label: &str, call: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let seq = call.clone();
+    let samples = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(LATENCY_CALLS);
+        for i in 0..LATENCY_CALLS {
+            let started = Instant::now();
+            seq(i).await?;
+            samples.push(started.elapsed());
+        }
+        Ok::<_, anyhow::Error>(samples)
+    })
+    .await??;
+    let (p50, p99) = stats(samples);
+    let started = Instant::now();
+    let per = THROUGHPUT_CALLS / CALLERS;
+    let mut tasks = Vec::new();
+    for t in 0..CALLERS {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                call(LATENCY_CALLS + t * per + i).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = (per * CALLERS) as f64 / started.elapsed().as_secs_f64();
+    println!("  {label:<34} p50={p50:>9.2?} p99={p99:>9.2?}  {rate:>8.0}/s with {CALLERS} callers");
+    Ok(())
+}
+
+async fn run(name: &str, pool: SqlPool) -> anyhow::Result<()> {
+    println!("{name}:");
+    exec(
+        &pool,
+        "CREATE TABLE bench_raw (id TEXT PRIMARY KEY, body BYTEA); \
+         CREATE TABLE bench_effects (id TEXT PRIMARY KEY)",
+    )
+    .await?;
+    let p = pool.clone();
+    measure("raw single-row INSERT + COMMIT", move |i| {
+        let p = p.clone();
+        async move { raw_insert(&p, format!("r{i}")).await }
+    })
+    .await?;
+
+    let runner = SingleRunner::builder().sql(pool.clone()).build().await?;
+    runner.sharding().register_entity(Arc::new(Echo)).await?;
+    let client = EntityClient::new(runner.sharding().clone(), EntityType::new("Echo"));
+    let c = client.clone();
+    measure("send_persisted round trip", move |i| {
+        let c = c.clone();
+        async move {
+            let _: u64 = c
+                .send_persisted(
+                    &EntityId::new(format!("e{}", i % 256)),
+                    "echo",
+                    &(i as u64),
+                    false,
+                )
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    let workflows = ThreeSteps {
+        sqlite: matches!(pool, SqlPool::Sqlite(_)),
+    }
+    .register(runner.sharding().clone())
+    .await?;
+    let w = workflows.clone();
+    let samples = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        for n in 0..500u64 {
+            let started = Instant::now();
+            w.execute(&n).await?;
+            samples.push(started.elapsed());
+        }
+        Ok::<_, anyhow::Error>(samples)
+    })
+    .await??;
+    let (p50, p99) = stats(samples);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..CALLERS as u64 {
+        let w = workflows.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40u64 {
+                w.execute(&(1_000_000 + t * 1000 + i)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = (CALLERS * 40) as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  {:<34} p50={p50:>9.2?} p99={p99:>9.2?}  {rate:>8.0}/s with {CALLERS} callers",
+        "workflow execute, 3 SQL activities"
+    );
+    runner.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let only = std::env::args().nth(1);
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if want("postgres") {
+        match std::env::var("DATABASE_URL") {
+            Err(_) => println!("postgres: skipped (DATABASE_URL is not set)"),
+            Ok(url) => {
+                let schema = format!("cruster_bench_{}", std::process::id());
+                let admin = sqlx::PgPool::connect(&url).await?;
+                sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&admin)
+                    .await?;
+                let options = sqlx::postgres::PgConnectOptions::from_str(&url)?
+                    .options([("search_path", schema.as_str())]);
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(32)
+                    .connect_with(options)
+                    .await?;
+                let result = run("postgres", SqlPool::from(pool.clone())).await;
+                pool.close().await;
+                sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&admin)
+                    .await?;
+                result?;
+            }
+        }
+    }
+    if want("sqlite") {
+        let dir = std::env::temp_dir().join(format!("cruster-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite:{}", dir.join("bench.db").display());
+        let pool = SqlPool::connect(&url).await?;
+        let result = run("sqlite (WAL, synchronous=FULL)", pool.clone()).await;
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result?;
+    }
+    Ok(())
+}
