@@ -36,11 +36,20 @@ impl FlakyRunnerStorage {
 
 #[async_trait]
 impl RunnerStorage for FlakyRunnerStorage {
-    async fn register(&self, address: &RunnerAddress, weight: u32, ttl: Duration) -> Result<MachineId, ClusterError> {
+    async fn register(
+        &self,
+        address: &RunnerAddress,
+        weight: u32,
+        ttl: Duration,
+    ) -> Result<MachineId, ClusterError> {
         self.check()?;
         self.inner.register(address, weight, ttl).await
     }
-    async fn keep_alive(&self, address: &RunnerAddress, ttl: Duration) -> Result<bool, ClusterError> {
+    async fn keep_alive(
+        &self,
+        address: &RunnerAddress,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError> {
         self.check()?;
         self.inner.keep_alive(address, ttl).await
     }
@@ -52,19 +61,35 @@ impl RunnerStorage for FlakyRunnerStorage {
         self.check()?;
         self.inner.runners().await
     }
-    async fn watch_runners(&self) -> Result<BoxStream<'static, Result<Vec<Runner>, ClusterError>>, ClusterError> {
+    async fn watch_runners(
+        &self,
+    ) -> Result<BoxStream<'static, Result<Vec<Runner>, ClusterError>>, ClusterError> {
         self.check()?;
         self.inner.watch_runners().await
     }
-    async fn acquire_shards(&self, owner: &RunnerAddress, shards: &[ShardId], ttl: Duration) -> Result<Vec<ShardId>, ClusterError> {
+    async fn acquire_shards(
+        &self,
+        owner: &RunnerAddress,
+        shards: &[ShardId],
+        ttl: Duration,
+    ) -> Result<Vec<ShardId>, ClusterError> {
         self.check()?;
         self.inner.acquire_shards(owner, shards, ttl).await
     }
-    async fn refresh_shards(&self, owner: &RunnerAddress, shards: &[ShardId], ttl: Duration) -> Result<Vec<ShardId>, ClusterError> {
+    async fn refresh_shards(
+        &self,
+        owner: &RunnerAddress,
+        shards: &[ShardId],
+        ttl: Duration,
+    ) -> Result<Vec<ShardId>, ClusterError> {
         self.check()?;
         self.inner.refresh_shards(owner, shards, ttl).await
     }
-    async fn release_shards(&self, owner: &RunnerAddress, shards: &[ShardId]) -> Result<(), ClusterError> {
+    async fn release_shards(
+        &self,
+        owner: &RunnerAddress,
+        shards: &[ShardId],
+    ) -> Result<(), ClusterError> {
         self.check()?;
         self.inner.release_shards(owner, shards).await
     }
@@ -90,18 +115,27 @@ async fn a_runner_that_cannot_confirm_its_locks_stops_serving_them() {
         .build()
         .unwrap();
     sharding.start().await.unwrap();
-    assert!(eventually(Duration::from_secs(3), || sharding.owned_shards().len() == 300).await);
+    assert!(
+        eventually(Duration::from_secs(3), || sharding.owned_shards().len()
+            == 300)
+        .await
+    );
 
     storage.broken.store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || sharding.owned_shards().is_empty()).await,
+        eventually(Duration::from_secs(3), || sharding
+            .owned_shards()
+            .is_empty())
+        .await,
         "still serving {} shards without confirmed locks",
         sharding.owned_shards().len()
     );
 
     storage.broken.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(5), || sharding.owned_shards().len() == 300).await,
+        eventually(Duration::from_secs(5), || sharding.owned_shards().len()
+            == 300)
+        .await,
         "took back {} shards",
         sharding.owned_shards().len()
     );

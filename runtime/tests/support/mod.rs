@@ -121,7 +121,12 @@ impl EntityHandler for TestHandler {
                 // Fails with a storage error on the first two attempts of a key.
                 let key: String = request.decode()?;
                 self.journal.record(&self.entity_id, &key);
-                let attempts = self.journal.keys(&self.entity_id).iter().filter(|k| **k == key).count();
+                let attempts = self
+                    .journal
+                    .keys(&self.entity_id)
+                    .iter()
+                    .filter(|k| **k == key)
+                    .count();
                 if attempts <= 2 {
                     return Err(ClusterError::PersistenceError {
                         reason: format!("injected storage error, attempt {attempts}"),
