@@ -262,31 +262,30 @@ impl EntityManager {
             self.concurrency
         };
         let mut running = FuturesUnordered::new();
+        // Created once: polling it again is cheap, re-creating it each message is not.
+        let stop = instance.stop.cancelled();
+        tokio::pin!(stop);
         if limit == 1 {
             // One at a time (the default): run each request inline, no per-message allocation.
             loop {
                 let item = tokio::select! {
                     biased;
-                    _ = instance.stop.cancelled() => break,
+                    _ = &mut stop => break,
                     item = rx.recv() => item,
                 };
                 let Some(item) = item else { break };
                 self.mailbox_gauge.dec();
-                instance
-                    .last_active_ms
-                    .store(self.now_ms(), Ordering::Relaxed);
                 self.process(&instance, &handler, item).await;
             }
         } else {
             loop {
                 tokio::select! {
                     biased;
-                    _ = instance.stop.cancelled() => break,
+                    _ = &mut stop => break,
                     Some(()) = running.next(), if !running.is_empty() => {}
                     item = rx.recv(), if running.len() < limit => match item {
                         Some(item) => {
                             self.mailbox_gauge.dec();
-                            instance.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
                             running.push(self.process(&instance, &handler, item));
                         }
                         None => break,
