@@ -69,7 +69,8 @@
 //!   the method returns `Ok`. Hot-path writes (`save_request`, `save_reply`, journal
 //!   commits, attempt counts) are single statements whose conflicts are resolved by the
 //!   database (`ON CONFLICT`, `UPDATE … RETURNING`), so concurrent runners never lose or
-//!   double an update.
+//!   double an update; with group commit (below) several calls' rows share one statement
+//!   or transaction, with the same conflict resolution.
 //! * `unprocessed` takes no row locks: the runtime polls only shards it holds the lock of,
 //!   so one shard's messages are polled by one runner at a time.
 //! * A final reply marks its request processed in the same statement (a trigger on
@@ -78,6 +79,25 @@
 //!   `PersistenceError`; a stored row that does not decode gives `MalformedMessage` when
 //!   read by id, and is dead-lettered (and logged) when met by `unprocessed`, which goes on
 //!   serving the other rows.
+//!
+//! # Group commit
+//!
+//! [`SqlMessageStorage`] batches its two hot-path writes by default. Concurrent
+//! `save_request` calls (and, separately, concurrent `save_reply` calls) of one storage and
+//! its clones go through a writer task that takes whatever is queued when it becomes free
+//! (up to 256 calls) and commits it at once: on PostgreSQL as one multi-row
+//! `INSERT … SELECT … FROM UNNEST(…) ON CONFLICT DO NOTHING` statement, on SQLite as one
+//! transaction. N callers waiting at the same time thus share one commit (and, on
+//! PostgreSQL, one round trip). There is no timer: a lone call finds the writer idle and
+//! runs at once as the usual single-row statement, so its latency is unchanged.
+//!
+//! Answers are those of calls made one at a time: within a batch, a second save of a
+//! request id, or of an address + dedupe key, is `Duplicate` naming the first; the first
+//! final reply of a request wins. A call returns `Ok` only after the commit carrying its
+//! row. If a batch fails (say one row holds data the database refuses), nothing of it was
+//! stored and each of its calls is retried alone, so only the bad row's caller sees an
+//! error. The writer tasks start on the first save and stop when the storage and all its
+//! clones are dropped. [`SqlMessageStorage::with_group_commit`]`(false)` turns it off.
 //!
 //! # Activity transactions (`self.tx`)
 //!
@@ -91,7 +111,7 @@
 /// The constructors and `migrate` every backend of this crate has.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 macro_rules! backend_constructors {
-    ($backend:ident, $what:literal) => {
+    ($backend:ident, $what:literal $(, $(#[$attr:meta])* $field:ident: $init:expr)* $(,)?) => {
         impl $backend {
             #[doc = concat!("A PostgreSQL ", $what, " on `pool`.")]
             ///
@@ -112,7 +132,10 @@ macro_rules! backend_constructors {
 
             #[doc = concat!("A ", $what, " on a PostgreSQL or SQLite pool.")]
             pub fn from_pool(pool: impl Into<$crate::SqlPool>) -> Self {
-                Self { pool: pool.into() }
+                Self {
+                    pool: pool.into(),
+                    $($(#[$attr])* $field: $init,)*
+                }
             }
 
             /// The pool this backend runs on.
@@ -137,6 +160,8 @@ pub(crate) use backend_constructors;
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod dialect;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod group_commit;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod message_storage;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

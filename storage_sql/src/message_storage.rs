@@ -1,7 +1,10 @@
 //! [`SqlMessageStorage`]: `MessageStorage` on the `cruster_messages` and `cruster_replies`
 //! tables.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
     DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
@@ -9,6 +12,7 @@ use cruster_message_storage::{
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
 use crate::dialect::per_dialect;
+use crate::group_commit::{Answer, GroupCommit, ReplyItem, RequestItem};
 use crate::pool::SqlPool;
 use crate::rows::{self, failed, nanos, sql_limit, Columns, RequestRow};
 
@@ -20,6 +24,8 @@ const SAVE_ATTEMPTS: usize = 3;
 ///
 /// * `save_request` is one `INSERT … ON CONFLICT DO NOTHING` on the happy path; only a
 ///   duplicate costs a second statement, which reads the first request and its reply.
+///   With group commit (the default, see [`SqlMessageStorage::with_group_commit`]),
+///   concurrent saves share that insert, and concurrent `save_reply` calls theirs.
 /// * `save_reply`, `mark_processed`, `record_failed_attempt` and `reset_shards` are one
 ///   statement each (`record_failed_attempt` counts and dead-letters in one `UPDATE …
 ///   RETURNING`), so concurrent runners cannot lose an update.
@@ -47,35 +53,112 @@ const SAVE_ATTEMPTS: usize = 3;
 #[derive(Clone, Debug)]
 pub struct SqlMessageStorage {
     pool: SqlPool,
+    /// The shared writers of group commit, `None` when turned off.
+    group_commit: Option<Arc<GroupCommit>>,
 }
 
-crate::backend_constructors!(SqlMessageStorage, "message storage");
+crate::backend_constructors!(
+    SqlMessageStorage,
+    "message storage",
+    group_commit: Some(Arc::new(GroupCommit::new())),
+);
+
+impl SqlMessageStorage {
+    /// Turns group commit on (the default) or off.
+    ///
+    /// With group commit, concurrent `save_request` calls (and, separately, concurrent
+    /// `save_reply` calls) of this storage and its clones are written by one writer task
+    /// and committed together: one multi-row statement on PostgreSQL, one transaction on
+    /// SQLite. Callers waiting at the same time share one commit (and on PostgreSQL one
+    /// round trip). There is no timer: a lone call goes out at once, and a batch forms only
+    /// from the calls that queued while the previous batch was being written (at most 256
+    /// per batch). Each caller still gets exactly its own answer, only after the commit
+    /// carrying its row; a batch that fails is retried one row at a time, so a bad row
+    /// fails only its own call. The writer tasks start on the first save and stop when the
+    /// storage and all its clones are dropped.
+    ///
+    /// Turn it off to have every call run its own statement and commit. See the crate
+    /// docs, section "Group commit".
+    ///
+    /// ```no_run
+    /// # fn run(pool: sqlx::PgPool) {
+    /// use cruster_storage_sql::SqlMessageStorage;
+    /// let storage = SqlMessageStorage::new(pool).with_group_commit(false);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_group_commit(self, enabled: bool) -> Self {
+        Self {
+            group_commit: enabled.then(|| Arc::new(GroupCommit::new())),
+            ..self
+        }
+    }
+
+    /// Inserts a request through group commit: `None` when the caller should run the
+    /// statement itself (group commit off or not running, or a failed batch).
+    async fn grouped_insert(
+        &self,
+        envelope: &EnvelopeRequest,
+        row: &RequestRow<'_>,
+    ) -> Option<Result<bool, sqlx::Error>> {
+        let group_commit = self.group_commit.as_ref()?;
+        let item = RequestItem::new(envelope, row);
+        match group_commit.save_request(&self.pool, item).await {
+            Answer::Done(inserted) => Some(inserted),
+            Answer::RunAlone => None,
+        }
+    }
+
+    /// Inserts a reply through group commit; `None` as for [`Self::grouped_insert`].
+    async fn grouped_reply(
+        &self,
+        reply_row: &(i64, bool, i64, Bytes),
+    ) -> Option<Result<(), sqlx::Error>> {
+        let group_commit = self.group_commit.as_ref()?;
+        let item = ReplyItem::new(reply_row.clone());
+        match group_commit.save_reply(&self.pool, item).await {
+            Answer::Done(written) => Some(written),
+            Answer::RunAlone => None,
+        }
+    }
+}
 
 #[async_trait]
 impl MessageStorage for SqlMessageStorage {
     async fn save_request(&self, envelope: &EnvelopeRequest) -> Result<SaveResult, ClusterError> {
         let row = RequestRow::new(envelope)?;
         let request_id = envelope.request_id;
-        for _ in 0..SAVE_ATTEMPTS {
-            let inserted = per_dialect!(&self.pool, SqlPool, |pool, d| {
-                sqlx::query(d::sql::INSERT_REQUEST)
-                    .bind(row.request_id)
-                    .bind(row.shard.as_str())
-                    .bind(row.entity_type)
-                    .bind(row.entity_id)
-                    .bind(row.tag)
-                    .bind(row.payload)
-                    .bind(row.persisted)
-                    .bind(row.uninterruptible)
-                    .bind(row.streaming)
-                    .bind(row.expects_reply)
-                    .bind(row.deliver_at_ns)
-                    .bind(row.dedupe_key)
-                    .bind(row.trace.as_ref())
-                    .fetch_optional(pool)
-                    .await
-                    .map(|inserted| inserted.is_some())
-            })
+        for attempt in 0..SAVE_ATTEMPTS {
+            // Only the first attempt is grouped: a retry follows a conflict with a vanished
+            // row, which is rare and gains nothing from batching.
+            let grouped = if attempt == 0 {
+                self.grouped_insert(envelope, &row).await
+            } else {
+                None
+            };
+            let inserted = if let Some(inserted) = grouped {
+                inserted
+            } else {
+                per_dialect!(&self.pool, SqlPool, |pool, d| {
+                    sqlx::query(d::sql::INSERT_REQUEST)
+                        .bind(row.request_id)
+                        .bind(row.shard.as_str())
+                        .bind(row.entity_type)
+                        .bind(row.entity_id)
+                        .bind(row.tag)
+                        .bind(row.payload)
+                        .bind(row.persisted)
+                        .bind(row.uninterruptible)
+                        .bind(row.streaming)
+                        .bind(row.expects_reply)
+                        .bind(row.deliver_at_ns)
+                        .bind(row.dedupe_key)
+                        .bind(row.trace.as_ref())
+                        .fetch_optional(pool)
+                        .await
+                        .map(|inserted| inserted.is_some())
+                })
+            }
             .map_err(|e| failed(format_args!("saving request {request_id}"), e))?;
             if inserted {
                 return Ok(SaveResult::Saved);
@@ -111,18 +194,23 @@ impl MessageStorage for SqlMessageStorage {
     }
 
     async fn save_reply(&self, reply: &Reply) -> Result<(), ClusterError> {
-        let (request_id, is_final, sequence, body) = rows::reply_row(reply)?;
-        per_dialect!(&self.pool, SqlPool, |pool, d| {
-            sqlx::query(d::sql::INSERT_REPLY)
-                .bind(request_id)
-                .bind(is_final)
-                .bind(sequence)
-                .bind(body.as_ref())
-                .execute(pool)
-                .await
-                .map(drop)
-        })
-        .map_err(|e| {
+        let reply_row = rows::reply_row(reply)?;
+        let written = if let Some(written) = self.grouped_reply(&reply_row).await {
+            written
+        } else {
+            let (request_id, is_final, sequence, body) = reply_row;
+            per_dialect!(&self.pool, SqlPool, |pool, d| {
+                sqlx::query(d::sql::INSERT_REPLY)
+                    .bind(request_id)
+                    .bind(is_final)
+                    .bind(sequence)
+                    .bind(body.as_ref())
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            })
+        };
+        written.map_err(|e| {
             failed(
                 format_args!("saving a reply to request {}", reply.request_id()),
                 e,

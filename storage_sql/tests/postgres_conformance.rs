@@ -81,3 +81,366 @@ mod connecting {
         assert_persistence_error(&err);
     }
 }
+
+/// Group commit (PostgreSQL only): saves queued while the writer is busy share one
+/// statement, and still answer exactly as saves made one at a time would.
+///
+/// To form a batch deterministically, a test holds a table lock so the writer's first
+/// statement waits in the database, queues the saves under test behind it, then releases
+/// the lock: the writer takes all of them as the next batch.
+#[allow(clippy::unwrap_used)]
+mod group_commit {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use cruster_message_storage::{MessageStorage, SaveResult};
+    use cruster_storage_sql::{SqlMessageStorage, SqlPool};
+    use cruster_types::{
+        ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult, Reply,
+        ReplyWithExit, ShardId, Snowflake,
+    };
+    use sqlx::PgPool;
+    use tokio::task::JoinHandle;
+
+    use super::fresh;
+
+    /// Long enough for spawned saves to reach the writer's queue.
+    const SETTLE: Duration = Duration::from_millis(300);
+
+    fn postgres(pool: &SqlPool) -> PgPool {
+        match pool {
+            SqlPool::Postgres(pool) => pool.clone(),
+            _ => unreachable!("these tests run on PostgreSQL"),
+        }
+    }
+
+    fn request(id: i64, entity_id: &str, dedupe_key: Option<&str>) -> EnvelopeRequest {
+        let address = EntityAddress {
+            shard_id: ShardId::new("batch", 3),
+            entity_type: EntityType::new("Batch"),
+            entity_id: EntityId::new(entity_id),
+        };
+        let mut envelope =
+            EnvelopeRequest::new(Snowflake(id), address, "batch", Bytes::from(vec![7u8; 16]));
+        envelope.persisted = true;
+        envelope.dedupe_key = dedupe_key.map(str::to_owned);
+        envelope
+    }
+
+    fn final_reply(id: i64, text: &'static str) -> Reply {
+        Reply::WithExit(ReplyWithExit {
+            request_id: Snowflake(id),
+            exit: ExitResult::Success(Bytes::from_static(text.as_bytes())),
+        })
+    }
+
+    /// Holds `LOCK TABLE table IN SHARE MODE` (which blocks inserts) until committed.
+    async fn lock(pool: &PgPool, table: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {table} IN SHARE MODE"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx
+    }
+
+    fn save(
+        storage: &Arc<SqlMessageStorage>,
+        envelope: EnvelopeRequest,
+    ) -> JoinHandle<Result<SaveResult, ClusterError>> {
+        let storage = Arc::clone(storage);
+        tokio::spawn(async move { storage.save_request(&envelope).await })
+    }
+
+    /// How many transactions wrote the rows of `table` (rows written by one statement share
+    /// their `xmin`).
+    async fn writing_transactions(pool: &PgPool, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(DISTINCT xmin::text) FROM {table}"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicates_inside_one_batch_have_exactly_one_winner() {
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        let pg = postgres(&pool);
+        let storage = Arc::new(SqlMessageStorage::from_pool(pool));
+
+        let blocker = lock(&pg, "cruster_messages").await;
+        let holder = save(&storage, request(1, "holder", None));
+        tokio::time::sleep(SETTLE).await;
+        // 40 ids saved twice each, and 40 dedupe keys used by two ids each.
+        let mut by_id = Vec::new();
+        let mut by_key = Vec::new();
+        for n in 0..40 {
+            let id = 100 + n;
+            by_id.push((id, save(&storage, request(id, "same-id", None))));
+            by_id.push((id, save(&storage, request(id, "same-id", None))));
+            let key = format!("key-{n}");
+            for id in [1_000 + 2 * n, 1_001 + 2 * n] {
+                by_key.push((
+                    key.clone(),
+                    id,
+                    save(&storage, request(id, "same-key", Some(&key))),
+                ));
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        blocker.commit().await.unwrap();
+
+        assert_eq!(holder.await.unwrap().unwrap(), SaveResult::Saved);
+        let mut saved_ids = HashSet::new();
+        for (id, task) in by_id {
+            match task.await.unwrap().unwrap() {
+                SaveResult::Saved => assert!(saved_ids.insert(id), "request {id} saved twice"),
+                SaveResult::Duplicate {
+                    original_request_id,
+                    reply,
+                } => {
+                    assert_eq!(original_request_id, Snowflake(id));
+                    assert_eq!(reply, None);
+                }
+            }
+        }
+        assert_eq!(saved_ids.len(), 40, "every id is saved exactly once");
+        let mut winners: HashMap<String, i64> = HashMap::new();
+        let mut losers = Vec::new();
+        for (key, id, task) in by_key {
+            match task.await.unwrap().unwrap() {
+                SaveResult::Saved => {
+                    let previous = winners.insert(key.clone(), id);
+                    assert_eq!(previous, None, "dedupe key {key} has two winners");
+                }
+                SaveResult::Duplicate {
+                    original_request_id,
+                    ..
+                } => losers.push((key, original_request_id)),
+            }
+        }
+        assert_eq!(winners.len(), 40);
+        assert_eq!(losers.len(), 40);
+        for (key, original) in losers {
+            assert_eq!(Some(&original.0), winners.get(&key), "loser of {key}");
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cruster_messages")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1 + 40 + 40);
+        assert_eq!(
+            writing_transactions(&pg, "cruster_messages").await,
+            2,
+            "the holder, then one batch for everything queued behind it"
+        );
+        db.remove().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_row_fails_only_its_own_save() {
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        let pg = postgres(&pool);
+        let storage = Arc::new(SqlMessageStorage::from_pool(pool));
+
+        let blocker = lock(&pg, "cruster_messages").await;
+        let holder = save(&storage, request(1, "holder", None));
+        tokio::time::sleep(SETTLE).await;
+        let mut good = Vec::new();
+        for id in 10..20 {
+            good.push(save(&storage, request(id, "good", None)));
+        }
+        // PostgreSQL refuses a NUL character in TEXT, so the batch statement fails.
+        let bad = save(&storage, request(20, "bad\0entity", None));
+        for id in 21..31 {
+            good.push(save(&storage, request(id, "good", None)));
+        }
+        tokio::time::sleep(SETTLE).await;
+        blocker.commit().await.unwrap();
+
+        assert_eq!(holder.await.unwrap().unwrap(), SaveResult::Saved);
+        for task in good {
+            assert_eq!(task.await.unwrap().unwrap(), SaveResult::Saved);
+        }
+        let err = bad.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ClusterError::PersistenceError { .. }),
+            "{err:?}"
+        );
+        assert!(storage.request(Snowflake(20)).await.unwrap().is_none());
+        for id in (10..20).chain(21..31) {
+            assert!(
+                storage.request(Snowflake(id)).await.unwrap().is_some(),
+                "request {id}"
+            );
+        }
+        db.remove().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn final_replies_inside_one_batch_keep_the_first() {
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        let pg = postgres(&pool);
+        let storage = Arc::new(SqlMessageStorage::from_pool(pool));
+        for id in [5, 6] {
+            storage
+                .save_request(&request(id, "replied", None))
+                .await
+                .unwrap();
+        }
+
+        let blocker = lock(&pg, "cruster_replies").await;
+        let reply = |reply: Reply| {
+            let storage = Arc::clone(&storage);
+            tokio::spawn(async move { storage.save_reply(&reply).await })
+        };
+        let holder = reply(final_reply(6, "holder"));
+        tokio::time::sleep(SETTLE).await;
+        let mut queued = Vec::new();
+        for text in ["first", "second", "third"] {
+            queued.push(reply(final_reply(5, text)));
+            // Queue order is the order within the batch.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(SETTLE).await;
+        blocker.commit().await.unwrap();
+
+        holder.await.unwrap().unwrap();
+        for task in queued {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            storage.replies_for(Snowflake(5)).await.unwrap(),
+            vec![final_reply(5, "first")]
+        );
+        let pending = storage
+            .unprocessed(&[ShardId::new("batch", 3)], chrono::Utc::now(), 10)
+            .await
+            .unwrap();
+        assert!(
+            pending.is_empty(),
+            "final replies mark their requests processed: {pending:?}"
+        );
+        assert_eq!(writing_transactions(&pg, "cruster_replies").await, 2);
+        db.remove().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_callers_each_get_their_own_answer() {
+        let Some(db) = fresh().await else { return };
+        let storage = Arc::new(SqlMessageStorage::from_pool(db.migrated().await));
+        let mut tasks = Vec::new();
+        for caller in 0..64i64 {
+            let storage = Arc::clone(&storage);
+            tasks.push(tokio::spawn(async move {
+                for n in 0..20i64 {
+                    // Every request is saved twice by its caller and once by a neighbour.
+                    let id = 10_000 + (caller * 20 + n);
+                    let neighbour = 10_000 + ((caller + 1) % 64 * 20 + n);
+                    let first = storage.save_request(&request(id, "many", None)).await?;
+                    let again = storage.save_request(&request(id, "many", None)).await?;
+                    let _ = storage.save_request(&request(neighbour, "many", None)).await?;
+                    storage.save_reply(&final_reply(id, "done")).await?;
+                    let replied = storage.save_request(&request(id, "many", None)).await?;
+                    assert!(matches!(
+                        again,
+                        SaveResult::Duplicate { original_request_id, .. } if original_request_id == Snowflake(id)
+                    ));
+                    assert!(matches!(
+                        replied,
+                        SaveResult::Duplicate { reply: Some(_), .. }
+                    ));
+                    let _ = first;
+                }
+                Ok::<_, ClusterError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        for id in 10_000..10_000 + 64 * 20 {
+            assert_eq!(
+                storage.replies_for(Snowflake(id)).await.unwrap(),
+                vec![final_reply(id, "done")]
+            );
+        }
+        db.remove().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_stop_when_the_storage_is_dropped() {
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        // The writers start on the runtime of the first save: a runtime of its own here, so
+        // its task count holds the writers and nothing else.
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let metrics = tokio::runtime::Handle::current().metrics();
+                // sqlx spawns short tasks of its own (returning a connection to the pool):
+                // wait for the count to reach what is expected, up to a second.
+                let settled = |expected: usize| {
+                    let metrics = metrics.clone();
+                    async move {
+                        for _ in 0..100 {
+                            if metrics.num_alive_tasks() == expected {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        metrics.num_alive_tasks()
+                    }
+                };
+                assert_eq!(metrics.num_alive_tasks(), 0);
+                let storage = SqlMessageStorage::from_pool(pool);
+                let clone = storage.clone();
+                storage
+                    .save_request(&request(1, "drop", None))
+                    .await
+                    .unwrap();
+                clone.save_reply(&final_reply(1, "done")).await.unwrap();
+                assert_eq!(settled(2).await, 2, "one writer per kind of write");
+                drop(storage);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(settled(2).await, 2, "a clone keeps them");
+                drop(clone);
+                assert_eq!(settled(0).await, 0, "the writers stopped");
+            });
+        })
+        .await
+        .unwrap();
+        db.remove().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn message_storage_suite_passes_without_group_commit() {
+        let Some(probe) = fresh().await else { return };
+        probe.remove().await;
+        let databases = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let dbs = Arc::clone(&databases);
+        cruster_message_storage::conformance::run_all(move || {
+            let dbs = Arc::clone(&dbs);
+            async move {
+                let db = fresh().await.unwrap();
+                let pool = db.migrated().await;
+                dbs.lock().await.push(db);
+                SqlMessageStorage::from_pool(pool).with_group_commit(false)
+            }
+        })
+        .await;
+        for db in std::mem::take(&mut *databases.lock().await) {
+            db.remove().await;
+        }
+    }
+}

@@ -1,7 +1,10 @@
 //! Persisted sends and workflow activities on PostgreSQL and SQLite, each beside a raw
 //! single-row commit measured in the same run on the same database.
 //!
-//! `cargo run --release -p cruster-benches --bin sql_load [-- postgres|sqlite]`
+//! `cargo run --release -p cruster-benches --bin sql_load [-- postgres|sqlite] [--no-group-commit]`
+//!
+//! `--no-group-commit` builds the message storage with `with_group_commit(false)`, so each
+//! save runs its own statement (PostgreSQL; SQLite never batches).
 //!
 //! PostgreSQL runs when `DATABASE_URL` is set (in a schema of its own, dropped at the end);
 //! SQLite on a temporary file in WAL mode with `synchronous = FULL`.
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cruster::prelude::*;
 use cruster::sqlx::{self, AssertSqlSafe};
-use cruster::storage::sql_message::SqlPool;
+use cruster::storage::sql_message::{SqlMessageStorage, SqlPool};
 use cruster::types::EntityType;
 use cruster_benches::Echo;
 
@@ -122,21 +125,29 @@ where
     for t in 0..CALLERS {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(per);
             for i in 0..per {
+                let started = Instant::now();
                 call(LATENCY_CALLS + t * per + i).await?;
+                samples.push(started.elapsed());
             }
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, anyhow::Error>(samples)
         }));
     }
+    let mut concurrent = Vec::with_capacity(THROUGHPUT_CALLS);
     for task in tasks {
-        task.await??;
+        concurrent.extend(task.await??);
     }
     let rate = (per * CALLERS) as f64 / started.elapsed().as_secs_f64();
-    println!("  {label:<34} p50={p50:>9.2?} p99={p99:>9.2?}  {rate:>8.0}/s with {CALLERS} callers");
+    let (c50, c99) = stats(concurrent);
+    println!(
+        "  {label:<34} p50={p50:>9.2?} p99={p99:>9.2?}  {rate:>8.0}/s with {CALLERS} callers \
+         (p50={c50:>9.2?} p99={c99:>9.2?})"
+    );
     Ok(())
 }
 
-async fn run(name: &str, pool: SqlPool) -> anyhow::Result<()> {
+async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()> {
     println!("{name}:");
     exec(
         &pool,
@@ -151,7 +162,12 @@ async fn run(name: &str, pool: SqlPool) -> anyhow::Result<()> {
     })
     .await?;
 
-    let runner = SingleRunner::builder().sql(pool.clone()).build().await?;
+    let messages = SqlMessageStorage::from_pool(pool.clone()).with_group_commit(group_commit);
+    let runner = SingleRunner::builder()
+        .sql(pool.clone())
+        .message_storage(Arc::new(messages))
+        .build()
+        .await?;
     runner.sharding().register_entity(Arc::new(Echo)).await?;
     let client = EntityClient::new(runner.sharding().clone(), EntityType::new("Echo"));
     let c = client.clone();
@@ -213,7 +229,9 @@ async fn run(name: &str, pool: SqlPool) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let only = std::env::args().nth(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let group_commit = !args.iter().any(|a| a == "--no-group-commit");
+    let only = args.iter().find(|a| !a.starts_with("--")).cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if want("postgres") {
         match std::env::var("DATABASE_URL") {
@@ -230,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
                     .max_connections(32)
                     .connect_with(options)
                     .await?;
-                let result = run("postgres", SqlPool::from(pool.clone())).await;
+                let result = run("postgres", SqlPool::from(pool.clone()), group_commit).await;
                 pool.close().await;
                 sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
                     .execute(&admin)
@@ -244,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let url = format!("sqlite:{}", dir.join("bench.db").display());
         let pool = SqlPool::connect(&url).await?;
-        let result = run("sqlite (WAL, synchronous=FULL)", pool.clone()).await;
+        let result = run("sqlite (WAL, synchronous=FULL)", pool.clone(), group_commit).await;
         pool.close().await;
         let _ = std::fs::remove_dir_all(&dir);
         result?;
