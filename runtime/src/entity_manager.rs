@@ -143,10 +143,7 @@ impl EntityManager {
             };
             instance.pending.fetch_add(1, Ordering::AcqRel);
             match instance.tx.try_send(item) {
-                Ok(()) => {
-                    self.mailbox_gauge.inc();
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     instance.pending.fetch_sub(1, Ordering::AcqRel);
                     return Err((
@@ -242,7 +239,6 @@ impl EntityManager {
                     });
                 rx.close();
                 while let Ok(item) = rx.try_recv() {
-                    self.mailbox_gauge.dec();
                     self.finish_failed(
                         item,
                         ClusterError::handler(format!(
@@ -274,7 +270,6 @@ impl EntityManager {
                     item = rx.recv() => item,
                 };
                 let Some(item) = item else { break };
-                self.mailbox_gauge.dec();
                 self.process(&instance, &handler, item).await;
             }
         } else {
@@ -285,8 +280,7 @@ impl EntityManager {
                     Some(()) = running.next(), if !running.is_empty() => {}
                     item = rx.recv(), if running.len() < limit => match item {
                         Some(item) => {
-                            self.mailbox_gauge.dec();
-                            running.push(self.process(&instance, &handler, item));
+                                    running.push(self.process(&instance, &handler, item));
                         }
                         None => break,
                     },
@@ -297,7 +291,6 @@ impl EntityManager {
         // requests stay unprocessed in storage), let running handlers finish.
         rx.close();
         while let Ok(item) = rx.try_recv() {
-            self.mailbox_gauge.dec();
             instance.pending.fetch_sub(1, Ordering::AcqRel);
             if item.envelope.persisted {
                 self.core.in_flight.abandon(item.envelope.request_id);
@@ -382,13 +375,18 @@ impl EntityManager {
         let persisted = envelope.persisted;
         let interruptible_by_caller = !persisted && !envelope.uninterruptible;
         let interrupt = self.interrupt_token(instance, &envelope);
-        let never = CancellationToken::new();
-        let interrupt_wait = interrupt.clone().unwrap_or_else(|| never.clone());
+        // No token (and no allocation) for requests nobody can interrupt by id.
+        let interrupted = async {
+            match &interrupt {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let handled = AssertUnwindSafe(handler.handle(IncomingRequest { envelope })).catch_unwind();
         let outcome = tokio::select! {
             result = handled => result.map_err(|panic| panic_message(&panic)),
             _ = caller_gone(&mut sink), if interruptible_by_caller => Ok(Err(ClusterError::Interrupted { request_id })),
-            _ = interrupt_wait.cancelled() => Ok(Err(ClusterError::Interrupted { request_id })),
+            _ = interrupted => Ok(Err(ClusterError::Interrupted { request_id })),
         };
         if interrupt.is_some() {
             instance.interrupts.lock().remove(&request_id);
@@ -554,12 +552,16 @@ impl EntityManager {
         }
     }
 
-    /// Evicts instances idle for longer than `max_idle` with nothing queued or running.
+    /// Evicts instances idle for longer than `max_idle` with nothing queued or running,
+    /// and samples the mailbox-depth gauge (sampling keeps two contended atomic updates per
+    /// message off the hot path).
     pub(crate) fn evict_idle(&self) -> usize {
         let now = self.now_ms();
         let max_idle = self.max_idle.as_millis() as u64;
         let mut evicted = Vec::new();
+        let mut queued: usize = 0;
         self.instances.retain(|_, instance| {
+            queued += instance.tx.max_capacity() - instance.tx.capacity();
             let idle = now.saturating_sub(instance.last_active_ms.load(Ordering::Relaxed));
             let keep = idle < max_idle || instance.pending.load(Ordering::Acquire) > 0;
             if !keep {
@@ -567,6 +569,8 @@ impl EntityManager {
             }
             keep
         });
+        self.mailbox_gauge
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
         for instance in &evicted {
             instance.stop.cancel();
         }

@@ -21,7 +21,8 @@ use cruster_types::ClusterError;
 pub struct ClusterMetrics {
     /// Live entity instances, by entity type.
     pub active_entities: IntGaugeVec,
-    /// Messages queued in mailboxes, by entity type.
+    /// Messages queued in mailboxes, by entity type (sampled by the idle reaper, every
+    /// `min(max_idle / 2, 5 s)`).
     pub mailbox_depth: IntGaugeVec,
     /// Requests sent (all modes).
     pub messages_sent: IntCounter,
