@@ -51,6 +51,8 @@ struct Instance {
     address: EntityAddress,
     tx: mpsc::Sender<MailboxItem>,
     stop: CancellationToken,
+    /// Mirrors `stop` for the per-message check (an atomic load, no lock).
+    stopped: std::sync::atomic::AtomicBool,
     finished: CancellationToken,
     last_active_ms: AtomicU64,
     pending: AtomicUsize,
@@ -172,7 +174,7 @@ impl EntityManager {
     }
 
     fn activate(self: &Arc<Self>, address: &EntityAddress) -> Result<Arc<Instance>, ClusterError> {
-        if self.core.stopping.is_cancelled() {
+        if self.core.is_stopping() {
             return Err(ClusterError::ShardNotOwned {
                 shard_id: address.shard_id.clone(),
             });
@@ -195,6 +197,7 @@ impl EntityManager {
             address,
             tx,
             stop: CancellationToken::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             finished: CancellationToken::new(),
             last_active_ms: AtomicU64::new(self.now_ms()),
             pending: AtomicUsize::new(0),
@@ -262,14 +265,25 @@ impl EntityManager {
         let stop = instance.stop.cancelled();
         tokio::pin!(stop);
         if limit == 1 {
-            // One at a time (the default): run each request inline, no per-message allocation.
+            // One at a time (the default): run each request inline, no per-message
+            // allocation. A ready message is taken without polling `stop`; the flag is
+            // checked after it, so a stopped instance refuses what is still queued.
             loop {
                 let item = tokio::select! {
                     biased;
-                    _ = &mut stop => break,
                     item = rx.recv() => item,
+                    _ = &mut stop => break,
                 };
                 let Some(item) = item else { break };
+                if instance.stopped.load(Ordering::Acquire) {
+                    instance.pending.fetch_sub(1, Ordering::AcqRel);
+                    if item.envelope.persisted {
+                        self.core.in_flight.abandon(item.envelope.request_id);
+                    }
+                    let shard_id = item.envelope.address.shard_id.clone();
+                    item.fail(ClusterError::ShardNotOwned { shard_id });
+                    break;
+                }
                 self.process(&instance, &handler, item).await;
             }
         } else {
@@ -572,6 +586,7 @@ impl EntityManager {
         self.mailbox_gauge
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         for instance in &evicted {
+            instance.stopped.store(true, Ordering::Release);
             instance.stop.cancel();
         }
         evicted.len()
@@ -597,6 +612,7 @@ impl EntityManager {
 
     async fn stop_and_wait(&self, instances: Vec<Arc<Instance>>, deadline: Duration) {
         for instance in &instances {
+            instance.stopped.store(true, Ordering::Release);
             instance.stop.cancel();
         }
         let all = futures::future::join_all(instances.iter().map(|i| i.finished.cancelled()));

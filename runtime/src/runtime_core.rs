@@ -96,6 +96,12 @@ impl RuntimeCore {
         }
     }
 
+    /// Whether the runner stopped taking work (an atomic load; cheaper than asking the
+    /// `stopping` token, which takes a lock).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_detached(&self) -> bool {
         self.detached.load(Ordering::Relaxed)
     }

@@ -362,7 +362,7 @@ impl ShardingImpl {
     }
 
     fn check_open(&self) -> Result<(), ClusterError> {
-        if self.core.stopping.is_cancelled() {
+        if self.core.is_stopping() {
             return Err(ClusterError::ShuttingDown);
         }
         Ok(())
@@ -621,9 +621,7 @@ impl ShardingImpl {
 
     /// Handles a request that arrived from another runner.
     async fn inbound_send(&self, envelope: EnvelopeRequest) -> Result<ReplyStream, ClusterError> {
-        if self.core.stopping.is_cancelled()
-            || !self.core.shard_table.is_held(&envelope.address.shard_id)
-        {
+        if self.core.is_stopping() || !self.core.shard_table.is_held(&envelope.address.shard_id) {
             return Err(self.not_routable(&envelope));
         }
         if envelope.streaming {
@@ -894,9 +892,7 @@ impl RunnerInbound for ShardingImpl {
     }
 
     async fn handle_notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
-        if self.core.stopping.is_cancelled()
-            || !self.core.shard_table.is_held(&envelope.address.shard_id)
-        {
+        if self.core.is_stopping() || !self.core.shard_table.is_held(&envelope.address.shard_id) {
             return Err(self.not_routable(&envelope));
         }
         if envelope.persisted {
