@@ -183,6 +183,7 @@ async fn throughput<F, Fut>(
 ) -> anyhow::Result<()>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static + Clone,
+    // `call(caller)`: each caller talks to its own entity.
     Fut: std::future::Future<Output = Result<i64, ClusterError>> + Send,
 {
     let start = Instant::now();
@@ -191,8 +192,8 @@ where
     for t in 0..concurrency {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
-            for i in 0..per_task {
-                call(t * per_task + i).await?;
+            for _ in 0..per_task {
+                call(t).await?;
             }
             Ok::<_, ClusterError>(())
         }));
@@ -413,26 +414,24 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "send_persisted (memory storage)"
     };
+    let plain_ids: Arc<Vec<EntityId>> =
+        Arc::new((0..64).map(|i| EntityId::new(format!("t-{i}"))).collect());
     let c = client.clone();
-    throughput("send", sends, 64, move |i| {
+    throughput("send", sends, 64, move |caller| {
         let c = c.clone();
-        async move {
-            c.send(&EntityId::new(format!("t-{}", i % 64)), "increment", &1i64)
-                .await
-        }
+        let ids = plain_ids.clone();
+        async move { c.send(&ids[caller], "increment", &1i64).await }
     })
     .await?;
+    let persisted_ids: Arc<Vec<EntityId>> =
+        Arc::new((0..64).map(|i| EntityId::new(format!("p-{i}"))).collect());
     let c = client.clone();
-    throughput(persisted_label, persisted_sends, 64, move |i| {
+    throughput(persisted_label, persisted_sends, 64, move |caller| {
         let c = c.clone();
+        let ids = persisted_ids.clone();
         async move {
-            c.send_persisted(
-                &EntityId::new(format!("p-{}", i % 64)),
-                "increment",
-                &1i64,
-                false,
-            )
-            .await
+            c.send_persisted(&ids[caller], "increment", &1i64, false)
+                .await
         }
     })
     .await?;
