@@ -461,3 +461,36 @@ async fn lease_ttl_that_is_too_short_is_rejected() {
         .unwrap_err();
     assert!(matches!(err, ClusterError::InvalidConfig { ref field, .. } if field == "lease_ttl"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_is_taken_shuts_itself_down() {
+    let db = SqliteTestDb::new();
+    let pool = db.pool().await;
+    let runner = SingleRunner::builder()
+        .config(fast_config())
+        .sqlite(pool.clone())
+        .lease_ttl(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    assert!(!runner.sharding().owned_shards().is_empty());
+    // Another node steals the lease (as after a long pause of this one).
+    sql_support::sqlite_exec(
+        &pool,
+        "UPDATE cruster_single_node_lease SET holder = 'another-node', \
+         expires_at_ms = expires_at_ms + 600000",
+    )
+    .await;
+    let stopped = sql_support::eventually(Duration::from_secs(5), || {
+        let sharding = runner.sharding().clone();
+        async move { sharding.owned_shards().is_empty() }
+    })
+    .await;
+    assert!(stopped, "a node that lost its lease must stop serving");
+    let client = EntityClient::new(runner.sharding().clone(), EntityType::new("Anything"));
+    let err = client
+        .send::<_, String>(&EntityId::new("x"), "echo", &"x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::ShuttingDown), "{err}");
+}
