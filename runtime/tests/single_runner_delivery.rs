@@ -490,3 +490,50 @@ async fn a_storage_error_in_a_persisted_handler_is_retried_not_answered() {
     );
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_interrupts_its_plain_request() {
+    let (runner, client) =
+        runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
+    let id = EntityId::new("int-1");
+    // The caller gives up after 100 ms: the 5 s handler is interrupted, not waited for.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.send::<_, ()>(&id, "sleep", &5000u64),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let next: String =
+        tokio::time::timeout(Duration::from_secs(2), client.send(&id, "echo", &"next"))
+            .await
+            .expect("the entity was freed by the interrupt")
+            .unwrap();
+    assert_eq!(next, "next");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_persisted_request_is_interrupted_by_id() {
+    let (runner, client) =
+        runner_with(fast_config(), TestEntity::new("T", Journal::default())).await;
+    let id = EntityId::new("int-2");
+    let request_id = client
+        .notify_persisted(&id, "sleep", &5000u64)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    runner
+        .sharding()
+        .interrupt(cruster::types::Interrupt {
+            request_id,
+            address: client.address(&id),
+        })
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(2), client.join_reply::<()>(request_id))
+        .await
+        .expect("the interrupted request has its reply")
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Interrupted { .. }), "{err}");
+    runner.shutdown().await.unwrap();
+}
