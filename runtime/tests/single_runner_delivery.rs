@@ -537,3 +537,25 @@ async fn a_persisted_request_is_interrupted_by_id() {
     assert!(matches!(err, ClusterError::Interrupted { .. }), "{err}");
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_entity_type_in_its_own_shard_group_is_routed_there() {
+    let mut entity = TestEntity::new("Premium", Journal::default());
+    entity.options.shard_group = Some("premium".into());
+    let (runner, client) = runner_with(fast_config(), entity).await;
+    let id = EntityId::new("vip-1");
+    assert_eq!(&*client.address(&id).shard_id.group, "premium");
+    let echoed: String = client.send(&id, "echo", &"hi").await.unwrap();
+    assert_eq!(echoed, "hi");
+    let groups: std::collections::HashSet<String> = runner
+        .sharding()
+        .owned_shards()
+        .iter()
+        .map(|s| s.group.to_string())
+        .collect();
+    assert!(
+        groups.contains("premium") && groups.contains("default"),
+        "{groups:?}"
+    );
+    runner.shutdown().await.unwrap();
+}
