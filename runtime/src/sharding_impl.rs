@@ -415,7 +415,7 @@ impl ShardingImpl {
                 }
                 Route::Remote(address) => match self.runners.send(&address, envelope.clone()).await
                 {
-                    Ok(stream) => return final_reply(stream).await,
+                    Ok(stream) => return final_reply(stream, &address).await,
                     Err(err) => err,
                 },
                 Route::Pending => self.not_routable(&envelope),
@@ -464,12 +464,8 @@ impl ShardingImpl {
                 Ok(SaveOutcome::New)
             }
             SaveResult::Duplicate {
-                original_request_id,
-                reply: Some(reply),
-            } => {
-                let _ = original_request_id;
-                Ok(SaveOutcome::Answered(reply))
-            }
+                reply: Some(reply), ..
+            } => Ok(SaveOutcome::Answered(reply)),
             SaveResult::Duplicate {
                 original_request_id,
                 reply: None,
@@ -509,7 +505,7 @@ impl ShardingImpl {
             Route::Remote(address) => {
                 if wait {
                     match self.runners.send(&address, envelope).await {
-                        Ok(stream) => match final_reply(stream).await {
+                        Ok(stream) => match final_reply(stream, &address).await {
                             Ok(reply) => Some(Ok(reply)),
                             Err(_) => None,
                         },
@@ -682,14 +678,17 @@ fn until_exit(stream: ReplyStream) -> ReplyStream {
 }
 
 /// Reads a reply stream to its final reply.
-async fn final_reply(mut stream: ReplyStream) -> Result<ReplyWithExit, ClusterError> {
+async fn final_reply(
+    mut stream: ReplyStream,
+    from: &RunnerAddress,
+) -> Result<ReplyWithExit, ClusterError> {
     while let Some(item) = stream.next().await {
         if let Reply::WithExit(reply) = item? {
             return Ok(reply);
         }
     }
     Err(ClusterError::RunnerUnavailable {
-        address: RunnerAddress::new("unknown", 0),
+        address: from.clone(),
         reason: "the reply stream ended without a final reply".into(),
     })
 }
@@ -731,15 +730,18 @@ impl Sharding for ShardingImpl {
         }
     }
 
-    async fn send_stream(&self, envelope: EnvelopeRequest) -> Result<ReplyStream, ClusterError> {
+    async fn send_stream(
+        &self,
+        mut envelope: EnvelopeRequest,
+    ) -> Result<ReplyStream, ClusterError> {
         self.check_open()?;
+        self.attach_trace(&mut envelope);
         self.core.metrics.messages_sent.inc();
         if envelope.persisted {
             self.save_persisted(&envelope).await?;
         }
         let retries = self.core.config.send_retry_count;
         let mut attempt = 0;
-        let mut envelope = envelope;
         loop {
             let err = match self.core.shard_table.route(&envelope.address.shard_id) {
                 Route::Local => match self.local_stream(envelope) {
@@ -764,8 +766,9 @@ impl Sharding for ShardingImpl {
         }
     }
 
-    async fn notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
+    async fn notify(&self, mut envelope: EnvelopeRequest) -> Result<(), ClusterError> {
         self.check_open()?;
+        self.attach_trace(&mut envelope);
         self.core.metrics.messages_sent.inc();
         if envelope.persisted {
             self.notify_persisted(envelope).await

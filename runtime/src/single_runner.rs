@@ -50,9 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cruster_message_storage::MessageStorage;
-use cruster_storage_memory::{
-    InProcessNetwork, MemoryMessageStorage, MemoryWorkflowEngine, MemoryWorkflowStorage,
-};
+use cruster_storage_memory::InProcessNetwork;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{WorkflowEngine, WorkflowStorage};
 
@@ -220,26 +218,23 @@ impl SingleRunnerBuilder {
             None => None,
         };
         let network = InProcessNetwork::new();
-        let message_storage = self
-            .message_storage
-            .unwrap_or_else(|| Arc::new(MemoryMessageStorage::new()));
-        let workflow_storage = self
-            .workflow_storage
-            .unwrap_or_else(|| Arc::new(MemoryWorkflowStorage::new()));
-        let workflow_engine = self
-            .workflow_engine
-            .unwrap_or_else(|| Arc::new(MemoryWorkflowEngine::new()));
-        let sharding = ShardingImpl::new_with_engines(
-            config.clone(),
-            Arc::new(network.runners()),
-            None,
-            None,
-            Some(message_storage),
-            Some(workflow_storage),
-            Some(workflow_engine),
-            self.metrics
-                .unwrap_or_else(|| Arc::new(ClusterMetrics::unregistered())),
-        );
+        // Ports given to this builder win; `memory()` fills the rest.
+        let mut ports = ShardingImpl::builder()
+            .config((*config).clone())
+            .runners(Arc::new(network.runners()));
+        if let Some(storage) = self.message_storage.take() {
+            ports = ports.message_storage(storage);
+        }
+        if let Some(storage) = self.workflow_storage.take() {
+            ports = ports.workflow_storage(storage);
+        }
+        if let Some(engine) = self.workflow_engine.take() {
+            ports = ports.workflow_engine(engine);
+        }
+        if let Some(metrics) = self.metrics.take() {
+            ports = ports.metrics(metrics);
+        }
+        let sharding = ports.memory().build();
         let sharding = match sharding {
             Ok(sharding) => sharding,
             Err(err) => {
