@@ -14,10 +14,6 @@ pub mod config;
 pub mod cron;
 pub mod metrics;
 pub mod prelude;
-pub mod sharding_builder;
-pub mod sharding_impl;
-#[cfg(feature = "memory")]
-pub mod single_runner;
 pub mod singleton;
 pub mod storage;
 #[cfg(feature = "memory")]
@@ -25,25 +21,27 @@ pub mod testing;
 pub mod transport;
 pub mod workflow;
 
-mod entity_manager;
-mod in_flight;
-mod mailbox;
-mod membership;
-mod reply_waiters;
+mod delivery;
+mod entity;
 mod runtime_core;
-mod shard_assignment;
-mod shard_table;
-#[cfg(all(feature = "memory", any(feature = "postgres", feature = "sqlite")))]
-mod single_node_lease;
-mod singleton_supervisor;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod sql_activity_tx;
-mod storage_poller;
+mod sharding;
+#[cfg(feature = "memory")]
+mod single_node;
+mod trace_context;
+
+pub use sharding::builder as sharding_builder;
+pub use sharding::sharding_impl;
+#[cfg(feature = "memory")]
+pub use single_node::single_runner;
 
 /// The `sqlx` crate (features `postgres` / `sqlite`), so SQL entities and activities need
 /// no second dependency: `cruster::sqlx::query(..)`, `cruster::sqlx::PgPool`.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sqlx;
+
+/// The `etcd_client` crate (feature `etcd`), to build the client `EtcdRunnerStorage` takes.
+#[cfg(feature = "etcd")]
+pub use etcd_client;
 
 #[doc(hidden)]
 pub mod __private;
@@ -58,7 +56,7 @@ pub use cruster_sharding::{
     IntoSharding, ShardAssignment, Sharding, SingletonContext,
 };
 pub use cruster_types::ClusterError;
-pub use shard_assignment::RendezvousAssignment;
+pub use sharding::assignment::RendezvousAssignment;
 
 /// The ports, for implementing a backend outside this workspace.
 pub mod ports {

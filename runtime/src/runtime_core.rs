@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ShardingConfig;
-use crate::in_flight::InFlight;
+use crate::delivery::in_flight::InFlight;
+use crate::delivery::reply_waiters::ReplyWaiters;
 use crate::metrics::ClusterMetrics;
-use crate::reply_waiters::ReplyWaiters;
-use crate::shard_table::ShardTable;
+use crate::sharding::shard_table::ShardTable;
 
 pub(crate) struct RuntimeCore {
     pub(crate) config: Arc<ShardingConfig>,

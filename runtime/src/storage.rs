@@ -22,7 +22,37 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The etcd runner storage (`etcd_runner`) arrives with its issue behind the `etcd` feature.
+//! * [`sql_runner`] (features `postgres` / `sqlite`): the runner storage (registrations and
+//!   shard locks as rows whose expiries the database clock keeps) on the same database, for
+//!   a cluster on PostgreSQL alone. Give it a small pool of its own, so keep-alives and lock
+//!   refreshes never wait behind application work for a connection:
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn run() -> Result<(), cruster::ClusterError> {
+//! use std::sync::Arc;
+//! use cruster::storage::sql_runner::SqlRunnerStorage;
+//!
+//! let url = "postgres://cruster:cruster@127.0.0.1:5432/cruster";
+//! let runner_storage = SqlRunnerStorage::connect_dedicated(url).await?; // 3 connections
+//! runner_storage.migrate().await?;
+//! let runner_storage = Arc::new(runner_storage); // for `.runner_storage(…)` of the builder
+//! # Ok(()) }
+//! ```
+//!
+//! * [`etcd_runner`] (feature `etcd`): the runner storage on etcd (runners under leases,
+//!   shard locks, membership watches), from the `cruster-storage-etcd` crate.
+//!
+//! ```no_run
+//! # #[cfg(feature = "etcd")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use cruster::storage::etcd_runner::EtcdRunnerStorage;
+//!
+//! let etcd_client = cruster::etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+//! let runner_storage = Arc::new(EtcdRunnerStorage::new(etcd_client, "/my-cluster/", 30));
+//! # Ok(()) }
+//! ```
 
 /// In-memory backends (feature `memory`).
 #[cfg(feature = "memory")]
@@ -63,9 +93,9 @@ pub mod sql_message {
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod sql_workflow {
     #[cfg(feature = "postgres")]
-    pub use crate::sql_activity_tx::PostgresActivityTx;
+    pub use crate::workflow::sql_activity_tx::PostgresActivityTx;
     #[cfg(feature = "sqlite")]
-    pub use crate::sql_activity_tx::SqliteActivityTx;
+    pub use crate::workflow::sql_activity_tx::SqliteActivityTx;
     #[cfg(feature = "postgres")]
     pub use cruster_storage_sql::postgres_transaction;
     #[cfg(feature = "sqlite")]
@@ -78,4 +108,19 @@ pub mod sql_workflow {
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod sql_workflow_engine {
     pub use cruster_storage_sql::{SqlPool, SqlWorkflowEngine};
+}
+
+/// SQL runner storage: runner registrations and shard locks in PostgreSQL (a cluster with
+/// no etcd) or SQLite (one host), with expiries kept by the database clock (features
+/// `postgres` / `sqlite`).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod sql_runner {
+    pub use cruster_storage_sql::{SqlPool, SqlRunnerStorage};
+}
+
+/// etcd runner storage (feature `etcd`): see the `cruster-storage-etcd` crate docs for the
+/// key layout and how TTLs map onto leases.
+#[cfg(feature = "etcd")]
+pub mod etcd_runner {
+    pub use cruster_storage_etcd::{EtcdRunnerStorage, DEFAULT_OPERATION_TIMEOUT};
 }

@@ -104,6 +104,23 @@ pub enum ClusterError {
         reason: String,
     },
 
+    /// A plain (non-persisted) request reached runner `address`, or may have, but its answer
+    /// never came back: it ran at most once, perhaps not at all. It is not retried, because
+    /// a retry could run it twice.
+    #[error(
+        "request {request_id} may or may not have been handled by runner {address}: {reason}. \
+         It was not retried (plain sends are at most once); use a persisted send for \
+         at-least-once delivery"
+    )]
+    DeliveryUnknown {
+        /// The runner the request was sent to.
+        address: RunnerAddress,
+        /// The request.
+        request_id: Snowflake,
+        /// What happened after it was sent.
+        reason: String,
+    },
+
     /// An operation did not finish in time.
     #[error("timed out after {timeout:?} waiting for {operation}")]
     Timeout {
@@ -303,6 +320,11 @@ pub enum WireError {
         address: RunnerAddress,
         reason: String,
     },
+    DeliveryUnknown {
+        address: RunnerAddress,
+        request_id: Snowflake,
+        reason: String,
+    },
     Timeout {
         operation: String,
         timeout_ms: u64,
@@ -371,6 +393,15 @@ impl From<&ClusterError> for WireError {
             },
             E::RunnerUnavailable { address, reason } => WireError::RunnerUnavailable {
                 address: address.clone(),
+                reason: reason.clone(),
+            },
+            E::DeliveryUnknown {
+                address,
+                request_id,
+                reason,
+            } => WireError::DeliveryUnknown {
+                address: address.clone(),
+                request_id: *request_id,
                 reason: reason.clone(),
             },
             E::Timeout { operation, timeout } => WireError::Timeout {
@@ -453,6 +484,15 @@ impl From<WireError> for ClusterError {
             WireError::RunnerUnavailable { address, reason } => {
                 E::RunnerUnavailable { address, reason }
             }
+            WireError::DeliveryUnknown {
+                address,
+                request_id,
+                reason,
+            } => E::DeliveryUnknown {
+                address,
+                request_id,
+                reason,
+            },
             WireError::Timeout {
                 operation,
                 timeout_ms,

@@ -21,6 +21,8 @@ mod definition;
 mod execution_id;
 mod inspect;
 mod journaling_sharding;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod sql_activity_tx;
 mod workflow_entity;
 
 pub use activity_tx::ActivityTx;

@@ -16,9 +16,9 @@ use cruster_types::{ClusterError, ShardId};
 use futures::StreamExt;
 use tokio::sync::Notify;
 
+use crate::entity::registry::EntityRegistry;
 use crate::runtime_core::RuntimeCore;
-use crate::sharding_impl::EntityRegistry;
-use crate::singleton_supervisor::SingletonSupervisor;
+use crate::singleton::supervisor::SingletonSupervisor;
 
 pub(crate) struct Membership {
     core: Arc<RuntimeCore>,

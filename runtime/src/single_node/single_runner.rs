@@ -62,7 +62,7 @@ use crate::sharding_impl::ShardingImpl;
 pub struct SingleRunner {
     sharding: Arc<ShardingImpl>,
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    lease: tokio::sync::Mutex<Option<crate::single_node_lease::SingleNodeLease>>,
+    lease: tokio::sync::Mutex<Option<crate::single_node::lease::SingleNodeLease>>,
 }
 
 /// Default TTL of the single-node lease.
@@ -274,8 +274,8 @@ impl SingleRunnerBuilder {
         &mut self,
         pool: cruster_storage_sql::SqlPool,
         config: &ShardingConfig,
-    ) -> Result<crate::single_node_lease::SingleNodeLease, ClusterError> {
-        use crate::single_node_lease::SingleNodeLease;
+    ) -> Result<crate::single_node::lease::SingleNodeLease, ClusterError> {
+        use crate::single_node::lease::SingleNodeLease;
         use cruster_storage_sql::{SqlMessageStorage, SqlWorkflowEngine, SqlWorkflowStorage};
 
         let ttl = self.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);

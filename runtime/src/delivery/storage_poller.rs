@@ -13,21 +13,28 @@ use chrono::Utc;
 use cruster_types::ClusterError;
 use tokio::sync::Notify;
 
-use crate::mailbox::{MailboxItem, ReplySink};
+use crate::delivery::persisted::PersistedDelivery;
+use crate::entity::mailbox::{MailboxItem, ReplySink};
+use crate::entity::registry::EntityRegistry;
 use crate::runtime_core::RuntimeCore;
-use crate::sharding_impl::EntityRegistry;
 
 pub(crate) struct StoragePoller {
     core: Arc<RuntimeCore>,
     registry: Arc<EntityRegistry>,
+    persisted: Arc<PersistedDelivery>,
     pub(crate) wake: Arc<Notify>,
 }
 
 impl StoragePoller {
-    pub(crate) fn new(core: Arc<RuntimeCore>, registry: Arc<EntityRegistry>) -> Self {
+    pub(crate) fn new(
+        core: Arc<RuntimeCore>,
+        registry: Arc<EntityRegistry>,
+        persisted: Arc<PersistedDelivery>,
+    ) -> Self {
         StoragePoller {
             core,
             registry,
+            persisted,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -82,12 +89,8 @@ impl StoragePoller {
                 continue;
             }
             let Some(manager) = self.registry.get(&envelope.address.entity_type) else {
-                let err = ClusterError::EntityNotRegistered {
-                    entity_type: envelope.address.entity_type.clone(),
-                };
-                self.core
-                    .record_failure(envelope.request_id, &err.to_string())
-                    .await;
+                self.core.in_flight.abandon(envelope.request_id);
+                self.persisted.unknown_type(&envelope.address.entity_type);
                 continue;
             };
             if stored.attempts > 0 {

@@ -11,8 +11,8 @@ use cruster_workflow_storage::{WorkflowEngine, WorkflowStorage};
 
 use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
-use crate::shard_assignment::RendezvousAssignment;
-use crate::sharding_impl::ShardingImpl;
+use crate::sharding::assignment::RendezvousAssignment;
+use crate::sharding::sharding_impl::ShardingImpl;
 
 /// Builds a [`ShardingImpl`]; every port not given is left out (or, with
 /// [`ShardingImplBuilder::memory`], filled with a memory backend).

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::mailbox::{MailboxItem, ReplySink};
+use crate::entity::mailbox::{MailboxItem, ReplySink};
 use crate::runtime_core::RuntimeCore;
 
 use cruster_sharding::STREAM_WINDOW;
@@ -332,14 +332,7 @@ impl EntityManager {
         handler: &Arc<dyn EntityHandler>,
         item: MailboxItem,
     ) {
-        let parent = item
-            .envelope
-            .trace
-            .0
-            .iter()
-            .find(|(k, _)| k == crate::sharding_impl::TRACE_PARENT_SPAN)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
+        let parent = crate::trace_context::parent_of(&item.envelope);
         let span = tracing::debug_span!(
             "cruster.handle",
             tag = %item.envelope.tag,

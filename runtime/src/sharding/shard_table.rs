@@ -13,7 +13,7 @@ use cruster_sharding::ShardAssignment;
 use cruster_types::{RunnerAddress, ShardId};
 use parking_lot::Mutex;
 
-use crate::shard_assignment::assign_group;
+use crate::sharding::assignment::assign_group;
 
 /// Where a message for a shard goes.
 #[derive(Clone, Debug, PartialEq, Eq)]

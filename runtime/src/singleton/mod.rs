@@ -96,3 +96,5 @@ impl SingletonBuilder {
             .await
     }
 }
+
+pub(crate) mod supervisor;

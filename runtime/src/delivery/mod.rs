@@ -1,0 +1,12 @@
+//! How a message reaches its handler and its answer reaches the caller: plain routing with
+//! its retries ([`router`]), persisted save → deliver → reply ([`persisted`]), the
+//! redelivery poll ([`storage_poller`]), local reply waiters, the in-flight set, and the
+//! inbound side for requests from other runners ([`inbound`]).
+
+pub(crate) mod in_flight;
+pub(crate) mod inbound;
+pub(crate) mod persisted;
+pub(crate) mod reply_stream;
+pub(crate) mod reply_waiters;
+pub(crate) mod router;
+pub(crate) mod storage_poller;

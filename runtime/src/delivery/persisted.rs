@@ -1,0 +1,247 @@
+//! [`PersistedDelivery`]: save → deliver → reply for persisted requests (`send_persisted`,
+//! `notify_persisted`, `send_at`, workflow calls), and waiting for stored replies.
+//!
+//! A request is saved first (a duplicate request id or dedupe key finds the first one),
+//! then delivered at once to the shard's owner; its final reply is stored before anyone is
+//! told. Whatever this path cannot deliver (no owner yet, a full mailbox, a lost runner)
+//! stays unprocessed in storage for the owner's poll: a caller then waits for the stored
+//! reply, never for an error about a message that will still run.
+//!
+//! Owns no task and holds no lock across an await.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use cruster_message_storage::SaveResult;
+use cruster_types::{ClusterError, EntityType, EnvelopeRequest, Reply, ReplyWithExit, Snowflake};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::delivery::reply_stream::final_reply;
+use crate::delivery::router::Router;
+use crate::entity::mailbox::{MailboxItem, Outcome, ReplySink};
+use crate::runtime_core::RuntimeCore;
+use crate::sharding::shard_table::Route;
+
+pub(crate) struct PersistedDelivery {
+    core: Arc<RuntimeCore>,
+    router: Arc<Router>,
+    /// Entity types already reported as unknown here (each is logged once).
+    unknown_types: Mutex<HashSet<EntityType>>,
+}
+
+/// What saving a persisted request found.
+enum SaveOutcome {
+    /// Stored now: deliver it.
+    New,
+    /// A duplicate whose first request has its final reply.
+    Answered(ReplyWithExit),
+    /// A duplicate whose first request (this id) is still pending.
+    Pending(Snowflake),
+}
+
+impl PersistedDelivery {
+    pub(crate) fn new(core: Arc<RuntimeCore>, router: Arc<Router>) -> Self {
+        PersistedDelivery {
+            core,
+            router,
+            unknown_types: Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn save(&self, envelope: &EnvelopeRequest) -> Result<SaveOutcome, ClusterError> {
+        let storage = self.core.storage()?;
+        let saved = storage.save_request(envelope).await;
+        self.core.storage_result(&saved);
+        match saved? {
+            SaveResult::Saved => {
+                self.core.metrics.messages_persisted.inc();
+                Ok(SaveOutcome::New)
+            }
+            SaveResult::Duplicate {
+                reply: Some(reply), ..
+            } => Ok(SaveOutcome::Answered(reply)),
+            SaveResult::Duplicate {
+                original_request_id,
+                reply: None,
+            } => Ok(SaveOutcome::Pending(original_request_id)),
+        }
+    }
+
+    /// `send_persisted`: saves, delivers, and returns the stored final reply.
+    pub(crate) async fn send(
+        &self,
+        envelope: EnvelopeRequest,
+    ) -> Result<ReplyWithExit, ClusterError> {
+        match self.save(&envelope).await? {
+            SaveOutcome::Answered(reply) => return Ok(reply),
+            SaveOutcome::Pending(original) => return self.join_reply(original).await,
+            SaveOutcome::New => {}
+        }
+        let request_id = envelope.request_id;
+        if !envelope.is_due(Utc::now()) {
+            return self.join_reply(request_id).await;
+        }
+        match self.deliver_now(envelope, true).await {
+            Some(reply) => Ok(reply),
+            None => self.join_reply(request_id).await,
+        }
+    }
+
+    /// `notify_persisted` / `notify_at`: saves and delivers; `Ok` once stored.
+    pub(crate) async fn notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
+        if let SaveOutcome::New = self.save(&envelope).await? {
+            if envelope.is_due(Utc::now()) {
+                let _ = self.deliver_now(envelope, false).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a stored request at once. `Some(reply)` when its final reply was stored
+    /// and returned; `None` when the storage poll (of this runner or of the owner) will
+    /// deliver it, or already has, and the caller waits for the stored reply.
+    async fn deliver_now(&self, envelope: EnvelopeRequest, wait: bool) -> Option<ReplyWithExit> {
+        match self.core.shard_table.route(&envelope.address.shard_id) {
+            Route::Local => self.deliver_local(envelope, wait).await,
+            Route::Remote(address) => {
+                if wait {
+                    let stream = self.router.runners.send(&address, envelope).await.ok()?;
+                    final_reply(stream, &address).await.ok()
+                } else {
+                    let _ = self.router.runners.notify(&address, envelope).await;
+                    None
+                }
+            }
+            Route::Pending => None,
+        }
+    }
+
+    /// Hands a stored request to the local entity manager, unless it is already in flight
+    /// here. `Some(reply)` only when the final reply was stored.
+    pub(crate) async fn deliver_local(
+        &self,
+        envelope: EnvelopeRequest,
+        wait: bool,
+    ) -> Option<ReplyWithExit> {
+        let request_id = envelope.request_id;
+        let Some(manager) = self.router.registry.get(&envelope.address.entity_type) else {
+            self.unknown_type(&envelope.address.entity_type);
+            return None;
+        };
+        if !self.core.in_flight.enter(request_id) {
+            return None;
+        }
+        let (sink, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (ReplySink::Once(tx), Some(rx))
+        } else {
+            (ReplySink::Nobody, None)
+        };
+        if manager.deliver(MailboxItem { envelope, sink }).is_err() {
+            self.core.in_flight.abandon(request_id);
+            return None;
+        }
+        match rx?.await {
+            Ok(Outcome::Reply(reply)) => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// A persisted message for an entity type this runner does not have (a rolling deploy,
+    /// a type registered late) is left for later, never counted as a failed attempt.
+    pub(crate) fn unknown_type(&self, entity_type: &EntityType) {
+        let first = self.unknown_types.lock().insert(entity_type.clone());
+        if first {
+            tracing::warn!(
+                %entity_type,
+                "no handler for entity type on this runner: its persisted messages stay \
+                 pending until a runner that registers it takes them"
+            );
+        }
+    }
+
+    /// Forgets that an entity type was unknown (it has just been registered).
+    pub(crate) fn type_registered(&self, entity_type: &EntityType) {
+        self.unknown_types.lock().remove(entity_type);
+    }
+
+    /// The stored final reply of a request, if any.
+    pub(crate) async fn poll_reply(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<Option<ReplyWithExit>, ClusterError> {
+        let storage = self.core.storage()?;
+        let replies = storage.replies_for(request_id).await;
+        self.core.storage_result(&replies);
+        Ok(replies?.into_iter().find_map(|r| match r {
+            Reply::WithExit(exit) => Some(exit),
+            Reply::Chunk(_) => None,
+        }))
+    }
+
+    /// Waits for the final reply of a persisted request: woken at once when this runner
+    /// stores it, otherwise read from storage with a backoff up to the poll interval.
+    /// Storage errors while waiting are retried (the request is still stored); a
+    /// dead-lettered request ends the wait with an error saying so.
+    pub(crate) async fn join_reply(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<ReplyWithExit, ClusterError> {
+        let interval = self.core.config.storage_poll_interval;
+        let mut wait = Duration::from_millis(5).min(interval);
+        loop {
+            let mut waiter = self.core.waiters.wait(request_id);
+            match self.stored_state(request_id).await {
+                Ok(StoredState::Answered(reply)) => return Ok(reply),
+                Ok(StoredState::DeadLettered { attempts }) => {
+                    return Err(ClusterError::PersistenceError {
+                        reason: format!(
+                            "request {request_id} was dead-lettered after {attempts} failed \
+                             attempts; inspect it with MessageStorage::dead_letters"
+                        ),
+                        source: None,
+                    })
+                }
+                Ok(StoredState::Pending) => {}
+                Err(err @ ClusterError::PersistenceError { .. }) => {
+                    tracing::debug!(%err, %request_id, "reading a stored reply failed; waiting on");
+                }
+                Err(err) => return Err(err),
+            }
+            tokio::select! {
+                reply = &mut waiter.rx => {
+                    if let Ok(reply) = reply {
+                        return Ok(reply);
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.core.killed.cancelled() => return Err(ClusterError::ShuttingDown),
+            }
+            wait = (wait * 2).min(interval);
+        }
+    }
+
+    async fn stored_state(&self, request_id: Snowflake) -> Result<StoredState, ClusterError> {
+        if let Some(reply) = self.poll_reply(request_id).await? {
+            return Ok(StoredState::Answered(reply));
+        }
+        let stored = self.core.storage()?.request(request_id).await;
+        self.core.storage_result(&stored);
+        Ok(match stored? {
+            Some(stored) if stored.dead_lettered => StoredState::DeadLettered {
+                attempts: stored.attempts,
+            },
+            _ => StoredState::Pending,
+        })
+    }
+}
+
+/// Where a persisted request stands in storage.
+enum StoredState {
+    Answered(ReplyWithExit),
+    DeadLettered { attempts: u32 },
+    Pending,
+}

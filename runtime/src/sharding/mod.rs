@@ -1,0 +1,9 @@
+//! Who runs what: the runner facade ([`sharding_impl::ShardingImpl`]) and its builder, the
+//! shard table, the assignment strategy, and membership with its shard locks.
+
+pub mod builder;
+pub mod sharding_impl;
+
+pub(crate) mod assignment;
+pub(crate) mod membership;
+pub(crate) mod shard_table;

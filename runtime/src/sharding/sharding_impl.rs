@@ -1,0 +1,508 @@
+//! [`ShardingImpl`]: one runner of a cluster, and the facade over its services.
+//!
+//! Builds and owns the runner's services and implements the [`Sharding`] port (clients,
+//! entities) and the [`RunnerInbound`] port (the transport) by handing each call to the
+//! service that owns it: plain routing ([`Router`]), persisted delivery
+//! ([`PersistedDelivery`]), requests from other runners ([`Inbound`]), membership and shard
+//! locks ([`Membership`]), the storage poll and the singleton supervisor. It holds no
+//! delivery logic of its own.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cruster_message_storage::MessageStorage;
+use cruster_runner_storage::{RunnerHealth, RunnerStorage};
+use cruster_sharding::{Entity, ReplyStream, ShardAssignment, Sharding, SingletonFn};
+use cruster_transport::{RunnerInbound, Runners};
+use cruster_types::{
+    shard_for_entity, AckChunk, ClusterError, EntityId, EntityType, EnvelopeRequest, Interrupt,
+    MachineId, ReplyWithExit, RunnerAddress, ShardId, Snowflake, SnowflakeGenerator,
+};
+use cruster_workflow_storage::{WorkflowEngine, WorkflowStorage};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::ShardingConfig;
+use crate::delivery::in_flight::InFlight;
+use crate::delivery::inbound::Inbound;
+use crate::delivery::persisted::PersistedDelivery;
+use crate::delivery::reply_waiters::ReplyWaiters;
+use crate::delivery::router::Router;
+use crate::delivery::storage_poller::StoragePoller;
+use crate::entity::entity_manager::EntityManager;
+use crate::entity::registry::EntityRegistry;
+use crate::metrics::ClusterMetrics;
+use crate::runtime_core::RuntimeCore;
+use crate::sharding::assignment::RendezvousAssignment;
+use crate::sharding::membership::Membership;
+use crate::sharding::shard_table::{Route, ShardTable};
+use crate::singleton::supervisor::SingletonSupervisor;
+
+pub use crate::trace_context::TRACE_PARENT_SPAN;
+
+/// One runner of a cluster: routes, delivers, persists, and runs entities, singletons and
+/// workflows. Create it with [`ShardingImpl::new_with_engines`] (production), or use
+/// `SingleRunner` / `MemoryCluster` for one node or tests.
+pub struct ShardingImpl {
+    core: Arc<RuntimeCore>,
+    router: Arc<Router>,
+    persisted: Arc<PersistedDelivery>,
+    inbound: Inbound,
+    runner_health: Option<Arc<dyn RunnerHealth>>,
+    workflow_storage: Option<Arc<dyn WorkflowStorage>>,
+    workflow_engine: Option<Arc<dyn WorkflowEngine>>,
+    registry: Arc<EntityRegistry>,
+    supervisor: Arc<SingletonSupervisor>,
+    membership: Arc<Membership>,
+    poller_wake: Arc<tokio::sync::Notify>,
+    poller: Mutex<Option<StoragePoller>>,
+    started: AtomicBool,
+    default_group: Arc<str>,
+}
+
+impl std::fmt::Debug for ShardingImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardingImpl")
+            .field("runner_address", &self.core.config.runner_address)
+            .finish()
+    }
+}
+
+impl ShardingImpl {
+    /// Creates a runner from its configuration and ports. Nothing runs until
+    /// [`ShardingImpl::start`].
+    ///
+    /// * `runner_storage: None` makes a runner that is alone and owns every shard.
+    /// * `message_storage: None` disables persisted messaging (a clear `Unsupported` error).
+    /// * `state_storage`/`workflow_engine: None` disables workflows.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the configuration is invalid.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_with_engines(
+        config: Arc<ShardingConfig>,
+        runners: Arc<dyn Runners>,
+        runner_storage: Option<Arc<dyn RunnerStorage>>,
+        runner_health: Option<Arc<dyn RunnerHealth>>,
+        message_storage: Option<Arc<dyn MessageStorage>>,
+        state_storage: Option<Arc<dyn WorkflowStorage>>,
+        workflow_engine: Option<Arc<dyn WorkflowEngine>>,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        Self::with_assignment(
+            config,
+            runners,
+            runner_storage,
+            runner_health,
+            message_storage,
+            state_storage,
+            workflow_engine,
+            metrics,
+            Arc::new(RendezvousAssignment),
+        )
+    }
+
+    /// Like [`ShardingImpl::new_with_engines`], with a custom shard-assignment strategy
+    /// (every runner of a cluster must use the same one).
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the configuration is invalid.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_assignment(
+        config: Arc<ShardingConfig>,
+        runners: Arc<dyn Runners>,
+        runner_storage: Option<Arc<dyn RunnerStorage>>,
+        runner_health: Option<Arc<dyn RunnerHealth>>,
+        message_storage: Option<Arc<dyn MessageStorage>>,
+        state_storage: Option<Arc<dyn WorkflowStorage>>,
+        workflow_engine: Option<Arc<dyn WorkflowEngine>>,
+        metrics: Arc<ClusterMetrics>,
+        assignment: Arc<dyn ShardAssignment>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        config.validate()?;
+        let sharding = Arc::new_cyclic(|weak: &std::sync::Weak<ShardingImpl>| {
+            let weak_dyn: std::sync::Weak<dyn Sharding> = weak.clone();
+            let table = ShardTable::new(
+                config.runner_address.clone(),
+                config.shards_per_group,
+                assignment,
+            );
+            for group in &config.shard_groups {
+                table.add_group(group);
+            }
+            let core = Arc::new(RuntimeCore {
+                config: config.clone(),
+                metrics,
+                message_storage,
+                shard_table: table,
+                waiters: Arc::new(ReplyWaiters::default()),
+                in_flight: InFlight::default(),
+                snowflakes: SnowflakeGenerator::new(MachineId::wrapping(0)),
+                stopping: CancellationToken::new(),
+                killed: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                shutting_down: AtomicBool::new(false),
+                storage_failures: AtomicU32::new(0),
+                detached: AtomicBool::new(false),
+                sharding: weak_dyn,
+            });
+            let registry = Arc::new(EntityRegistry::default());
+            let router = Arc::new(Router {
+                core: core.clone(),
+                runners,
+                registry: registry.clone(),
+            });
+            let persisted = Arc::new(PersistedDelivery::new(core.clone(), router.clone()));
+            let inbound = Inbound {
+                core: core.clone(),
+                router: router.clone(),
+                persisted: persisted.clone(),
+            };
+            let supervisor = Arc::new(SingletonSupervisor::new(core.clone()));
+            let poller = StoragePoller::new(core.clone(), registry.clone(), persisted.clone());
+            let poller_wake = poller.wake.clone();
+            let membership = Arc::new(Membership::new(
+                core.clone(),
+                runner_storage,
+                registry.clone(),
+                supervisor.clone(),
+                poller_wake.clone(),
+            ));
+            ShardingImpl {
+                core,
+                router,
+                persisted,
+                inbound,
+                runner_health,
+                workflow_storage: state_storage,
+                workflow_engine,
+                registry,
+                supervisor,
+                membership,
+                poller_wake,
+                poller: Mutex::new(Some(poller)),
+                started: AtomicBool::new(false),
+                default_group: Arc::from(cruster_types::DEFAULT_SHARD_GROUP),
+            }
+        });
+        Ok(sharding)
+    }
+
+    /// Registers the runner and starts the background loops (membership, rebalancing,
+    /// storage poll, idle eviction, singletons). Entities may be registered before or after.
+    ///
+    /// # Errors
+    /// Storage errors while registering; `InvalidConfig` if already started.
+    pub async fn start(&self) -> Result<(), ClusterError> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return Err(ClusterError::InvalidConfig {
+                field: "start".into(),
+                reason: "this runner is already started".into(),
+            });
+        }
+        self.membership.register().await?;
+        // First rebalance inline, so a lone runner owns its shards when `start` returns.
+        if let Err(err) = self.membership.rebalance(true).await {
+            tracing::warn!(%err, "first rebalance failed; the rebalance loop retries");
+        }
+        self.membership.spawn_loops();
+        if let Some(poller) = self.poller.lock().take() {
+            self.core.spawn(async move { poller.run().await });
+        }
+        for manager in self.registry.all() {
+            self.spawn_reaper(manager);
+        }
+        tracing::info!(runner = %self.core.config.runner_address, "runner started");
+        Ok(())
+    }
+
+    fn spawn_reaper(&self, manager: Arc<EntityManager>) {
+        let stopping = self.core.stopping.clone();
+        self.core.spawn(async move {
+            let interval = manager.reap_interval();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => { manager.evict_idle(); }
+                    _ = stopping.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Graceful shutdown: stops taking work, stops singletons, drains mailboxes (within
+    /// `shutdown_timeout`), releases shard locks and unregisters the runner.
+    ///
+    /// # Errors
+    /// None today; storage failures are logged and the locks left to expire.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        if self.core.shutting_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        tracing::info!(runner = %self.core.config.runner_address, "runner shutting down");
+        self.core.stopping.cancel();
+        self.membership.leave().await;
+        self.core.killed.cancel();
+        self.core.tasks.close();
+        let _ =
+            tokio::time::timeout(self.core.config.shutdown_timeout, self.core.tasks.wait()).await;
+        Ok(())
+    }
+
+    /// Simulates a crash (for tests): every task stops at once; nothing is released or
+    /// unregistered, so locks and registration expire after their TTL.
+    #[doc(hidden)]
+    pub fn kill(&self) {
+        self.core.shutting_down.store(true, Ordering::Release);
+        self.core.stopping.cancel();
+        self.core.killed.cancel();
+        self.core.tasks.close();
+    }
+
+    /// This runner's configuration.
+    pub fn config(&self) -> &Arc<ShardingConfig> {
+        &self.core.config
+    }
+
+    /// This runner's metrics.
+    pub fn metrics(&self) -> &Arc<ClusterMetrics> {
+        &self.core.metrics
+    }
+
+    /// The address of this runner.
+    pub fn runner_address(&self) -> &RunnerAddress {
+        &self.core.config.runner_address
+    }
+
+    /// The message storage, if configured.
+    pub fn message_storage(&self) -> Option<&Arc<dyn MessageStorage>> {
+        self.core.message_storage.as_ref()
+    }
+
+    /// The workflow journal storage, if configured.
+    pub fn workflow_storage(&self) -> Option<&Arc<dyn WorkflowStorage>> {
+        self.workflow_storage.as_ref()
+    }
+
+    /// The workflow engine storage, if configured.
+    pub fn workflow_engine(&self) -> Option<&Arc<dyn WorkflowEngine>> {
+        self.workflow_engine.as_ref()
+    }
+
+    /// The health check of other runners, if configured.
+    pub fn runner_health(&self) -> Option<&Arc<dyn RunnerHealth>> {
+        self.runner_health.as_ref()
+    }
+
+    /// Shards this runner holds now.
+    pub fn owned_shards(&self) -> Vec<ShardId> {
+        self.core.shard_table.held()
+    }
+
+    /// The live runners this runner knows of.
+    pub fn known_runners(&self) -> Vec<RunnerAddress> {
+        self.core.shard_table.runners()
+    }
+
+    /// Live entity instances on this runner, by entity type.
+    pub fn active_entities(&self) -> HashMap<EntityType, usize> {
+        self.registry
+            .all()
+            .into_iter()
+            .map(|m| (m.entity_type().clone(), m.active_count()))
+            .collect()
+    }
+
+    /// Names of the singletons running on this runner.
+    pub fn running_singletons(&self) -> Vec<String> {
+        self.supervisor.running_names()
+    }
+
+    /// Whether message storage failures detached this runner from its shards.
+    pub fn is_detached(&self) -> bool {
+        self.core.is_detached()
+    }
+
+    /// Runs one storage poll now (normally every `storage_poll_interval`).
+    pub fn poll_storage_now(&self) {
+        self.poller_wake.notify_one();
+    }
+
+    fn check_open(&self) -> Result<(), ClusterError> {
+        if self.core.is_stopping() {
+            return Err(ClusterError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Stamps an outgoing envelope with the caller's span and counts it.
+    fn outgoing(&self, envelope: &mut EnvelopeRequest) -> Result<(), ClusterError> {
+        self.check_open()?;
+        crate::trace_context::attach(envelope, &self.core.config.runner_address);
+        self.core.metrics.messages_sent.inc();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sharding for ShardingImpl {
+    fn shard_id(&self, entity_type: &EntityType, entity_id: &EntityId) -> ShardId {
+        let group = self
+            .registry
+            .get(entity_type)
+            .map(|m| m.shard_group.clone())
+            .unwrap_or_else(|| self.default_group.clone());
+        ShardId {
+            group,
+            id: shard_for_entity(entity_id.as_str(), self.core.config.shards_per_group),
+        }
+    }
+
+    fn next_request_id(&self) -> Snowflake {
+        self.core.snowflakes.next()
+    }
+
+    async fn send(&self, mut envelope: EnvelopeRequest) -> Result<ReplyWithExit, ClusterError> {
+        self.outgoing(&mut envelope)?;
+        let span = tracing::debug_span!(
+            "cruster.send",
+            entity_type = %envelope.address.entity_type,
+            entity_id = %envelope.address.entity_id,
+            tag = %envelope.tag,
+            request_id = %envelope.request_id,
+            persisted = envelope.persisted,
+        );
+        if envelope.persisted {
+            self.persisted.send(envelope).instrument(span).await
+        } else {
+            self.router.send(envelope).instrument(span).await
+        }
+    }
+
+    async fn send_stream(
+        &self,
+        mut envelope: EnvelopeRequest,
+    ) -> Result<ReplyStream, ClusterError> {
+        self.outgoing(&mut envelope)?;
+        if envelope.persisted {
+            return Err(persisted_stream_refused(&envelope));
+        }
+        self.router.stream(envelope).await
+    }
+
+    async fn notify(&self, mut envelope: EnvelopeRequest) -> Result<(), ClusterError> {
+        self.outgoing(&mut envelope)?;
+        if envelope.persisted {
+            self.persisted.notify(envelope).await
+        } else {
+            self.router.notify(envelope).await
+        }
+    }
+
+    async fn poll_reply(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<Option<ReplyWithExit>, ClusterError> {
+        self.persisted.poll_reply(request_id).await
+    }
+
+    async fn join_reply(&self, request_id: Snowflake) -> Result<ReplyWithExit, ClusterError> {
+        self.persisted.join_reply(request_id).await
+    }
+
+    async fn ack_chunk(&self, ack: AckChunk) -> Result<(), ClusterError> {
+        match self.core.shard_table.route(&ack.address.shard_id) {
+            Route::Local => self.inbound.ack(&ack),
+            Route::Remote(address) => self.router.runners.ack_chunk(&address, ack).await,
+            Route::Pending => Err(ClusterError::ShardNotOwned {
+                shard_id: ack.address.shard_id.clone(),
+            }),
+        }
+    }
+
+    async fn interrupt(&self, interrupt: Interrupt) -> Result<(), ClusterError> {
+        match self.core.shard_table.route(&interrupt.address.shard_id) {
+            Route::Local => self.inbound.interrupt(&interrupt),
+            Route::Remote(address) => self.router.runners.interrupt(&address, interrupt).await,
+            Route::Pending => Err(ClusterError::ShardNotOwned {
+                shard_id: interrupt.address.shard_id.clone(),
+            }),
+        }
+    }
+
+    async fn register_entity(&self, entity: Arc<dyn Entity>) -> Result<(), ClusterError> {
+        let manager = EntityManager::new(self.core.clone(), entity)?;
+        let group = manager.shard_group.clone();
+        self.registry.insert(manager.clone())?;
+        self.persisted.type_registered(manager.entity_type());
+        if self.core.shard_table.add_group(&group) {
+            self.membership.wake.notify_one();
+        }
+        if self.started.load(Ordering::Acquire) {
+            self.spawn_reaper(manager);
+            self.poller_wake.notify_one();
+        }
+        tracing::debug!(entity_type = %group, "entity type registered");
+        Ok(())
+    }
+
+    async fn register_singleton(
+        &self,
+        name: &str,
+        shard_group: Option<&str>,
+        run: SingletonFn,
+    ) -> Result<(), ClusterError> {
+        let group = shard_group.unwrap_or(cruster_types::DEFAULT_SHARD_GROUP);
+        self.supervisor.register(name, group, run)?;
+        if self.core.shard_table.add_group(group) {
+            self.membership.wake.notify_one();
+        }
+        if self.started.load(Ordering::Acquire) {
+            self.supervisor.sync();
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[async_trait]
+impl RunnerInbound for ShardingImpl {
+    async fn handle_send(&self, envelope: EnvelopeRequest) -> Result<ReplyStream, ClusterError> {
+        self.inbound.send(envelope).await
+    }
+
+    async fn handle_notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
+        self.inbound.notify(envelope).await
+    }
+
+    async fn handle_ack(&self, ack: AckChunk) -> Result<(), ClusterError> {
+        self.inbound.ack(&ack)
+    }
+
+    async fn handle_interrupt(&self, interrupt: Interrupt) -> Result<(), ClusterError> {
+        self.inbound.interrupt(&interrupt)
+    }
+}
+
+/// Persisted streaming is refused: a stream's chunks go to one live caller, so "deliver
+/// again after a crash" has nobody to resume to. Persist the work (a persisted RPC or a
+/// workflow) and stream its stored result instead.
+fn persisted_stream_refused(envelope: &EnvelopeRequest) -> ClusterError {
+    ClusterError::Unsupported {
+        operation: format!(
+            "persisted streaming RPC `{}` of `{}`",
+            envelope.tag, envelope.address.entity_type
+        ),
+        backend: "cruster: a streaming RPC is delivered at most once; make it a plain \
+                  `#[rpc]` stream, or persist the work as a persisted RPC or a workflow and \
+                  stream its stored result"
+            .into(),
+    }
+}
