@@ -43,6 +43,10 @@ pub use sqlx;
 #[cfg(feature = "etcd")]
 pub use etcd_client;
 
+/// The `tonic` crate (feature `grpc`), to serve `GrpcRunnerServer`: `cruster::tonic::transport::Server`.
+#[cfg(feature = "grpc")]
+pub use tonic;
+
 #[doc(hidden)]
 pub mod __private;
 

@@ -18,6 +18,7 @@ use crate::config::ShardingConfig;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::reply_waiters::ReplyWaiters;
 use crate::metrics::ClusterMetrics;
+use crate::sharding::shard_fences::ShardFences;
 use crate::sharding::shard_table::ShardTable;
 
 pub(crate) struct RuntimeCore {
@@ -25,6 +26,8 @@ pub(crate) struct RuntimeCore {
     pub(crate) metrics: Arc<ClusterMetrics>,
     pub(crate) message_storage: Option<Arc<dyn MessageStorage>>,
     pub(crate) shard_table: ShardTable,
+    /// One token per shard, fired when the shard is lost (see `ShardFences`).
+    pub(crate) fences: ShardFences,
     pub(crate) waiters: Arc<ReplyWaiters>,
     pub(crate) in_flight: InFlight,
     pub(crate) snowflakes: SnowflakeGenerator,

@@ -100,7 +100,7 @@ impl Inbound {
     pub(crate) fn interrupt(&self, interrupt: &Interrupt) -> Result<(), ClusterError> {
         self.router
             .manager(&interrupt.address.entity_type)?
-            .interrupt(&interrupt.address.entity_id, interrupt.request_id);
+            .interrupt(&interrupt.address, interrupt.request_id);
         Ok(())
     }
 }

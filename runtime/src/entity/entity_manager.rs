@@ -1,68 +1,44 @@
 //! The entity manager of one entity type: activation, mailboxes, concurrency, idle
 //! eviction, interrupts and streaming replies.
 //!
-//! Owns the live instances of its type (`entity id → instance`). Each instance is one task
-//! reading a bounded mailbox and running up to `concurrency` handlers at once (no task per
-//! message). A full mailbox is refused at once with `MailboxFull`. Idle instances are evicted
-//! by a reaper; instances of a shard that moves away are stopped and drained before the
-//! shard's lock is released. Never holds a lock across an await.
+//! Owns the live instances of its type (`shard → entity id → instance`); each instance is
+//! one task (see [`super::instance`]). A full mailbox is refused at once with `MailboxFull`.
+//! Idle instances are evicted by a reaper. Instances of a shard that moves away are drained
+//! (and, past the deadline, their interruptible handlers aborted) before the shard's lock is
+//! released; instances of a shard that is lost are aborted at once. Activation checks shard
+//! ownership under the shard's map entry, so a shard being stopped never gains a new
+//! instance. Never holds a lock across an await.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use cruster_sharding::{Entity, EntityContext, EntityHandler, IncomingRequest};
-use cruster_types::{
-    AckChunk, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult,
-    Reply, ReplyChunk, ReplyWithExit, ShardId, Snowflake,
-};
+use cruster_sharding::Entity;
+use cruster_types::{AckChunk, ClusterError, EntityAddress, EntityId, EntityType, ShardId, Snowflake};
 use dashmap::DashMap;
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
-use parking_lot::Mutex;
 use prometheus::IntGauge;
-use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::entity::mailbox::{MailboxItem, ReplySink};
+use crate::entity::instance::Instance;
+use crate::entity::mailbox::MailboxItem;
 use crate::runtime_core::RuntimeCore;
 
-use cruster_sharding::STREAM_WINDOW;
-
 pub(crate) struct EntityManager {
-    core: Arc<RuntimeCore>,
-    entity: Arc<dyn Entity>,
+    pub(crate) core: Arc<RuntimeCore>,
+    pub(crate) entity: Arc<dyn Entity>,
     entity_type: EntityType,
     pub(crate) shard_group: Arc<str>,
     mailbox_capacity: usize,
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     max_idle: Duration,
-    instances: DashMap<EntityId, Arc<Instance>>,
-    active_gauge: IntGauge,
+    /// Live instances, by shard then entity id, so a shard that moves is stopped in
+    /// O(its instances).
+    instances: DashMap<ShardId, HashMap<EntityId, Arc<Instance>>>,
+    pub(crate) active_gauge: IntGauge,
     mailbox_gauge: IntGauge,
     epoch: Instant,
-}
-
-struct Instance {
-    address: EntityAddress,
-    tx: mpsc::Sender<MailboxItem>,
-    stop: CancellationToken,
-    /// Mirrors `stop` for the per-message check (an atomic load, no lock).
-    stopped: std::sync::atomic::AtomicBool,
-    finished: CancellationToken,
-    last_active_ms: AtomicU64,
-    pending: AtomicUsize,
-    interrupts: Mutex<HashMap<Snowflake, CancellationToken>>,
-    streams: Mutex<HashMap<Snowflake, StreamWindow>>,
-}
-
-struct StreamWindow {
-    permits: Arc<Semaphore>,
-    acked: Option<u32>,
 }
 
 impl EntityManager {
@@ -123,8 +99,20 @@ impl EntityManager {
         &self.entity_type
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn instance(&self, address: &EntityAddress) -> Option<Arc<Instance>> {
+        self.instances
+            .get(&address.shard_id)
+            .and_then(|shard| shard.get(&address.entity_id).cloned())
+    }
+
+    fn instance_by_id(&self, shard_id: &ShardId, entity_id: &EntityId) -> Option<Arc<Instance>> {
+        self.instances
+            .get(shard_id)
+            .and_then(|shard| shard.get(entity_id).cloned())
     }
 
     /// Queues a request for its entity, activating the entity if needed. On refusal the
@@ -136,8 +124,8 @@ impl EntityManager {
     ) -> Result<(), (ClusterError, MailboxItem)> {
         let mut item = item;
         for _ in 0..3 {
-            let instance = match self.instances.get(&item.envelope.address.entity_id) {
-                Some(instance) => instance.clone(),
+            let instance = match self.instance(&item.envelope.address) {
+                Some(instance) => instance,
                 None => match self.activate(&item.envelope.address) {
                     Ok(instance) => instance,
                     Err(err) => return Err((err, item)),
@@ -161,10 +149,7 @@ impl EntityManager {
                     // The instance is stopping (evicted or its shard is moving): forget it
                     // and try a fresh one, which re-checks shard ownership.
                     instance.pending.fetch_sub(1, Ordering::AcqRel);
-                    self.instances
-                        .remove_if(&back.envelope.address.entity_id, |_, v| {
-                            Arc::ptr_eq(v, &instance)
-                        });
+                    self.forget(&instance);
                     item = back;
                 }
             }
@@ -173,37 +158,44 @@ impl EntityManager {
         Err((ClusterError::ShardNotOwned { shard_id }, item))
     }
 
+    /// Removes an instance from the map if it is still the one there.
+    pub(crate) fn forget(&self, instance: &Arc<Instance>) {
+        if let Some(mut shard) = self.instances.get_mut(&instance.address.shard_id) {
+            if shard
+                .get(&instance.address.entity_id)
+                .is_some_and(|current| Arc::ptr_eq(current, instance))
+            {
+                shard.remove(&instance.address.entity_id);
+            }
+        }
+    }
+
     fn activate(self: &Arc<Self>, address: &EntityAddress) -> Result<Arc<Instance>, ClusterError> {
+        let refused = || ClusterError::ShardNotOwned {
+            shard_id: address.shard_id.clone(),
+        };
         if self.core.is_stopping() {
-            return Err(ClusterError::ShardNotOwned {
-                shard_id: address.shard_id.clone(),
-            });
+            return Err(refused());
         }
+        // Ownership is checked while the shard's entry is locked: `stop_shards` and
+        // `abort_shards` mark the shard not held *before* they take the entry, so an
+        // instance is never created for a shard that is being stopped.
+        let mut shard = self.instances.entry(address.shard_id.clone()).or_default();
         if !self.core.shard_table.is_held(&address.shard_id) {
-            return Err(ClusterError::ShardNotOwned {
-                shard_id: address.shard_id.clone(),
-            });
+            return Err(refused());
         }
-        let entry = self
-            .instances
-            .entry(address.entity_id.clone())
-            .or_insert_with(|| self.spawn_instance(address.clone()));
-        Ok(entry.clone())
+        if let Some(instance) = shard.get(&address.entity_id) {
+            return Ok(instance.clone());
+        }
+        let instance = self.spawn_instance(address.clone());
+        shard.insert(address.entity_id.clone(), instance.clone());
+        Ok(instance)
     }
 
     fn spawn_instance(self: &Arc<Self>, address: EntityAddress) -> Arc<Instance> {
         let (tx, rx) = mpsc::channel(self.mailbox_capacity);
-        let instance = Arc::new(Instance {
-            address,
-            tx,
-            stop: CancellationToken::new(),
-            stopped: std::sync::atomic::AtomicBool::new(false),
-            finished: CancellationToken::new(),
-            last_active_ms: AtomicU64::new(self.now_ms()),
-            pending: AtomicUsize::new(0),
-            interrupts: Mutex::new(HashMap::new()),
-            streams: Mutex::new(HashMap::new()),
-        });
+        let fence = self.core.fences.token(&address.shard_id);
+        let instance = Arc::new(Instance::new(address, tx, self.now_ms(), fence));
         self.active_gauge.inc();
         let manager = self.clone();
         let inst = instance.clone();
@@ -219,311 +211,9 @@ impl EntityManager {
         instance
     }
 
-    async fn run_instance(
-        self: Arc<Self>,
-        instance: Arc<Instance>,
-        mut rx: mpsc::Receiver<MailboxItem>,
-    ) {
-        let ctx = EntityContext {
-            address: instance.address.clone(),
-            runner_address: self.core.config.runner_address.clone(),
-            sharding: match self.core.sharding() {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-        };
-        let handler = match self.entity.spawn(ctx).await {
-            Ok(handler) => handler,
-            Err(err) => {
-                tracing::warn!(%err, "entity failed to start; failing its queued messages");
-                self.instances
-                    .remove_if(&instance.address.entity_id, |_, v| {
-                        Arc::ptr_eq(v, &instance)
-                    });
-                rx.close();
-                while let Ok(item) = rx.try_recv() {
-                    self.finish_failed(
-                        item,
-                        ClusterError::handler(format!(
-                            "entity {} failed to start: {err}",
-                            instance.address
-                        )),
-                    )
-                    .await;
-                }
-                self.active_gauge.dec();
-                return;
-            }
-        };
-        let limit = if self.concurrency == 0 {
-            usize::MAX
-        } else {
-            self.concurrency
-        };
-        let mut running = FuturesUnordered::new();
-        // Created once: polling it again is cheap, re-creating it each message is not.
-        let stop = instance.stop.cancelled();
-        tokio::pin!(stop);
-        if limit == 1 {
-            // One at a time (the default): run each request inline, no per-message
-            // allocation. A ready message is taken without polling `stop`; the flag is
-            // checked after it, so a stopped instance refuses what is still queued.
-            loop {
-                let item = tokio::select! {
-                    biased;
-                    item = rx.recv() => item,
-                    _ = &mut stop => break,
-                };
-                let Some(item) = item else { break };
-                if instance.stopped.load(Ordering::Acquire) {
-                    instance.pending.fetch_sub(1, Ordering::AcqRel);
-                    if item.envelope.persisted {
-                        self.core.in_flight.abandon(item.envelope.request_id);
-                    }
-                    let shard_id = item.envelope.address.shard_id.clone();
-                    item.fail(ClusterError::ShardNotOwned { shard_id });
-                    break;
-                }
-                self.process(&instance, &handler, item).await;
-            }
-        } else {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut stop => break,
-                    Some(()) = running.next(), if !running.is_empty() => {}
-                    item = rx.recv(), if running.len() < limit => match item {
-                        Some(item) => {
-                                    running.push(self.process(&instance, &handler, item));
-                        }
-                        None => break,
-                    },
-                }
-            }
-        }
-        // Stopping: refuse what is queued (the caller retries with the new owner; persisted
-        // requests stay unprocessed in storage), let running handlers finish.
-        rx.close();
-        while let Ok(item) = rx.try_recv() {
-            instance.pending.fetch_sub(1, Ordering::AcqRel);
-            if item.envelope.persisted {
-                self.core.in_flight.abandon(item.envelope.request_id);
-            }
-            let shard_id = item.envelope.address.shard_id.clone();
-            item.fail(ClusterError::ShardNotOwned { shard_id });
-        }
-        while running.next().await.is_some() {}
-        handler.on_passivate().await;
-        self.active_gauge.dec();
-    }
-
-    async fn finish_failed(&self, item: MailboxItem, err: ClusterError) {
-        if item.envelope.persisted {
-            self.core
-                .record_failure(item.envelope.request_id, &err.to_string())
-                .await;
-        }
-        item.fail(err);
-    }
-
-    async fn process(
-        &self,
-        instance: &Instance,
-        handler: &Arc<dyn EntityHandler>,
-        item: MailboxItem,
-    ) {
-        let parent = crate::trace_context::parent_of(&item.envelope);
-        let span = tracing::debug_span!(
-            "cruster.handle",
-            tag = %item.envelope.tag,
-            request_id = %item.envelope.request_id,
-            persisted = item.envelope.persisted,
-            remote_parent = parent,
-        );
-        async {
-            if item.envelope.streaming {
-                self.process_stream(instance, handler.clone(), item).await;
-            } else {
-                self.process_request(instance, handler.as_ref(), item).await;
-            }
-        }
-        .instrument(span)
-        .await;
-        instance
-            .last_active_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-        instance.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn interrupt_token(
-        &self,
-        instance: &Instance,
-        envelope: &EnvelopeRequest,
-    ) -> Option<CancellationToken> {
-        if envelope.uninterruptible || !envelope.persisted {
-            return None;
-        }
-        let token = CancellationToken::new();
-        instance
-            .interrupts
-            .lock()
-            .insert(envelope.request_id, token.clone());
-        Some(token)
-    }
-
-    async fn process_request(
-        &self,
-        instance: &Instance,
-        handler: &dyn EntityHandler,
-        item: MailboxItem,
-    ) {
-        let MailboxItem { envelope, mut sink } = item;
-        let request_id = envelope.request_id;
-        let persisted = envelope.persisted;
-        let interruptible_by_caller = !persisted && !envelope.uninterruptible;
-        let interrupt = self.interrupt_token(instance, &envelope);
-        // No token (and no allocation) for requests nobody can interrupt by id.
-        let interrupted = async {
-            match &interrupt {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let handled = AssertUnwindSafe(handler.handle(IncomingRequest { envelope })).catch_unwind();
-        let outcome = tokio::select! {
-            result = handled => result.map_err(|panic| panic_message(&panic)),
-            _ = caller_gone(&mut sink), if interruptible_by_caller => Ok(Err(ClusterError::Interrupted { request_id })),
-            _ = interrupted => Ok(Err(ClusterError::Interrupted { request_id })),
-        };
-        if interrupt.is_some() {
-            instance.interrupts.lock().remove(&request_id);
-        }
-        let exit = match outcome {
-            Ok(Ok(bytes)) => ExitResult::Success(bytes),
-            Ok(Err(err @ ClusterError::PersistenceError { .. })) if persisted => {
-                // A storage failure is not the handler's answer: count a failed delivery
-                // and let the storage poll retry it (dead-lettered at the limit). The
-                // caller keeps waiting for the stored reply.
-                tracing::warn!(%err, %request_id, "persisted handler hit a storage error; will retry");
-                self.core.record_failure(request_id, &err.to_string()).await;
-                drop(sink);
-                return;
-            }
-            Ok(Err(err)) => ExitResult::failure(&err),
-            Err(panic) => {
-                let err = ClusterError::handler(format!(
-                    "handler of {} panicked: {panic}",
-                    instance.address
-                ));
-                tracing::error!(%err, "entity handler panicked");
-                if persisted {
-                    // A defect, not an answer: count the attempt; the poll retries it.
-                    self.core.record_failure(request_id, &err.to_string()).await;
-                    drop(sink);
-                    return;
-                }
-                ExitResult::failure(&err)
-            }
-        };
-        let reply = ReplyWithExit { request_id, exit };
-        if persisted {
-            if let Err(err) = self.core.store_reply(&reply).await {
-                tracing::warn!(%err, %request_id, "could not store a reply; the request stays unprocessed and will be retried");
-                self.core.in_flight.abandon(request_id);
-                sink.fail_with(request_id, err);
-                return;
-            }
-        }
-        sink.reply(reply);
-    }
-
-    async fn process_stream(
-        &self,
-        instance: &Instance,
-        handler: Arc<dyn EntityHandler>,
-        item: MailboxItem,
-    ) {
-        let MailboxItem { envelope, sink } = item;
-        let request_id = envelope.request_id;
-        let persisted = envelope.persisted;
-        let ReplySink::Stream(tx) = sink else {
-            // A streaming envelope without a stream sink (a notify): run it to the end.
-            let result = handler.handle_stream(IncomingRequest { envelope }).await;
-            if let Ok(mut stream) = result {
-                while stream.next().await.is_some() {}
-            }
-            return;
-        };
-        let permits = Arc::new(Semaphore::new(STREAM_WINDOW));
-        instance.streams.lock().insert(
-            request_id,
-            StreamWindow {
-                permits: permits.clone(),
-                acked: None,
-            },
-        );
-        let result = handler.handle_stream(IncomingRequest { envelope }).await;
-        let exit = match result {
-            Err(err) => ExitResult::failure(&err),
-            Ok(mut stream) => {
-                let mut sequence = 0u32;
-                let mut exit = ExitResult::Success(Bytes::new());
-                loop {
-                    let next = tokio::select! {
-                        next = stream.next() => next,
-                        _ = tx.closed() => {
-                            exit = ExitResult::failure(&ClusterError::Interrupted { request_id });
-                            break;
-                        }
-                    };
-                    let Some(value) = next else { break };
-                    match value {
-                        Err(err) => {
-                            exit = ExitResult::failure(&err);
-                            break;
-                        }
-                        Ok(bytes) => {
-                            let Ok(permit) = permits.acquire().await else {
-                                break;
-                            };
-                            permit.forget();
-                            let chunk = ReplyChunk {
-                                request_id,
-                                sequence,
-                                values: vec![bytes],
-                            };
-                            sequence += 1;
-                            if persisted {
-                                if let Ok(storage) = self.core.storage() {
-                                    let saved =
-                                        storage.save_reply(&Reply::Chunk(chunk.clone())).await;
-                                    self.core.storage_result(&saved);
-                                }
-                            }
-                            if tx.send(Ok(Reply::Chunk(chunk))).is_err() {
-                                exit =
-                                    ExitResult::failure(&ClusterError::Interrupted { request_id });
-                                break;
-                            }
-                        }
-                    }
-                }
-                exit
-            }
-        };
-        instance.streams.lock().remove(&request_id);
-        let reply = ReplyWithExit { request_id, exit };
-        if persisted {
-            if let Err(err) = self.core.store_reply(&reply).await {
-                tracing::warn!(%err, %request_id, "could not store the end of a persisted stream");
-            }
-        }
-        let _ = tx.send(Ok(Reply::WithExit(reply)));
-    }
-
     /// Interrupts a request of one of this type's instances. Returns whether it was found.
-    pub(crate) fn interrupt(&self, entity_id: &EntityId, request_id: Snowflake) -> bool {
-        let Some(instance) = self.instances.get(entity_id).map(|i| i.clone()) else {
+    pub(crate) fn interrupt(&self, address: &EntityAddress, request_id: Snowflake) -> bool {
+        let Some(instance) = self.instance(address) else {
             return false;
         };
         let token = instance.interrupts.lock().remove(&request_id);
@@ -538,10 +228,7 @@ impl EntityManager {
 
     /// Records a stream acknowledgement, letting the producer run further ahead.
     pub(crate) fn ack(&self, ack: &AckChunk) {
-        let Some(instance) = self
-            .instances
-            .get(&ack.address.entity_id)
-            .map(|i| i.clone())
+        let Some(instance) = self.instance_by_id(&ack.address.shard_id, &ack.address.entity_id)
         else {
             return;
         };
@@ -567,20 +254,22 @@ impl EntityManager {
         let max_idle = self.max_idle.as_millis() as u64;
         let mut evicted = Vec::new();
         let mut queued: usize = 0;
-        self.instances.retain(|_, instance| {
-            queued += instance.tx.max_capacity() - instance.tx.capacity();
-            let idle = now.saturating_sub(instance.last_active_ms.load(Ordering::Relaxed));
-            let keep = idle < max_idle || instance.pending.load(Ordering::Acquire) > 0;
-            if !keep {
-                evicted.push(instance.clone());
-            }
-            keep
+        self.instances.retain(|_, shard| {
+            shard.retain(|_, instance| {
+                queued += instance.tx.max_capacity() - instance.tx.capacity();
+                let idle = now.saturating_sub(instance.last_active_ms.load(Ordering::Relaxed));
+                let keep = idle < max_idle || instance.pending.load(Ordering::Acquire) > 0;
+                if !keep {
+                    evicted.push(instance.clone());
+                }
+                keep
+            });
+            !shard.is_empty()
         });
         self.mailbox_gauge
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         for instance in &evicted {
-            instance.stopped.store(true, Ordering::Release);
-            instance.stop.cancel();
+            instance.stop();
         }
         evicted.len()
     }
@@ -590,64 +279,60 @@ impl EntityManager {
         (self.max_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
     }
 
-    /// Stops the instances of `shards` and waits (up to `deadline`) for them to drain.
-    pub(crate) async fn stop_shards(&self, shards: &[ShardId], deadline: Duration) {
-        let mut stopped = Vec::new();
-        self.instances.retain(|_, instance| {
-            let moving = shards.contains(&instance.address.shard_id);
-            if moving {
-                stopped.push(instance.clone());
+    /// Takes the instances of `shards` out of the map (the caller has already marked the
+    /// shards not held). Costs O(instances of those shards).
+    fn take_shards(&self, shards: &[ShardId]) -> Vec<Arc<Instance>> {
+        let mut taken = Vec::new();
+        for shard in shards {
+            if let Some((_, instances)) = self.instances.remove(shard) {
+                taken.extend(instances.into_values());
             }
-            !moving
-        });
-        self.stop_and_wait(stopped, deadline).await;
+        }
+        taken
     }
 
-    async fn stop_and_wait(&self, instances: Vec<Arc<Instance>>, deadline: Duration) {
+    /// Drains the instances of `shards`: they stop taking messages, running handlers get
+    /// `deadline` to finish, then the interruptible ones are aborted (nothing stored; their
+    /// requests run again on the new owner). Returns once every instance has ended, which
+    /// may be later than the deadline while uninterruptible handlers finish.
+    pub(crate) async fn stop_shards(&self, shards: &[ShardId], deadline: Duration) {
+        let instances = self.take_shards(shards);
+        if instances.is_empty() {
+            return;
+        }
         for instance in &instances {
-            instance.stopped.store(true, Ordering::Release);
-            instance.stop.cancel();
+            instance.stop();
+        }
+        let all_finished =
+            || futures::future::join_all(instances.iter().map(|i| i.finished.cancelled()));
+        if tokio::time::timeout(deadline, all_finished()).await.is_ok() {
+            return;
+        }
+        tracing::warn!(
+            entity_type = %self.entity_type,
+            "entity instances did not drain before the deadline; aborting their interruptible handlers"
+        );
+        for instance in &instances {
+            instance.abort_interruptible.cancel();
+        }
+        all_finished().await;
+    }
+
+    /// Ends the instances of `shards`, whose fence has fired (the shard is lost): their
+    /// handlers, uninterruptible ones included, are aborted and nothing is stored for them.
+    pub(crate) async fn abort_shards(&self, shards: &[ShardId]) {
+        let instances = self.take_shards(shards);
+        for instance in &instances {
+            instance.stop();
         }
         let all = futures::future::join_all(instances.iter().map(|i| i.finished.cancelled()));
-        if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!(entity_type = %self.entity_type, "entity instances did not drain before the deadline; interrupting them");
-            for instance in &instances {
-                for (_, token) in instance.interrupts.lock().drain() {
-                    token.cancel();
-                }
-            }
+        if tokio::time::timeout(Duration::from_secs(1), all).await.is_err() {
+            tracing::error!(entity_type = %self.entity_type, "aborted entity instances did not end within 1 s (a handler blocks its thread?)");
         }
     }
 
     /// Live instances (for tests and metrics).
     pub(crate) fn active_count(&self) -> usize {
-        self.instances.len()
-    }
-}
-
-async fn caller_gone(sink: &mut ReplySink) {
-    match sink {
-        ReplySink::Once(tx) => tx.closed().await,
-        ReplySink::Stream(tx) => tx.closed().await,
-        ReplySink::Nobody => std::future::pending().await,
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
-
-impl ReplySink {
-    fn fail_with(self, request_id: Snowflake, err: ClusterError) {
-        self.reply(ReplyWithExit {
-            request_id,
-            exit: ExitResult::failure(&err),
-        });
+        self.instances.iter().map(|shard| shard.len()).sum()
     }
 }

@@ -4,3 +4,4 @@
 pub(crate) mod entity_manager;
 pub(crate) mod mailbox;
 pub(crate) mod registry;
+pub(crate) mod instance;

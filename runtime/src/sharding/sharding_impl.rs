@@ -140,6 +140,7 @@ impl ShardingImpl {
                 metrics,
                 message_storage,
                 shard_table: table,
+                fences: Default::default(),
                 waiters: Arc::new(ReplyWaiters::default()),
                 in_flight: InFlight::default(),
                 snowflakes: SnowflakeGenerator::new(MachineId::wrapping(0)),
@@ -207,7 +208,7 @@ impl ShardingImpl {
         }
         self.membership.register().await?;
         // First rebalance inline, so a lone runner owns its shards when `start` returns.
-        if let Err(err) = self.membership.rebalance(true).await {
+        if let Err(err) = self.membership.rebalance().await {
             tracing::warn!(%err, "first rebalance failed; the rebalance loop retries");
         }
         self.membership.spawn_loops();

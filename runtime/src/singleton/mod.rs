@@ -22,8 +22,9 @@
 //! ```
 //!
 //! A singleton that returns `Err` (or panics) is restarted with exponential backoff
-//! (`singleton_crash_backoff_base`); one that returns `Ok` while its runner still owns it
-//! is restarted too (a singleton is meant to run for as long as the cluster does).
+//! (`singleton_crash_backoff_base`). One that returns `Ok(())` has finished: it is not
+//! restarted while its runner keeps its shard, and runs again only when the shard moves to
+//! another runner (or comes back), which starts it afresh there.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -25,6 +25,9 @@ struct Registered {
     shard: ShardId,
     run: SingletonFn,
     running: Mutex<Option<Running>>,
+    /// It returned `Ok(())` while this runner held its shard: its work is done here, so it
+    /// is not started again until the shard has left this runner and come back.
+    done: AtomicBool,
 }
 
 struct Running {
@@ -70,6 +73,7 @@ impl SingletonSupervisor {
             shard: shard.clone(),
             run,
             running: Mutex::new(None),
+            done: AtomicBool::new(false),
         }));
         Ok(shard)
     }
@@ -81,7 +85,9 @@ impl SingletonSupervisor {
         }
         let list = self.singletons.lock().clone();
         for singleton in list {
-            if self.core.shard_table.is_held(&singleton.shard) {
+            if self.core.shard_table.is_held(&singleton.shard)
+                && !singleton.done.load(Ordering::Acquire)
+            {
                 let mut running = singleton.running.lock();
                 let alive = running.as_ref().is_some_and(|r| !r.handle.is_finished());
                 if !alive {
@@ -115,12 +121,15 @@ impl SingletonSupervisor {
         }
     }
 
-    /// Stops the singletons of `shards` (all, if `None`) and waits for them.
-    pub(crate) async fn stop(&self, shards: Option<&[ShardId]>) {
+    /// Stops the singletons of `shards` (all, if `None`) and waits for them: those that
+    /// opted in to graceful shutdown get up to `shutdown_timeout`, unless `force` (the
+    /// shard is lost), which cancels every one at once.
+    pub(crate) async fn stop(&self, shards: Option<&[ShardId]>, force: bool) {
         let list = self.singletons.lock().clone();
         let mut stopping = Vec::new();
         for singleton in list {
             if shards.is_none_or(|s| s.contains(&singleton.shard)) {
+                singleton.done.store(false, Ordering::Release);
                 if let Some(running) = singleton.running.lock().take() {
                     stopping.push((singleton.name.clone(), running));
                 }
@@ -129,7 +138,7 @@ impl SingletonSupervisor {
         let deadline = self.core.config.shutdown_timeout;
         let waits = stopping.into_iter().map(|(name, running)| async move {
             running.stop.cancel();
-            if running.graceful.load(Ordering::Acquire) {
+            if running.graceful.load(Ordering::Acquire) && !force {
                 let abort = running.handle.abort_handle();
                 if tokio::time::timeout(deadline, running.handle).await.is_err() {
                     tracing::warn!(singleton = %name, "singleton did not stop within the shutdown deadline; cancelling it");
@@ -186,7 +195,8 @@ async fn run_with_restarts(
         }
         let reason = match outcome {
             Ok(Ok(())) => {
-                tracing::info!("singleton finished");
+                tracing::info!("singleton finished; it is not restarted while this runner holds its shard");
+                singleton.done.store(true, Ordering::Release);
                 return;
             }
             Ok(Err(err)) => err.to_string(),

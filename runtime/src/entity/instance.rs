@@ -1,0 +1,450 @@
+//! [`Instance`]: one live entity — its mailbox, the task that reads it, and how its
+//! handlers end.
+//!
+//! The task runs up to `concurrency` handlers at once (inline when the limit is 1, so the
+//! default costs no allocation per message). A handler ends in one of four ways:
+//!
+//! * it returns: the reply is stored first when the request is persisted, then sent;
+//! * its caller goes away (plain, interruptible requests) or somebody interrupts it by
+//!   request id: the answer is `Interrupted`;
+//! * the runtime aborts it because its shard is leaving this runner (the drain deadline
+//!   passed, or the runner can no longer prove it holds the shard): **nothing is stored**,
+//!   the persisted request stays unprocessed and its new owner runs it again; the caller
+//!   keeps waiting for that answer. An aborted plain request answers `Interrupted`.
+//! * it panics or hits a storage error (persisted): the attempt is counted and the request
+//!   redelivered; nothing is answered.
+//!
+//! Uninterruptible handlers are aborted only when the shard is lost (fencing), never by a
+//! drain deadline: the runner keeps the shard's lock until they finish. Never holds a lock
+//! across an await.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cruster_sharding::{EntityContext, EntityHandler, IncomingRequest, STREAM_WINDOW};
+use cruster_types::{
+    ClusterError, EntityAddress, EnvelopeRequest, ExitResult, Reply, ReplyChunk, ReplyWithExit,
+    Snowflake,
+};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::entity::entity_manager::EntityManager;
+use crate::entity::mailbox::{MailboxItem, ReplySink};
+
+/// One live entity.
+pub(crate) struct Instance {
+    pub(crate) address: EntityAddress,
+    pub(crate) tx: mpsc::Sender<MailboxItem>,
+    /// Stops taking messages (eviction, a shard leaving): what is queued is refused.
+    pub(crate) stop: CancellationToken,
+    /// Mirrors `stop` for the per-message check (an atomic load, no lock).
+    pub(crate) stopped: AtomicBool,
+    /// The fence of the instance's shard: fired, it aborts every running handler (the
+    /// shard is lost).
+    pub(crate) fence: CancellationToken,
+    /// Aborts the interruptible running handlers (a drain deadline passed).
+    pub(crate) abort_interruptible: CancellationToken,
+    /// Cancelled when the instance's task has ended.
+    pub(crate) finished: CancellationToken,
+    pub(crate) last_active_ms: AtomicU64,
+    pub(crate) pending: AtomicUsize,
+    pub(crate) interrupts: Mutex<HashMap<Snowflake, CancellationToken>>,
+    pub(crate) streams: Mutex<HashMap<Snowflake, StreamWindow>>,
+}
+
+/// Flow control of one streamed reply: chunks sent ahead of acknowledgements.
+pub(crate) struct StreamWindow {
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) acked: Option<u32>,
+}
+
+/// How a handler ended.
+enum Ending {
+    Returned(Result<Bytes, ClusterError>),
+    Panicked(String),
+    Interrupted,
+    Aborted,
+}
+
+impl Instance {
+    pub(crate) fn new(
+        address: EntityAddress,
+        tx: mpsc::Sender<MailboxItem>,
+        now_ms: u64,
+        fence: CancellationToken,
+    ) -> Self {
+        Instance {
+            address,
+            tx,
+            stop: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
+            fence,
+            abort_interruptible: CancellationToken::new(),
+            finished: CancellationToken::new(),
+            last_active_ms: AtomicU64::new(now_ms),
+            pending: AtomicUsize::new(0),
+            interrupts: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stops taking messages; running handlers go on.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    /// Resolves when the runtime aborts a request of this instance: at the fence for every
+    /// request, also at the drain deadline for interruptible ones.
+    async fn aborted(&self, uninterruptible: bool) {
+        if uninterruptible {
+            self.fence.cancelled().await;
+        } else {
+            tokio::select! {
+                _ = self.fence.cancelled() => {}
+                _ = self.abort_interruptible.cancelled() => {}
+            }
+        }
+    }
+}
+
+impl EntityManager {
+    /// The instance's task: starts the handler, reads the mailbox until stopped, refuses
+    /// what is left, waits for running handlers, passivates.
+    pub(crate) async fn run_instance(
+        self: Arc<Self>,
+        instance: Arc<Instance>,
+        mut rx: mpsc::Receiver<MailboxItem>,
+    ) {
+        let ctx = EntityContext {
+            address: instance.address.clone(),
+            runner_address: self.core.config.runner_address.clone(),
+            sharding: match self.core.sharding() {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+        };
+        let handler = match self.entity.spawn(ctx).await {
+            Ok(handler) => handler,
+            Err(err) => {
+                tracing::warn!(%err, "entity failed to start; failing its queued messages");
+                self.forget(&instance);
+                rx.close();
+                while let Ok(item) = rx.try_recv() {
+                    self.finish_failed(
+                        item,
+                        ClusterError::handler(format!(
+                            "entity {} failed to start: {err}",
+                            instance.address
+                        )),
+                    )
+                    .await;
+                }
+                self.active_gauge.dec();
+                return;
+            }
+        };
+        let limit = if self.concurrency == 0 {
+            usize::MAX
+        } else {
+            self.concurrency
+        };
+        let mut running = FuturesUnordered::new();
+        // Created once: polling it again is cheap, re-creating it each message is not.
+        let stop = instance.stop.cancelled();
+        tokio::pin!(stop);
+        if limit == 1 {
+            // One at a time (the default): run each request inline, no per-message
+            // allocation. A ready message is taken without polling `stop`; the flag is
+            // checked after it, so a stopped instance refuses what is still queued.
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    item = rx.recv() => item,
+                    _ = &mut stop => break,
+                };
+                let Some(item) = item else { break };
+                if instance.stopped.load(Ordering::Acquire) {
+                    self.refuse(&instance, item);
+                    break;
+                }
+                self.process(&instance, &handler, item).await;
+            }
+        } else {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    item = rx.recv(), if running.len() < limit => match item {
+                        Some(item) => running.push(self.process(&instance, &handler, item)),
+                        None => break,
+                    },
+                }
+            }
+        }
+        // Stopping: refuse what is queued (a plain caller retries with the new owner; a
+        // persisted request stays unprocessed in storage), let running handlers end.
+        rx.close();
+        while let Ok(item) = rx.try_recv() {
+            self.refuse(&instance, item);
+        }
+        while running.next().await.is_some() {}
+        if !instance.fence.is_cancelled() {
+            handler.on_passivate().await;
+        }
+        self.active_gauge.dec();
+    }
+
+    /// Refuses a queued message of a stopping instance without running it.
+    fn refuse(&self, instance: &Instance, item: MailboxItem) {
+        instance.pending.fetch_sub(1, Ordering::AcqRel);
+        if item.envelope.persisted {
+            self.core.in_flight.abandon(item.envelope.request_id);
+        }
+        let shard_id = item.envelope.address.shard_id.clone();
+        item.fail(ClusterError::ShardNotOwned { shard_id });
+    }
+
+    async fn finish_failed(&self, item: MailboxItem, err: ClusterError) {
+        if item.envelope.persisted {
+            self.core
+                .record_failure(item.envelope.request_id, &err.to_string())
+                .await;
+        }
+        item.fail(err);
+    }
+
+    async fn process(
+        &self,
+        instance: &Instance,
+        handler: &Arc<dyn EntityHandler>,
+        item: MailboxItem,
+    ) {
+        let span = tracing::debug_span!(
+            "cruster.handle",
+            tag = %item.envelope.tag,
+            request_id = %item.envelope.request_id,
+            persisted = item.envelope.persisted,
+            remote_parent = crate::trace_context::parent_of(&item.envelope),
+        );
+        async {
+            if item.envelope.streaming {
+                self.process_stream(instance, handler.clone(), item).await;
+            } else {
+                self.process_request(instance, handler.as_ref(), item).await;
+            }
+        }
+        .instrument(span)
+        .await;
+        instance
+            .last_active_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        instance.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A token to interrupt a persisted, interruptible request by its id.
+    fn interrupt_token(
+        &self,
+        instance: &Instance,
+        envelope: &EnvelopeRequest,
+    ) -> Option<CancellationToken> {
+        if envelope.uninterruptible || !envelope.persisted {
+            return None;
+        }
+        let token = CancellationToken::new();
+        instance
+            .interrupts
+            .lock()
+            .insert(envelope.request_id, token.clone());
+        Some(token)
+    }
+
+    async fn process_request(
+        &self,
+        instance: &Instance,
+        handler: &dyn EntityHandler,
+        item: MailboxItem,
+    ) {
+        let MailboxItem { envelope, mut sink } = item;
+        let request_id = envelope.request_id;
+        let persisted = envelope.persisted;
+        let interruptible_by_caller = !persisted && !envelope.uninterruptible;
+        let aborted = instance.aborted(envelope.uninterruptible);
+        let interrupt = self.interrupt_token(instance, &envelope);
+        // No token (and no allocation) for requests nobody can interrupt by id.
+        let interrupted = async {
+            match &interrupt {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let handled = AssertUnwindSafe(handler.handle(IncomingRequest { envelope })).catch_unwind();
+        let ending = tokio::select! {
+            result = handled => match result {
+                Ok(result) => Ending::Returned(result),
+                Err(panic) => Ending::Panicked(panic_message(&panic)),
+            },
+            _ = aborted => Ending::Aborted,
+            _ = caller_gone(&mut sink), if interruptible_by_caller => Ending::Interrupted,
+            _ = interrupted => Ending::Interrupted,
+        };
+        if interrupt.is_some() {
+            instance.interrupts.lock().remove(&request_id);
+        }
+        let exit = match ending {
+            Ending::Returned(Ok(bytes)) => ExitResult::Success(bytes),
+            Ending::Returned(Err(err @ ClusterError::PersistenceError { .. })) if persisted => {
+                // A storage failure is not the handler's answer: count a failed delivery
+                // and let the storage poll retry it (dead-lettered at the limit). The
+                // caller keeps waiting for the stored reply.
+                tracing::warn!(%err, %request_id, "persisted handler hit a storage error; will retry");
+                self.core.record_failure(request_id, &err.to_string()).await;
+                return;
+            }
+            Ending::Returned(Err(err)) => ExitResult::failure(&err),
+            Ending::Panicked(panic) => {
+                let err = ClusterError::handler(format!(
+                    "handler of {} panicked: {panic}",
+                    instance.address
+                ));
+                tracing::error!(%err, "entity handler panicked");
+                if persisted {
+                    // A defect, not an answer: count the attempt; the poll retries it.
+                    self.core.record_failure(request_id, &err.to_string()).await;
+                    return;
+                }
+                ExitResult::failure(&err)
+            }
+            Ending::Interrupted => ExitResult::failure(&ClusterError::Interrupted { request_id }),
+            Ending::Aborted if persisted => {
+                // Not an answer: the request stays unprocessed for the shard's next owner,
+                // and the caller keeps waiting for the reply that owner stores.
+                tracing::debug!(%request_id, "persisted handler aborted as its shard leaves; it will run again on the new owner");
+                self.core.in_flight.abandon(request_id);
+                return;
+            }
+            Ending::Aborted => ExitResult::failure(&ClusterError::Interrupted { request_id }),
+        };
+        let reply = ReplyWithExit { request_id, exit };
+        if persisted {
+            if let Err(err) = self.core.store_reply(&reply).await {
+                // The caller keeps waiting: the request is redelivered and answered then.
+                tracing::warn!(%err, %request_id, "could not store a reply; the request stays unprocessed and will be retried");
+                self.core.record_failure(request_id, &err.to_string()).await;
+                return;
+            }
+        }
+        sink.reply(reply);
+    }
+
+    /// Runs a streaming handler, sending chunks as the caller acknowledges them. The stream
+    /// ends (never blocks) when the caller goes away or the shard leaves.
+    async fn process_stream(
+        &self,
+        instance: &Instance,
+        handler: Arc<dyn EntityHandler>,
+        item: MailboxItem,
+    ) {
+        let MailboxItem { envelope, sink } = item;
+        let request_id = envelope.request_id;
+        let aborted = instance.aborted(envelope.uninterruptible);
+        tokio::pin!(aborted);
+        let ReplySink::Stream(tx) = sink else {
+            // A streaming envelope without a stream sink (a notify): run it to the end,
+            // unless its shard leaves.
+            let run = async {
+                if let Ok(mut stream) = handler.handle_stream(IncomingRequest { envelope }).await {
+                    while stream.next().await.is_some() {}
+                }
+            };
+            tokio::select! {
+                _ = run => {}
+                _ = &mut aborted => {}
+            }
+            return;
+        };
+        let permits = Arc::new(Semaphore::new(STREAM_WINDOW));
+        instance.streams.lock().insert(
+            request_id,
+            StreamWindow {
+                permits: permits.clone(),
+                acked: None,
+            },
+        );
+        let interrupted = || ExitResult::failure(&ClusterError::Interrupted { request_id });
+        let exit = async {
+            let started = tokio::select! {
+                result = handler.handle_stream(IncomingRequest { envelope }) => result,
+                _ = &mut aborted => return interrupted(),
+                _ = tx.closed() => return interrupted(),
+            };
+            let mut stream = match started {
+                Ok(stream) => stream,
+                Err(err) => return ExitResult::failure(&err),
+            };
+            let mut sequence = 0u32;
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = &mut aborted => return interrupted(),
+                    _ = tx.closed() => return interrupted(),
+                };
+                let bytes = match next {
+                    None => return ExitResult::Success(Bytes::new()),
+                    Some(Err(err)) => return ExitResult::failure(&err),
+                    Some(Ok(bytes)) => bytes,
+                };
+                // Wait for the caller to acknowledge earlier chunks, but never past its
+                // departure or the shard's.
+                let permit = tokio::select! {
+                    permit = permits.acquire() => permit,
+                    _ = &mut aborted => return interrupted(),
+                    _ = tx.closed() => return interrupted(),
+                };
+                let Ok(permit) = permit else {
+                    return interrupted();
+                };
+                permit.forget();
+                let chunk = ReplyChunk {
+                    request_id,
+                    sequence,
+                    values: vec![bytes],
+                };
+                sequence += 1;
+                if tx.send(Ok(Reply::Chunk(chunk))).is_err() {
+                    return interrupted();
+                }
+            }
+        }
+        .await;
+        instance.streams.lock().remove(&request_id);
+        let _ = tx.send(Ok(Reply::WithExit(ReplyWithExit { request_id, exit })));
+    }
+}
+
+async fn caller_gone(sink: &mut ReplySink) {
+    match sink {
+        ReplySink::Once(tx) => tx.closed().await,
+        ReplySink::Stream(tx) => tx.closed().await,
+        ReplySink::Nobody => std::future::pending().await,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
