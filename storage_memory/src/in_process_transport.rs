@@ -160,10 +160,18 @@ impl Runners for InProcessRunners {
         envelope: EnvelopeRequest,
     ) -> Result<ReplyStream, ClusterError> {
         let endpoint = self.network.endpoint(to)?;
+        let request_id = envelope.request_id;
         let replies = tokio::select! {
             biased;
             result = endpoint.inbound.handle_send(envelope) => result?,
-            () = endpoint.gone.cancelled() => return Err(unavailable(to, LEFT_IN_FLIGHT)),
+            // The receiver had the request: it may have run, so this is no refusal.
+            () = endpoint.gone.cancelled() => {
+                return Err(ClusterError::DeliveryUnknown {
+                    address: to.clone(),
+                    request_id,
+                    reason: LEFT_IN_FLIGHT.to_owned(),
+                })
+            }
         };
         Ok(UntilRunnerLeaves {
             replies,

@@ -16,6 +16,10 @@
 //! * [`Runners::ack_chunk`], [`Runners::interrupt`] are forwarded to the inbound side.
 //! * [`Runners::ping`] answers `Ok` when the runner at `address` is reachable.
 //! * A runner that cannot be reached gives `ClusterError::RunnerUnavailable` naming it.
+//!   `send` and `notify` return `Err(RunnerUnavailable)` only when the request surely did
+//!   not reach the receiving runtime (the runtime then retries it elsewhere); once it may
+//!   have, a lost answer is `Err(DeliveryUnknown)` from the call, or an error inside the
+//!   reply stream, and is never retried (plain sends are at most once).
 //! * Dropping a reply stream tells the receiver that the caller is gone (a transport may
 //!   turn that into an interrupt for interruptible requests).
 //!
