@@ -264,6 +264,21 @@ impl ShardingImpl {
         self.core.tasks.close();
     }
 
+    /// Stops at once, as when the runner can no longer prove it may work (its single-node
+    /// lease is lost): every shard leaves the table, every handler is aborted (nothing is
+    /// stored for it), every task ends. Nothing is drained or released.
+    #[cfg_attr(
+        not(all(feature = "memory", any(feature = "postgres", feature = "sqlite"))),
+        allow(dead_code)
+    )]
+    pub(crate) fn halt(&self) {
+        let held = self.core.shard_table.held();
+        self.core.shard_table.set_held(&held, false);
+        self.core.fences.fire(&held);
+        self.core.metrics.shards_owned.set(0);
+        self.kill();
+    }
+
     /// This runner's configuration.
     pub fn config(&self) -> &Arc<ShardingConfig> {
         &self.core.config

@@ -4,9 +4,15 @@
 //! One row of `cruster_single_node_lease` (migration 0002 of `cruster-storage-sql`) names
 //! the holder (`runner address/pid/nonce`) and an expiry. Acquiring is one upsert that
 //! succeeds only when the row is absent, expired, or already ours; a heartbeat task renews
-//! the expiry every third of the TTL; `release` deletes the row. A process that dies
+//! the expiry every sixth of the TTL; `release` deletes the row. A process that dies
 //! without releasing leaves a row that expires after the TTL, after which the next node (or
 //! a waiting standby) takes it.
+//!
+//! The lease follows the runtime's fencing rule: a renewal *sent* at `t` lets the node work
+//! until `t + ⅔ TTL`; a node that has not confirmed a renewal by then stops at once (every
+//! task ends, nothing is drained) — before a standby can take the expired lease. Renewals
+//! go through a connection of their own (a one-connection pool on the same database), so a
+//! pool busy with application work never delays them: a busy pool is not a lost lease.
 //!
 //! PostgreSQL instants come from the database clock, so nodes on different machines agree
 //! on expiry; SQLite is a local file and uses the local clock.
@@ -94,9 +100,50 @@ enum Attempt {
 
 /// An acquired single-node lease with its heartbeat task. See the module docs.
 pub(crate) struct SingleNodeLease {
+    /// A pool of its own on the lease's database (one connection).
     pool: SqlPool,
     holder: String,
+    /// When the acquisition that succeeded was sent.
+    acquired_sent: Instant,
     heartbeat: Option<JoinHandle<()>>,
+}
+
+/// A one-connection pool on the database of `pool`, for the lease alone. An in-memory
+/// SQLite database exists only inside its own pool, so there the lease shares it.
+async fn dedicated_pool(pool: &SqlPool) -> Result<SqlPool, ClusterError> {
+    const DOING: &str = "opening the single-node lease's own connection";
+    match pool {
+        #[cfg(feature = "postgres")]
+        SqlPool::Postgres(app) => {
+            let options = (*app.connect_options()).clone();
+            let own = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
+            Ok(SqlPool::Postgres(own))
+        }
+        #[cfg(feature = "sqlite")]
+        SqlPool::Sqlite(app) => {
+            let options = (*app.connect_options()).clone();
+            if options.get_filename().as_os_str().is_empty()
+                || options
+                    .get_filename()
+                    .to_string_lossy()
+                    .contains(":memory:")
+            {
+                return Ok(pool.clone());
+            }
+            let own = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
+            Ok(SqlPool::Sqlite(own))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(unknown_pool()),
+    }
 }
 
 impl std::fmt::Debug for SingleNodeLease {
@@ -129,14 +176,17 @@ impl SingleNodeLease {
         ttl: Duration,
         standby: bool,
     ) -> Result<SingleNodeLease, ClusterError> {
+        let pool = dedicated_pool(&pool).await?;
         let mut announced = false;
         loop {
+            let sent = Instant::now();
             match try_acquire(&pool, &holder, ttl).await? {
                 Attempt::Acquired => {
                     tracing::info!(%holder, ttl_ms = ttl.as_millis() as u64, "single-node lease acquired");
                     return Ok(SingleNodeLease {
                         pool,
                         holder,
+                        acquired_sent: sent,
                         heartbeat: None,
                     });
                 }
@@ -164,42 +214,57 @@ impl SingleNodeLease {
         }
     }
 
-    /// Starts renewing the lease every third of `ttl`. When the lease is lost (taken by
-    /// another node after this one failed to renew it in time), the runner is shut down:
-    /// two single nodes must never process the same database at once.
+    /// Starts renewing the lease every sixth of `ttl`. A node that has not confirmed a
+    /// renewal within ⅔ of `ttl` of sending it (it could not reach the database in time, or
+    /// another node took the lease) stops at once: every task of the runner ends, nothing
+    /// is drained, so two single nodes never process one database at once.
     pub(crate) fn start_heartbeat(&mut self, ttl: Duration, runner: Weak<ShardingImpl>) {
         let pool = self.pool.clone();
         let holder = self.holder.clone();
+        let serve_for = ttl * 2 / 3;
+        let mut valid_until = self.acquired_sent + serve_for;
         let task = tokio::spawn(async move {
-            let every = (ttl / 3).max(Duration::from_millis(10));
-            let mut renewed_at = Instant::now();
+            let every = (ttl / 6).max(Duration::from_millis(5));
             loop {
-                tokio::time::sleep(every).await;
-                let lost = match renew(&pool, &holder, ttl).await {
-                    Ok(true) => {
-                        renewed_at = Instant::now();
-                        false
-                    }
-                    Ok(false) => {
-                        tracing::error!(%holder, "single-node lease was taken by another node");
-                        true
-                    }
-                    Err(err) => {
-                        tracing::warn!(%holder, error = %err, "renewing the single-node lease failed");
-                        renewed_at.elapsed() >= ttl
+                let wake = (Instant::now() + every).min(valid_until);
+                tokio::time::sleep_until(wake.into()).await;
+                let sent = Instant::now();
+                let reason = if sent >= valid_until {
+                    Some("no renewal was confirmed within two thirds of its TTL")
+                } else {
+                    match tokio::time::timeout(every, renew(&pool, &holder, ttl)).await {
+                        Ok(Ok(true)) => {
+                            valid_until = sent + serve_for;
+                            None
+                        }
+                        Ok(Ok(false)) => Some("another node took it"),
+                        Ok(Err(err)) => {
+                            tracing::warn!(%holder, error = %err, "renewing the single-node lease failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::warn!(%holder, "renewing the single-node lease timed out");
+                            None
+                        }
                     }
                 };
-                if lost {
-                    tracing::error!(
-                        %holder,
-                        "single-node lease lost: shutting this runner down so that two nodes \
-                         never process one database at once"
-                    );
-                    if let Some(runner) = runner.upgrade() {
-                        let _ = runner.shutdown().await;
+                let reason = match reason {
+                    Some(reason) => reason,
+                    None if Instant::now() >= valid_until => {
+                        "no renewal was confirmed within two thirds of its TTL"
                     }
-                    return;
+                    None => continue,
+                };
+                tracing::error!(
+                    %holder,
+                    reason,
+                    "single-node lease lost: this runner stops at once so that two nodes never \
+                     process one database at once"
+                );
+                if let Some(runner) = runner.upgrade() {
+                    runner.halt();
                 }
+                return;
             }
         });
         self.heartbeat = Some(task);

@@ -17,10 +17,12 @@
 //! * if another live node holds it, `build` fails at once with
 //!   `ClusterError::InvalidConfig { field: "single_node_lease", .. }` naming the holder;
 //! * with [`SingleRunnerBuilder::standby`]`(true)` it waits until the lease is free instead;
-//! * the lease is renewed every third of its TTL ([`SingleRunnerBuilder::lease_ttl`],
-//!   default 15 s), released by [`SingleRunner::shutdown`], and expires after its TTL when
-//!   the process dies; a node that loses its lease (it could not renew in time and another
-//!   node took over) shuts down.
+//! * the lease is renewed every sixth of its TTL ([`SingleRunnerBuilder::lease_ttl`],
+//!   default 15 s) through a database connection of its own (application work that keeps
+//!   the pool busy never delays a renewal), released by [`SingleRunner::shutdown`], and
+//!   expires after its TTL when the process dies;
+//! * a node that has not confirmed a renewal within ⅔ of the TTL of sending it stops at
+//!   once (no drain), before a standby can take the expired lease over.
 //!
 //! ```no_run
 //! # #[cfg(feature = "postgres")]
