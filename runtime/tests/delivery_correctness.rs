@@ -20,9 +20,7 @@ use cruster::ports::message_storage::{
 use cruster::prelude::*;
 use cruster::storage::memory::MemoryMessageStorage;
 use cruster::testing::MemoryCluster;
-use cruster::types::{
-    wire, EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake,
-};
+use cruster::types::{wire, EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use support::{eventually, Journal, TestEntity};
@@ -217,7 +215,11 @@ async fn a_plain_send_whose_runner_dies_mid_handler_reports_an_unknown_outcome()
     let client = EntityClient::new(cluster.runner(1), EntityType::new("Slow"));
     let call = tokio::spawn({
         let id = id.clone();
-        async move { client.send::<_, String>(&id, "work", &"p".to_string()).await }
+        async move {
+            client
+                .send::<_, String>(&id, "work", &"p".to_string())
+                .await
+        }
     });
     assert!(eventually(Duration::from_secs(5), || runs.started("p") == 1).await);
     cluster.kill_runner(0);
@@ -230,7 +232,11 @@ async fn a_plain_send_whose_runner_dies_mid_handler_reports_an_unknown_outcome()
         "got {result:?}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(runs.started("p"), 1, "a plain send is never retried once it may have run");
+    assert_eq!(
+        runs.started("p"),
+        1,
+        "a plain send is never retried once it may have run"
+    );
     cluster.shutdown().await.unwrap();
 }
 
@@ -253,7 +259,10 @@ async fn persisted_streaming_is_refused_with_a_clear_error() {
     match err {
         Some(ClusterError::Unsupported { operation, backend }) => {
             assert!(operation.contains("count"), "{operation}");
-            assert!(backend.contains("workflow"), "says what to do instead: {backend}");
+            assert!(
+                backend.contains("workflow"),
+                "says what to do instead: {backend}"
+            );
         }
         other => panic!("expected Unsupported, got {other:?}"),
     }
@@ -412,15 +421,27 @@ async fn a_reply_that_cannot_be_stored_keeps_the_caller_waiting_for_the_redelive
             .send_persisted::<_, u64>(&EntityId::new("r"), "record", &"k".to_string(), false)
             .await
     });
-    assert!(eventually(Duration::from_secs(5), || storage.failed.load(Ordering::SeqCst) >= 1).await);
-    assert!(!call.is_finished(), "no error for a message that will still run");
+    assert!(
+        eventually(Duration::from_secs(5), || storage
+            .failed
+            .load(Ordering::SeqCst)
+            >= 1)
+        .await
+    );
+    assert!(
+        !call.is_finished(),
+        "no error for a message that will still run"
+    );
     storage.broken.store(false, Ordering::SeqCst);
     let answer = tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .expect("answered after the redelivery")
         .unwrap()
         .unwrap();
-    assert!(answer >= 2, "answered by a redelivered attempt (saw {answer} runs)");
+    assert!(
+        answer >= 2,
+        "answered by a redelivered attempt (saw {answer} runs)"
+    );
     runner.shutdown().await.unwrap();
 }
 
@@ -436,19 +457,27 @@ async fn a_singleton_that_finishes_is_not_restarted() {
         .await
         .unwrap();
     let counter = runs.clone();
-    register_singleton(runner.sharding().as_ref(), "once", move |_ctx: SingletonContext| {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    })
+    register_singleton(
+        runner.sharding().as_ref(),
+        "once",
+        move |_ctx: SingletonContext| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    )
     .await
     .unwrap();
     assert!(eventually(Duration::from_secs(5), || runs.load(Ordering::SeqCst) == 1).await);
     // Rebalance rounds run every second at most; give several a chance to restart it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "a finished singleton stays finished");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "a finished singleton stays finished"
+    );
     runner.shutdown().await.unwrap();
 }
 
@@ -519,5 +548,94 @@ async fn moving_shards_stops_only_their_entities_with_two_hundred_thousand_live(
         moved_at.elapsed()
     );
     assert!(expected > total / 4 && expected < total * 3 / 4);
+    cluster.shutdown().await.unwrap();
+}
+
+/// How often `SlowStep` ran its activity, and whether the first run should hang.
+#[derive(Default)]
+struct StepRuns {
+    started: AtomicUsize,
+}
+
+#[workflow]
+#[derive(Clone)]
+struct SlowStepWorkflow {
+    runs: Arc<StepRuns>,
+}
+
+#[workflow_impl(key = |id: &String| id.clone(), hash = false)]
+impl SlowStepWorkflow {
+    async fn execute(&self, id: String) -> Result<String, ClusterError> {
+        let n = self.step(id).await?;
+        Ok(format!("finished after {n} activity runs"))
+    }
+
+    #[activity]
+    async fn step(&self, _id: String) -> Result<usize, ClusterError> {
+        let n = self.runs.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 1 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_interrupted_by_a_drain_completes_on_the_new_owner() {
+    let runs = Arc::new(StepRuns::default());
+    let setup_runs = runs.clone();
+    let cluster = MemoryCluster::builder()
+        .runners(2)
+        .config(cluster_config())
+        .setup(move |sharding: Arc<ShardingImpl>| {
+            let runs = setup_runs.clone();
+            async move {
+                SlowStepWorkflow { runs }.register(sharding).await?;
+                Ok(())
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // An execution key whose hidden entity lives on runner 0; the caller is on runner 1.
+    let key = (0..10_000)
+        .map(|i| format!("wf-{i}"))
+        .find(|key| {
+            let client = SlowStepWorkflowClient::new(cluster.runner(1));
+            let entity = client.entity_client();
+            let shard = cluster
+                .runner(0)
+                .shard_id(entity.entity_type(), &EntityId::new(key));
+            cluster.runner(0).owned_shards().contains(&shard)
+        })
+        .unwrap();
+    let client = SlowStepWorkflowClient::new(cluster.runner(1));
+    let call = tokio::spawn({
+        let key = key.clone();
+        async move { client.execute(&key).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || runs
+            .started
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    cluster.stop_runner(0).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the workflow completed")
+        .unwrap();
+    assert_eq!(result.unwrap(), "finished after 2 activity runs");
+    // Executing again with its key returns the stored result, not an interruption.
+    let again = SlowStepWorkflowClient::new(cluster.runner(1))
+        .execute(&key)
+        .await
+        .unwrap();
+    assert_eq!(again, "finished after 2 activity runs");
     cluster.shutdown().await.unwrap();
 }
