@@ -57,9 +57,9 @@ impl Membership {
         poller_wake: Arc<Notify>,
     ) -> Self {
         let configured = core.config.runner_lock_ttl;
-        let ttl = runner_storage
-            .as_ref()
-            .map_or(configured, |s| s.granted_lock_ttl(configured).min(configured));
+        let ttl = runner_storage.as_ref().map_or(configured, |s| {
+            s.granted_lock_ttl(configured).min(configured)
+        });
         Membership {
             core,
             runner_storage,
@@ -121,7 +121,8 @@ impl Membership {
             let this = self.clone();
             self.core.spawn(async move { this.watch_loop().await });
             let this = self.clone();
-            self.core.spawn(async move { this.lock_keeper_loop().await });
+            self.core
+                .spawn(async move { this.lock_keeper_loop().await });
         }
         let this = self.clone();
         self.core.spawn(async move { this.rebalance_loop().await });
@@ -138,7 +139,10 @@ impl Membership {
                 _ = tokio::time::sleep(period) => {}
                 _ = self.core.stopping.cancelled() => return,
             }
-            match self.timed("keep_alive", storage.keep_alive(&me, self.ttl)).await {
+            match self
+                .timed("keep_alive", storage.keep_alive(&me, self.ttl))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!("runner registration had expired; registering again");
@@ -212,17 +216,31 @@ impl Membership {
                 let ours = self.leases.all();
                 if !ours.is_empty() {
                     let sent = Instant::now();
-                    match self
-                        .timed("refresh_shards", storage.refresh_shards(&me, &ours, self.ttl))
-                        .await
-                    {
+                    // A renewal may take until the first service deadline it could save.
+                    let patience = self
+                        .leases
+                        .next_deadline()
+                        .map_or(self.call_timeout(), |d| d.saturating_duration_since(sent))
+                        .max(self.call_timeout());
+                    let renewal = storage.refresh_shards(&me, &ours, self.ttl);
+                    let renewed = match tokio::time::timeout(patience, renewal).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ClusterError::Timeout {
+                            operation: "runner storage: refresh_shards".into(),
+                            timeout: patience,
+                        }),
+                    };
+                    match renewed {
                         Ok(kept) => {
                             self.leases.confirm(&kept, sent);
                             let kept: HashSet<&ShardId> = kept.iter().collect();
                             let lost: Vec<ShardId> =
                                 ours.iter().filter(|s| !kept.contains(s)).cloned().collect();
                             if !lost.is_empty() {
-                                tracing::error!(count = lost.len(), "shard locks were lost (expired or taken); fencing them now");
+                                tracing::error!(
+                                    count = lost.len(),
+                                    "shard locks were lost (expired or taken); fencing them now"
+                                );
                                 self.fence(&lost).await;
                             }
                         }
@@ -318,7 +336,10 @@ impl Membership {
                 let me = self.core.config.runner_address.clone();
                 let sent = Instant::now();
                 let acquired = self
-                    .timed("acquire_shards", storage.acquire_shards(&me, &wanted, self.ttl))
+                    .timed(
+                        "acquire_shards",
+                        storage.acquire_shards(&me, &wanted, self.ttl),
+                    )
                     .await?;
                 self.leases.confirm(&acquired, sent);
                 acquired

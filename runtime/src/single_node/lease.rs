@@ -232,7 +232,10 @@ impl SingleNodeLease {
                 let reason = if sent >= valid_until {
                     Some("no renewal was confirmed within two thirds of its TTL")
                 } else {
-                    match tokio::time::timeout(every, renew(&pool, &holder, ttl)).await {
+                    // A renewal may take as long as the node can still afford to wait.
+                    match tokio::time::timeout_at(valid_until.into(), renew(&pool, &holder, ttl))
+                        .await
+                    {
                         Ok(Ok(true)) => {
                             valid_until = sent + serve_for;
                             None

@@ -2,6 +2,8 @@
 //! shared by the runtime's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod slow;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
