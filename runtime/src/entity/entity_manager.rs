@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cruster_sharding::Entity;
-use cruster_types::{AckChunk, ClusterError, EntityAddress, EntityId, EntityType, ShardId, Snowflake};
+use cruster_types::{
+    AckChunk, ClusterError, EntityAddress, EntityId, EntityType, ShardId, Snowflake,
+};
 use dashmap::DashMap;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
@@ -326,7 +328,10 @@ impl EntityManager {
             instance.stop();
         }
         let all = futures::future::join_all(instances.iter().map(|i| i.finished.cancelled()));
-        if tokio::time::timeout(Duration::from_secs(1), all).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), all)
+            .await
+            .is_err()
+        {
             tracing::error!(entity_type = %self.entity_type, "aborted entity instances did not end within 1 s (a handler blocks its thread?)");
         }
     }

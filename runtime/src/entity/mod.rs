@@ -2,6 +2,6 @@
 //! mailboxes, concurrency, eviction, draining) and what sits in a mailbox.
 
 pub(crate) mod entity_manager;
+pub(crate) mod instance;
 pub(crate) mod mailbox;
 pub(crate) mod registry;
-pub(crate) mod instance;

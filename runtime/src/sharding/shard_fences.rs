@@ -55,7 +55,10 @@ mod tests {
         let before = fences.token(&shard);
         fences.fire(std::slice::from_ref(&shard));
         assert!(before.is_cancelled());
-        assert!(fences.token(&shard).is_cancelled(), "a late watcher sees the fence");
+        assert!(
+            fences.token(&shard).is_cancelled(),
+            "a late watcher sees the fence"
+        );
         fences.arm(std::slice::from_ref(&shard));
         assert!(!fences.token(&shard).is_cancelled());
     }

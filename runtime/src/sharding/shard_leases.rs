@@ -107,8 +107,13 @@ mod tests {
         let shard = ShardId::new("default", 1);
         let sent = Instant::now();
         leases.confirm(std::slice::from_ref(&shard), sent);
-        assert!(leases.expired(sent + Duration::from_millis(1999)).is_empty());
-        assert_eq!(leases.expired(sent + Duration::from_secs(2)), vec![shard.clone()]);
+        assert!(leases
+            .expired(sent + Duration::from_millis(1999))
+            .is_empty());
+        assert_eq!(
+            leases.expired(sent + Duration::from_secs(2)),
+            vec![shard.clone()]
+        );
         // An older confirmation never shortens a newer one.
         leases.confirm(std::slice::from_ref(&shard), sent - Duration::from_secs(1));
         assert_eq!(leases.next_deadline(), Some(sent + Duration::from_secs(2)));

@@ -195,7 +195,9 @@ async fn run_with_restarts(
         }
         let reason = match outcome {
             Ok(Ok(())) => {
-                tracing::info!("singleton finished; it is not restarted while this runner holds its shard");
+                tracing::info!(
+                    "singleton finished; it is not restarted while this runner holds its shard"
+                );
                 singleton.done.store(true, Ordering::Release);
                 return;
             }
