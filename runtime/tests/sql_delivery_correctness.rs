@@ -160,3 +160,55 @@ async fn a_busy_pool_is_not_a_lost_single_node_lease() {
     runner.shutdown().await.unwrap();
     db.drop_schema().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_reply_that_cannot_be_stored_keeps_the_caller_waiting() {
+    let Some(db) = PgTestDb::new().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let runner = SingleRunner::builder()
+        .config(ShardingConfig {
+            storage_poll_interval: Duration::from_millis(30),
+            ..Default::default()
+        })
+        .postgres(pool.clone())
+        .build()
+        .await
+        .unwrap();
+    // The database refuses final replies while the flag is set (real fault, no mock).
+    for sql in [
+        "CREATE TABLE test_flags (broken BOOLEAN NOT NULL)",
+        "INSERT INTO test_flags VALUES (TRUE)",
+        "CREATE FUNCTION test_refuse_replies() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF (SELECT broken FROM test_flags) THEN \
+         RAISE EXCEPTION 'injected: replies cannot be stored'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER test_refuse_replies BEFORE INSERT ON cruster_replies \
+         FOR EACH ROW WHEN (NEW.is_final) EXECUTE FUNCTION test_refuse_replies()",
+    ] {
+        sql_support::pg_exec(&pool, sql).await;
+    }
+    let journal = support::Journal::default();
+    runner
+        .sharding()
+        .register_entity(Arc::new(support::TestEntity::new("T", journal.clone())))
+        .await
+        .unwrap();
+    let client = EntityClient::new(runner.sharding().clone(), EntityType::new("T"));
+    let call = tokio::spawn(async move {
+        client
+            .send_persisted::<_, u64>(&EntityId::new("r"), "record", &"k".to_string(), false)
+            .await
+    });
+    assert!(support::eventually(Duration::from_secs(10), || journal.keys("r").len() >= 2).await);
+    assert!(!call.is_finished(), "no error for a message that will still run");
+    sql_support::pg_exec(&pool, "UPDATE test_flags SET broken = FALSE").await;
+    let answer = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("answered after the redelivery")
+        .unwrap()
+        .unwrap();
+    assert!(answer >= 2, "answered by a redelivered attempt (saw {answer} runs)");
+    runner.shutdown().await.unwrap();
+    db.drop_schema().await;
+}
