@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cruster_sharding::Sharding;
-use cruster_types::{wire, ClusterError, EntityAddress, EnvelopeRequest, ExitResult};
+use cruster_types::{wire, ClusterError, EntityAddress, EnvelopeRequest, ExitResult, WireError};
 use cruster_workflow_storage::{
     ActivityKey, CommitOutcome, DurableTimer, JournalEntry, WorkflowEngine, WorkflowStorage,
 };
@@ -94,9 +94,10 @@ pub(crate) struct ContextInner {
     next_sleep: AtomicU32,
     suspended_until: Mutex<Option<DateTime<Utc>>>,
     suspended: Notify,
-    /// Set when an activity's recorded (or just recorded) outcome is a failure: an error
-    /// the workflow then returns is its answer, not a transient storage problem.
-    activity_failed: std::sync::atomic::AtomicBool,
+    /// The failures activities of this run recorded (or replayed): an error the workflow
+    /// returns that is one of them is its answer; any other storage error is transient,
+    /// even after the body caught an activity failure.
+    recorded_failures: Mutex<Vec<WireError>>,
 }
 
 /// The context of one workflow execution run (see the module docs).
@@ -140,7 +141,7 @@ impl WorkflowContext {
                 next_sleep: AtomicU32::new(0),
                 suspended_until: Mutex::new(None),
                 suspended: Notify::new(),
-                activity_failed: std::sync::atomic::AtomicBool::new(false),
+                recorded_failures: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -184,15 +185,17 @@ impl WorkflowContext {
                 source: Some(Box::new(err)),
             }),
             ExitResult::Failure(err) => {
-                self.inner.activity_failed.store(true, Ordering::SeqCst);
+                self.inner.recorded_failures.lock().push(err.clone());
                 Err(err.clone().into())
             }
         }
     }
 
-    /// Whether an activity of this run ended in a recorded failure.
-    pub(crate) fn activity_failed(&self) -> bool {
-        self.inner.activity_failed.load(Ordering::SeqCst)
+    /// Whether `err` is the recorded failure of an activity of this run (the workflow's
+    /// own answer) rather than a transient problem of the engine.
+    pub(crate) fn is_recorded_failure(&self, err: &ClusterError) -> bool {
+        let wire = err.to_wire();
+        self.inner.recorded_failures.lock().contains(&wire)
     }
 
     /// Runs (or replays) one activity call. `run` makes one attempt's future from the
@@ -293,7 +296,7 @@ impl WorkflowContext {
                     return match transaction.commit(&entry).await? {
                         CommitOutcome::Committed => {
                             self.inner.metrics.workflow_steps.inc();
-                            self.inner.activity_failed.store(true, Ordering::SeqCst);
+                            self.inner.recorded_failures.lock().push(err.to_wire());
                             Err(err)
                         }
                         CommitOutcome::AlreadyRecorded(existing) => self.decode_entry(&existing),

@@ -158,7 +158,9 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
             RunOutcome::Done(Err(err)) => {
-                if matches!(err, ClusterError::PersistenceError { .. }) && !ctx.activity_failed() {
+                if matches!(err, ClusterError::PersistenceError { .. })
+                    && !ctx.is_recorded_failure(&err)
+                {
                     // Storage trouble of the engine itself is not the workflow's answer:
                     // leave it running; the entity manager counts a failed delivery and
                     // the storage poll redelivers the request, which replays it.
