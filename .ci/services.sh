@@ -7,11 +7,17 @@
 #
 # Idempotent: a package already installed is not reinstalled, a server already answering is
 # left alone, and the role and database are created only when missing. Each service has its
-# own functions; later issues add etcd and protoc beside PostgreSQL.
+# own functions.
 #
 # PostgreSQL: Debian's packaged cluster (pg_ctlcluster), listening on 127.0.0.1:5432, with a
 # password-authenticated role and database `cruster`:
 #   DATABASE_URL=postgres://cruster:cruster@127.0.0.1:5432/cruster
+#
+# etcd: Debian's etcd-server (and etcdctl from etcd-client; protoc from protobuf-compiler,
+# which the etcd-client crate's build script runs), listening on 127.0.0.1:2379 with its data
+# under a temporary folder, started by .ci/etcd-ctl.sh unless an etcd already answers there:
+#   ETCD_ENDPOINTS=http://127.0.0.1:2379
+#   CRUSTER_ETCD_DATA_DIR, CRUSTER_ETCD_PID  (tests stop and start it with .ci/etcd-ctl.sh)
 
 CRUSTER_PG_HOST=127.0.0.1
 CRUSTER_PG_PORT=5432
@@ -126,8 +132,33 @@ services_postgres() {
   echo "DATABASE_URL=$DATABASE_URL"
 }
 
+# The folder of this script, whether it is run or sourced.
+services_ci_dir() {
+  cd "$(dirname "${BASH_SOURCE[0]}")" && pwd
+}
+
+services_etcd() {
+  if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+    services_apt_install etcd-server etcd-client || return 1
+  fi
+  if ! command -v protoc >/dev/null 2>&1; then
+    services_apt_install protobuf-compiler || return 1
+  fi
+  local ci_dir
+  ci_dir=$(services_ci_dir) || return 1
+  bash "$ci_dir/etcd-ctl.sh" ensure || return 1
+  local status
+  status=$(bash "$ci_dir/etcd-ctl.sh" status) || return 1
+  CRUSTER_ETCD_PID=$(printf '%s\n' "$status" | sed -n 's/^CRUSTER_ETCD_PID=//p')
+  CRUSTER_ETCD_DATA_DIR=$(printf '%s\n' "$status" | sed -n 's/^CRUSTER_ETCD_DATA_DIR=//p')
+  export CRUSTER_ETCD_PID CRUSTER_ETCD_DATA_DIR
+  export ETCD_ENDPOINTS="http://127.0.0.1:2379"
+  echo "ETCD_ENDPOINTS=$ETCD_ENDPOINTS"
+}
+
 services_main() {
   services_postgres || return 1
+  services_etcd || return 1
 }
 
 # Every step checks its own status (`|| return 1`) instead of relying on `set -e`, which a

@@ -106,6 +106,14 @@ pub trait RunnerStorage: Send + Sync + 'static {
 
     /// The current holder of a shard lock, if any (expired locks have none).
     async fn shard_owner(&self, shard: &ShardId) -> Result<Option<RunnerAddress>, ClusterError>;
+
+    /// The time-to-live the backend really gives a shard lock when `requested` is asked for.
+    /// A backend whose locks live as long as something else (etcd binds them to the runner's
+    /// lease, whose TTL was fixed at construction) answers with that; the runtime fences
+    /// its shards from the smaller of the two.
+    fn granted_lock_ttl(&self, requested: Duration) -> Duration {
+        requested
+    }
 }
 
 /// Whether a runner is alive.
