@@ -3,8 +3,9 @@
 //! Each `pub async fn` below checks one behaviour of the contract in the crate docs and is
 //! named for it: idempotent saves (by request id and by `dedupe_key`, scoped to the
 //! entity), unprocessed requests (shards, `deliver_at`, order, limit), replies (chunk order,
-//! final reply, first one wins), failed attempts and dead letters, `reset_shards`,
-//! `clear_address`, concurrent use, and a property test against a simple model. A backend's
+//! final reply, first one wins), failed attempts and dead letters, retry instants, attempts
+//! counted before a redelivery and given back, the poll's cursor and skipped entities, `clear_address`,
+//! concurrent use, and a property test against a simple model. A backend's
 //! test file calls every function, so a reader sees at a glance which behaviours it passes.
 //!
 //! # Running it
@@ -59,7 +60,10 @@
 //! * A final reply saved before its request (by another runner) is kept: the request, once
 //!   saved, is not unprocessed.
 //! * A chunk saved twice with the same sequence is stored once.
-//! * `record_failed_attempt` dead-letters when the count *reaches* `max_attempts`.
+//! * `record_failed_attempt` dead-letters when the count *reaches* `max_attempts`;
+//!   `start_attempts` dead-letters a request whose count already reached it.
+//! * A request is due when both its `deliver_at` and its retry instant are absent or not
+//!   after `now` (the later of the two decides).
 //! * Dead letters are listed oldest request first (by request id, like `unprocessed`).
 //! * `clear_address` also deletes the entity's dead letters and frees its dedupe keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -78,7 +82,10 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
-use crate::{DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest};
+use crate::{
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
+    StoredRequest,
+};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -201,8 +208,30 @@ async fn fail<S: MessageStorage + ?Sized>(
     reason: &str,
     max_attempts: u32,
 ) -> FailedAttempt {
+    let failure = AttemptFailure {
+        reason,
+        max_attempts,
+        retry_at: t0(),
+        counted: false,
+    };
     storage
-        .record_failed_attempt(Snowflake(id), reason, max_attempts)
+        .record_failed_attempt(Snowflake(id), &failure)
+        .await
+        .unwrap()
+}
+
+async fn poll_ids<S: MessageStorage + ?Sized>(storage: &S, query: PollQuery<'_>) -> Vec<i64> {
+    ids_of(&storage.poll_unprocessed(&query).await.unwrap())
+}
+
+async fn start<S: MessageStorage + ?Sized>(
+    storage: &S,
+    ids: &[i64],
+    max_attempts: u32,
+) -> Vec<AttemptStart> {
+    let ids: Vec<Snowflake> = ids.iter().copied().map(Snowflake).collect();
+    storage
+        .start_attempts(&ids, max_attempts, "attempts used up")
         .await
         .unwrap()
 }
@@ -649,59 +678,293 @@ pub async fn dead_letters_are_listed_oldest_first<S: MessageStorage + ?Sized>(st
     }
 }
 
-/// `reset_shards` sets the attempt counts of the unprocessed requests of the given shards
-/// back to zero; other shards, processed requests and dead letters keep theirs.
-pub async fn reset_shards_restarts_attempt_counts<S: MessageStorage + ?Sized>(storage: &S) {
+/// A failed attempt with a retry instant leaves the request pending but not due before
+/// that instant (the later of `deliver_at` and the retry instant decides); the attempt
+/// count stays visible.
+pub async fn failed_attempt_is_not_due_before_retry_at<S: MessageStorage + ?Sized>(storage: &S) {
+    let scheduled_at = t0() + Duration::seconds(30);
     save_all(
         storage,
         &[
             request(1, address("e-1", 0)),
-            delivered_at(request(2, address("e-1", 0)), t0() + Duration::hours(1)),
-            request(3, address("e-2", 1)),
-            request(4, address("e-1", 0)),
-            request(5, address("e-1", 0)),
+            request(2, address("e-2", 0)),
+            delivered_at(request(3, address("e-3", 0)), scheduled_at),
         ],
     )
     .await;
-    for id in [1, 2, 3] {
-        fail(storage, id, "boom", 10).await;
-        fail(storage, id, "boom", 10).await;
+    for (id, retry_at) in [
+        (1, t0() + Duration::seconds(10)),
+        (3, t0() + Duration::seconds(5)),
+    ] {
+        let failure = AttemptFailure {
+            reason: "storage outage",
+            max_attempts: 5,
+            retry_at,
+            counted: false,
+        };
+        let got = storage
+            .record_failed_attempt(Snowflake(id), &failure)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            FailedAttempt::WillRetry { attempts: 1 },
+            "request {id}"
+        );
     }
-    fail(storage, 4, "boom", 10).await;
+    let at = |now| async move { ids_of(&pending(storage, &[shard(0)], now).await) };
+    assert_eq!(
+        at(t0()).await,
+        vec![2],
+        "request 1 backs off until t0 + 10 s"
+    );
+    assert_eq!(
+        at(t0() + Duration::milliseconds(9_999)).await,
+        vec![2],
+        "one millisecond before the retry instant"
+    );
+    assert_eq!(at(t0() + Duration::seconds(10)).await, vec![1, 2]);
+    assert_eq!(
+        at(t0() + Duration::seconds(29)).await,
+        vec![1, 2],
+        "request 3's deliver_at is later than its retry instant"
+    );
+    assert_eq!(at(scheduled_at).await, vec![1, 2, 3]);
+    let first = stored(storage, 1).await.expect("stored");
+    assert_eq!(
+        (first.attempts, first.processed, first.dead_lettered),
+        (1, false, false)
+    );
+}
+
+/// `start_attempts` counts the attempt a redelivery is about to make: a pending request
+/// gets one more and is to be delivered; one that already used `max_attempts` becomes a
+/// dead letter with the given reason and is not to be delivered; processed, dead and
+/// unknown requests count nothing. Answers come in the order asked.
+pub async fn start_attempts_counts_before_delivery<S: MessageStorage + ?Sized>(storage: &S) {
+    save_all(
+        storage,
+        &(1..=5)
+            .map(|id| request(id, address(&format!("e-{id}"), 0)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    fail(storage, 2, "first", 3).await;
+    fail(storage, 2, "second", 3).await;
     reply(storage, Reply::WithExit(success(4, "done"))).await;
-    fail(storage, 5, "boom", 1).await;
+    fail(storage, 5, "dead", 1).await;
 
-    storage.reset_shards(&[shard(0)]).await.unwrap();
+    let answers = start(storage, &[3, 1, 2, 4, 5, 99], 3).await;
+    assert_eq!(
+        answers,
+        vec![
+            AttemptStart::Deliver {
+                request_id: Snowflake(3),
+                attempt: 1
+            },
+            AttemptStart::Deliver {
+                request_id: Snowflake(1),
+                attempt: 1
+            },
+            AttemptStart::Deliver {
+                request_id: Snowflake(2),
+                attempt: 3
+            },
+            AttemptStart::NotPending {
+                request_id: Snowflake(4)
+            },
+            AttemptStart::NotPending {
+                request_id: Snowflake(5)
+            },
+            AttemptStart::NotPending {
+                request_id: Snowflake(99)
+            },
+        ]
+    );
+    assert_eq!(stored(storage, 1).await.expect("stored").attempts, 1);
+    assert_eq!(
+        stored(storage, 4).await.expect("stored").attempts,
+        0,
+        "a processed request counts nothing"
+    );
 
-    let attempts = |id| async move {
-        let request = stored(storage, id).await.expect("stored");
-        (request.attempts, request.processed, request.dead_lettered)
+    // Request 2 used its three attempts (the third crashed without an outcome): the next
+    // redelivery dead-letters it instead of making a fourth.
+    assert_eq!(
+        start(storage, &[2], 3).await,
+        vec![AttemptStart::DeadLettered {
+            request_id: Snowflake(2),
+            attempts: 3
+        }]
+    );
+    let dead = stored(storage, 2)
+        .await
+        .expect("a dead letter stays inspectable");
+    assert!(dead.dead_lettered && !dead.processed, "{dead:?}");
+    assert_eq!(dead.attempts, 3);
+    let letters = storage.dead_letters(10).await.unwrap();
+    assert_eq!(dead_ids(&letters), vec![2, 5]);
+    assert_eq!(letters[0].reason, "attempts used up");
+    assert_eq!(pending_ids(storage, &[shard(0)]).await, vec![1, 3]);
+    assert_eq!(start(storage, &[], 3).await, Vec::new());
+}
+
+/// A failure whose attempt was counted when it started (`counted: true`) is not counted
+/// again: it only sets the retry instant, or dead-letters when the counted attempt was
+/// the last one.
+pub async fn counted_failure_is_not_counted_twice<S: MessageStorage + ?Sized>(storage: &S) {
+    save_all(
+        storage,
+        &[request(1, address("e-1", 0)), request(2, address("e-2", 0))],
+    )
+    .await;
+    let counted = |reason, retry_at| AttemptFailure {
+        reason,
+        max_attempts: 2,
+        retry_at,
+        counted: true,
     };
-    assert_eq!(attempts(1).await, (0, false, false), "request 1 (shard 0)");
+    start(storage, &[1, 2], 2).await;
+    let got = storage
+        .record_failed_attempt(Snowflake(1), &counted("first", t0() + Duration::seconds(1)))
+        .await
+        .unwrap();
+    assert_eq!(got, FailedAttempt::WillRetry { attempts: 1 });
+    assert_eq!(stored(storage, 1).await.expect("stored").attempts, 1);
     assert_eq!(
-        attempts(2).await,
-        (0, false, false),
-        "request 2 (shard 0, not due yet)"
+        pending_ids(storage, &[shard(0)]).await,
+        vec![2],
+        "request 1 waits for its retry instant"
+    );
+
+    start(storage, &[1], 2).await;
+    let got = storage
+        .record_failed_attempt(Snowflake(1), &counted("second", t0()))
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        FailedAttempt::DeadLettered { attempts: 2 },
+        "the counted attempt was the last one"
+    );
+    let letters = storage.dead_letters(10).await.unwrap();
+    assert_eq!(dead_ids(&letters), vec![1]);
+    assert_eq!(letters[0].reason, "second");
+    assert_eq!(stored(storage, 2).await.expect("stored").attempts, 1);
+}
+
+/// `release_attempts` gives back attempts counted by `start_attempts` that were never
+/// made: the count goes down by one per call, never below zero, and only for pending
+/// requests.
+pub async fn released_attempts_are_given_back<S: MessageStorage + ?Sized>(storage: &S) {
+    save_all(
+        storage,
+        &(1..=4)
+            .map(|id| request(id, address(&format!("e-{id}"), 0)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    start(storage, &[1, 2, 3], 5).await;
+    start(storage, &[1], 5).await;
+    fail(storage, 3, "dead", 1).await;
+    let ids = |ids: &[i64]| ids.iter().copied().map(Snowflake).collect::<Vec<_>>();
+    storage
+        .release_attempts(&ids(&[1, 2, 3, 4, 99]))
+        .await
+        .unwrap();
+    let attempts = |id| async move { stored(storage, id).await.expect("stored").attempts };
+    assert_eq!(attempts(1).await, 1, "two counted, one given back");
+    assert_eq!(attempts(2).await, 0);
+    assert_eq!(attempts(3).await, 2, "a dead letter keeps its count");
+    assert_eq!(attempts(4).await, 0, "never below zero");
+    storage.release_attempts(&[]).await.unwrap();
+    assert_eq!(
+        start(storage, &[2], 1).await,
+        vec![AttemptStart::Deliver {
+            request_id: Snowflake(2),
+            attempt: 1
+        }],
+        "a given-back attempt can be made again"
+    );
+}
+
+/// The poll's cursor: only requests with an id after `after` are answered, still oldest
+/// first and at most `limit`, so paging through the backlog reads each request once.
+pub async fn poll_continues_after_the_cursor<S: MessageStorage + ?Sized>(storage: &S) {
+    for id in (1..=9).rev() {
+        save_all(
+            storage,
+            &[request(
+                id,
+                address(&format!("e-{}", id % 4), id as u32 % 2),
+            )],
+        )
+        .await;
+    }
+    let shards = [shard(0), shard(1)];
+    let page = |after, limit| PollQuery::new(&shards, t0(), limit).after(after);
+    assert_eq!(poll_ids(storage, page(None, 4)).await, vec![1, 2, 3, 4]);
+    assert_eq!(
+        poll_ids(storage, page(Some(Snowflake(4)), 4)).await,
+        vec![5, 6, 7, 8]
     );
     assert_eq!(
-        attempts(3).await,
-        (2, false, false),
-        "request 3 (shard 1, not reset)"
+        poll_ids(storage, page(Some(Snowflake(8)), 4)).await,
+        vec![9]
     );
     assert_eq!(
-        attempts(4).await.0,
-        1,
-        "request 4 was processed before the reset"
+        poll_ids(storage, page(Some(Snowflake(9)), 4)).await,
+        Vec::<i64>::new()
     );
     assert_eq!(
-        attempts(5).await,
-        (1, false, true),
-        "request 5 is a dead letter"
+        poll_ids(storage, page(Some(Snowflake(0)), 100)).await,
+        (1..=9).collect::<Vec<_>>()
     );
+    fail(storage, 6, "boom", 1).await;
     assert_eq!(
-        fail(storage, 1, "boom", 10).await,
-        FailedAttempt::WillRetry { attempts: 1 },
-        "retries start afresh"
+        poll_ids(storage, page(Some(Snowflake(4)), 2)).await,
+        vec![5, 7],
+        "a dead letter is not answered after the cursor either"
+    );
+}
+
+/// The poll leaves out every request of the entities it is told to skip (matched by
+/// entity type and entity id), so a saturated entity's backlog does not fill the page.
+pub async fn poll_skips_saturated_entities<S: MessageStorage + ?Sized>(storage: &S) {
+    let hot = address("hot", 0);
+    let mut hot_type_twin = address("hot", 0);
+    hot_type_twin.entity_type = EntityType::new("OtherType");
+    let mut envelopes: Vec<EnvelopeRequest> = (1..=20).map(|id| request(id, hot.clone())).collect();
+    envelopes.push(request(21, address("cold-1", 0)));
+    envelopes.push(request(22, hot_type_twin.clone()));
+    envelopes.push(request(23, address("cold-2", 1)));
+    envelopes.push(request(24, address("warm", 1)));
+    save_all(storage, &envelopes).await;
+    let shards = [shard(0), shard(1)];
+
+    assert_eq!(
+        poll_ids(storage, PollQuery::new(&shards, t0(), 5)).await,
+        vec![1, 2, 3, 4, 5],
+        "without skips the hot entity fills the page"
+    );
+    let skipped = [hot.clone(), address("warm", 1)];
+    assert_eq!(
+        poll_ids(storage, PollQuery::new(&shards, t0(), 5).skipping(&skipped)).await,
+        vec![21, 22, 23],
+        "the same entity id under another type is not skipped"
+    );
+    let mut hot_elsewhere = hot.clone();
+    hot_elsewhere.shard_id = shard(7);
+    assert_eq!(
+        poll_ids(
+            storage,
+            PollQuery::new(&shards, t0(), 2)
+                .skipping(std::slice::from_ref(&hot_elsewhere))
+                .after(Some(Snowflake(21)))
+        )
+        .await,
+        vec![22, 23],
+        "skips match type and id, whatever the shard; combined with the cursor"
     );
 }
 
@@ -899,20 +1162,11 @@ pub async fn concurrent_writers_do_not_corrupt_state<S: MessageStorage + ?Sized>
                             .unwrap();
                     }
                     1 => {
-                        storage
-                            .record_failed_attempt(request_id, "first", 2)
-                            .await
-                            .unwrap();
-                        storage
-                            .record_failed_attempt(request_id, "second", 2)
-                            .await
-                            .unwrap();
+                        fail(&*storage, request_id.0, "first", 2).await;
+                        fail(&*storage, request_id.0, "second", 2).await;
                     }
                     _ => {
-                        storage
-                            .record_failed_attempt(request_id, "once", 5)
-                            .await
-                            .unwrap();
+                        fail(&*storage, request_id.0, "once", 5).await;
                     }
                 }
             }
@@ -992,7 +1246,7 @@ enum ModelOp {
     Final { request: u8, ok: bool },
     MarkProcessed(u8),
     Fail { request: u8, max_attempts: u32 },
-    ResetShard(u32),
+    Start { request: u8, max_attempts: u32 },
     Clear(u8),
 }
 
@@ -1022,7 +1276,8 @@ fn model_case() -> impl Strategy<Value = ModelCase> {
         1 => request.clone().prop_map(ModelOp::MarkProcessed),
         3 => (request, 1..4u32)
             .prop_map(|(request, max_attempts)| ModelOp::Fail { request, max_attempts }),
-        1 => (0..2u32).prop_map(ModelOp::ResetShard),
+        1 => (0..MODEL_REQUESTS, 1..4u32)
+            .prop_map(|(request, max_attempts)| ModelOp::Start { request, max_attempts }),
         1 => (0..MODEL_ENTITIES).prop_map(ModelOp::Clear),
     ];
     (
@@ -1154,6 +1409,35 @@ impl Model {
         }
     }
 
+    fn start(
+        &mut self,
+        index: u8,
+        request_id: Snowflake,
+        reason: &str,
+        max_attempts: u32,
+    ) -> AttemptStart {
+        match self.requests.get_mut(&index) {
+            Some(request) if request.state == ModelState::Pending => {
+                if request.attempts >= max_attempts {
+                    request.state = ModelState::Dead {
+                        reason: reason.to_owned(),
+                    };
+                    AttemptStart::DeadLettered {
+                        request_id,
+                        attempts: request.attempts,
+                    }
+                } else {
+                    request.attempts += 1;
+                    AttemptStart::Deliver {
+                        request_id,
+                        attempt: request.attempts,
+                    }
+                }
+            }
+            _ => AttemptStart::NotPending { request_id },
+        }
+    }
+
     fn fail(&mut self, index: u8, reason: &str, max_attempts: u32) -> FailedAttempt {
         match self.requests.get_mut(&index) {
             Some(request) if request.state == ModelState::Pending => {
@@ -1241,10 +1525,7 @@ async fn run_model_case<S: MessageStorage + ?Sized>(
                 max_attempts,
             } => {
                 let reason = format!("failure at step {step}");
-                let got = storage
-                    .record_failed_attempt(Snowflake(space.id(*request)), &reason, *max_attempts)
-                    .await
-                    .unwrap();
+                let got = fail(storage, space.id(*request), &reason, *max_attempts).await;
                 let want = model.fail(*request, &reason, *max_attempts);
                 assert_eq!(
                     got,
@@ -1253,16 +1534,23 @@ async fn run_model_case<S: MessageStorage + ?Sized>(
                     context(&model)
                 );
             }
-            ModelOp::ResetShard(number) => {
-                storage.reset_shards(&[space.shard(*number)]).await.unwrap();
-                for (index, request) in model.requests.iter_mut() {
-                    let shape = &shapes[usize::from(*index)];
-                    if ModelSpace::shard_of(shape.entity) == *number
-                        && request.state == ModelState::Pending
-                    {
-                        request.attempts = 0;
-                    }
-                }
+            ModelOp::Start {
+                request,
+                max_attempts,
+            } => {
+                let request_id = Snowflake(space.id(*request));
+                let reason = format!("attempts used up at step {step}");
+                let got = storage
+                    .start_attempts(&[request_id], *max_attempts, &reason)
+                    .await
+                    .unwrap();
+                let want = model.start(*request, request_id, &reason, *max_attempts);
+                assert_eq!(
+                    got,
+                    vec![want],
+                    "start_attempts answer differs at {}",
+                    context(&model)
+                );
             }
             ModelOp::Clear(entity) => {
                 storage
@@ -1387,7 +1675,7 @@ async fn check_against_model<S: MessageStorage + ?Sized>(
 }
 
 /// Random sequences of saves (with and without dedupe keys and `deliver_at`), chunks,
-/// final replies, `mark_processed`, failed attempts, `reset_shards` and `clear_address`
+/// final replies, `mark_processed`, failed attempts, `start_attempts` and `clear_address`
 /// agree with a simple model after every step (32 generated cases).
 pub async fn random_operations_match_a_model<S: MessageStorage + ?Sized>(storage: &S) {
     let mut generator = TestRunner::default();
@@ -1430,7 +1718,12 @@ where
     mark_processed_removes_from_unprocessed(&new_storage().await).await;
     failed_attempts_dead_letter_at_the_limit(&new_storage().await).await;
     dead_letters_are_listed_oldest_first(&new_storage().await).await;
-    reset_shards_restarts_attempt_counts(&new_storage().await).await;
+    failed_attempt_is_not_due_before_retry_at(&new_storage().await).await;
+    start_attempts_counts_before_delivery(&new_storage().await).await;
+    counted_failure_is_not_counted_twice(&new_storage().await).await;
+    released_attempts_are_given_back(&new_storage().await).await;
+    poll_continues_after_the_cursor(&new_storage().await).await;
+    poll_skips_saturated_entities(&new_storage().await).await;
     clear_address_deletes_requests_and_replies(&new_storage().await).await;
     concurrent_saves_of_one_request_store_it_once(Arc::new(new_storage().await)).await;
     concurrent_saves_of_one_dedupe_key_have_one_winner(Arc::new(new_storage().await)).await;

@@ -12,18 +12,39 @@
 //!    id and, if there is one, its final reply.
 //! 2. **Durability.** Once a call returns `Ok`, its effect survives a restart of the process
 //!    (for durable backends) and is visible to every runner sharing the storage.
-//! 3. **Unprocessed messages.** [`MessageStorage::unprocessed`] returns requests of the given
-//!    shards that have no final reply, are not dead-lettered, and whose `deliver_at` is
-//!    absent or not after `now`, ordered by request id (creation order), at most `limit`.
+//! 3. **Unprocessed messages.** [`MessageStorage::poll_unprocessed`] returns requests of the
+//!    asked shards that have no final reply, are not dead-lettered and are *due*: their
+//!    `deliver_at` and their retry instant (set by a failed attempt, see 5) are absent or
+//!    not after `now`. They come ordered by request id (creation order), at most `limit`,
+//!    only those with an id greater than the query's `after` cursor, and none addressed to
+//!    an entity listed in the query's `skip_entities`. [`MessageStorage::unprocessed`] is
+//!    the same query without cursor or skips.
 //! 4. **Replies.** [`MessageStorage::save_reply`] stores chunk replies in sequence order; a
 //!    final reply (`Reply::WithExit`) marks the request processed. Saving the same final
 //!    reply twice is harmless; the first one wins.
-//! 5. **Retries and dead letters.** [`MessageStorage::record_failed_attempt`] counts a
-//!    failed delivery; when the count reaches `max_attempts` the request is moved to the
-//!    dead letters (no longer unprocessed, still inspectable with
-//!    [`MessageStorage::dead_letters`]).
+//! 5. **Attempts, retries and dead letters.** A request's attempt count is never reset: it
+//!    follows the request from runner to runner when its shard moves.
+//!    [`MessageStorage::start_attempts`] counts, *before* a redelivery is made, the attempt
+//!    it is about to make; a request that already used `max_attempts` attempts is
+//!    dead-lettered instead. [`MessageStorage::record_failed_attempt`] records a failed
+//!    delivery: it counts the attempt unless [`AttemptFailure::counted`] says it was counted
+//!    when it started, dead-letters the request once the count reaches `max_attempts`, and
+//!    otherwise makes it not due before [`AttemptFailure::retry_at`]. A dead letter is no
+//!    longer unprocessed and stays inspectable with [`MessageStorage::dead_letters`].
+//!    [`MessageStorage::release_attempts`] gives back a counted attempt that was never made
+//!    (never below zero).
 //! 6. **Concurrency.** Every method may be called concurrently from many tasks and runners
 //!    without corrupting state.
+//!
+//! # Polling fairly and cheaply
+//!
+//! The runtime polls with a keyset cursor (`after`: the last id of its previous page;
+//! a page shorter than `limit` means it reached the end, and the next poll starts again
+//! from the oldest) and with the entities whose mailboxes are full left out. So requests
+//! already in flight, or waiting behind a saturated entity, do not occupy the head of every
+//! poll, and one page costs about `limit` rows read plus the rows of the skipped entities
+//! between the cursor and the page's end, not the whole backlog. Backends should serve the
+//! query from an index ordered by request id over the pending requests only.
 //!
 //! # Implementing a backend
 //!
@@ -49,7 +70,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
-pub use stored::{DeadLetter, FailedAttempt, SaveResult, StoredRequest};
+pub use stored::{
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, PollQuery, SaveResult, StoredRequest,
+};
 
 /// Persisted requests and replies. See the crate docs for the contract.
 ///
@@ -77,23 +100,71 @@ pub trait MessageStorage: Send + Sync + 'static {
     /// The stored request with this id, whatever its state.
     async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError>;
 
-    /// Unprocessed, due, not dead-lettered requests of `shards`, oldest first, at most `limit`.
+    /// One page of the unprocessed, due, not dead-lettered requests of `query.shards`,
+    /// oldest first: at most `query.limit`, with an id after `query.after`, none addressed
+    /// to an entity of `query.skip_entities` (contract, point 3).
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be read.
+    async fn poll_unprocessed(
+        &self,
+        query: &PollQuery<'_>,
+    ) -> Result<Vec<StoredRequest>, ClusterError>;
+
+    /// Unprocessed, due, not dead-lettered requests of `shards`, oldest first, at most `limit`
+    /// ([`MessageStorage::poll_unprocessed`] without cursor or skipped entities).
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be read.
     async fn unprocessed(
         &self,
         shards: &[ShardId],
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<StoredRequest>, ClusterError>;
+    ) -> Result<Vec<StoredRequest>, ClusterError> {
+        self.poll_unprocessed(&PollQuery::new(shards, now, limit))
+            .await
+    }
 
     /// Marks a request processed without a reply (a `notify` whose handler finished).
     async fn mark_processed(&self, request_id: Snowflake) -> Result<(), ClusterError>;
 
-    /// Counts a failed delivery; at `max_attempts` the request becomes a dead letter.
+    /// Counts, before they are made, the attempts about to redeliver `request_ids` (distinct
+    /// ids). A pending request whose count is below `max_attempts` gets one more and is
+    /// answered [`AttemptStart::Deliver`]; one that already used `max_attempts` becomes a
+    /// dead letter with `reason` and is answered [`AttemptStart::DeadLettered`] (it must not
+    /// be delivered). Unknown, processed or dead requests are [`AttemptStart::NotPending`].
+    /// Answers come in the order of `request_ids`.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be written; then nothing was counted for
+    /// the requests whose answer the caller did not get, and it must not deliver them.
+    async fn start_attempts(
+        &self,
+        request_ids: &[Snowflake],
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<Vec<AttemptStart>, ClusterError>;
+
+    /// Gives back attempts that [`MessageStorage::start_attempts`] counted but that were
+    /// never made, or ended without an outcome for a reason that is not the message's
+    /// fault (refused by a full mailbox; stopped because its shard left this runner):
+    /// decrements the count of each pending request, never below zero. Requests that are
+    /// unknown, processed or dead are left alone.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be written.
+    async fn release_attempts(&self, request_ids: &[Snowflake]) -> Result<(), ClusterError>;
+
+    /// Records a failed delivery: counts it (unless `failure.counted`), dead-letters at
+    /// `failure.max_attempts`, else leaves the request not due before `failure.retry_at`.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be written.
     async fn record_failed_attempt(
         &self,
         request_id: Snowflake,
-        reason: &str,
-        max_attempts: u32,
+        failure: &AttemptFailure<'_>,
     ) -> Result<FailedAttempt, ClusterError>;
 
     /// Dead-lettered requests, oldest first, at most `limit`.
@@ -101,9 +172,4 @@ pub trait MessageStorage: Send + Sync + 'static {
 
     /// Deletes every request and reply addressed to `address` (an entity's history).
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError>;
-
-    /// Resets the delivery bookkeeping (attempt counts) of the unprocessed requests of
-    /// `shards`, so a new owner starts their retries afresh. Processed requests and dead
-    /// letters are not touched.
-    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError>;
 }

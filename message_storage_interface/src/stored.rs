@@ -1,7 +1,7 @@
 //! Records that message storage hands back.
 
 use chrono::{DateTime, Utc};
-use cruster_types::{EnvelopeRequest, ReplyWithExit, Snowflake};
+use cruster_types::{EntityAddress, EnvelopeRequest, ReplyWithExit, ShardId, Snowflake};
 
 /// The answer to [`crate::MessageStorage::save_request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +22,8 @@ pub enum SaveResult {
 pub struct StoredRequest {
     /// The request as saved.
     pub envelope: EnvelopeRequest,
-    /// Failed delivery attempts so far.
+    /// Delivery attempts counted so far: failed ones, and redeliveries counted when they
+    /// started (see [`crate::MessageStorage::start_attempts`]).
     pub attempts: u32,
     /// Whether a final reply was stored (or it was marked processed).
     pub processed: bool,
@@ -58,4 +59,109 @@ pub struct DeadLetter {
     pub reason: String,
     /// When it was dead-lettered.
     pub dead_lettered_at: DateTime<Utc>,
+}
+
+/// One page of [`crate::MessageStorage::poll_unprocessed`].
+///
+/// ```
+/// use chrono::Utc;
+/// use cruster_message_storage::PollQuery;
+/// use cruster_types::{ShardId, Snowflake};
+///
+/// let shards = [ShardId::new("default", 1)];
+/// let query = PollQuery::new(&shards, Utc::now(), 100).after(Some(Snowflake(41)));
+/// assert_eq!(query.after, Some(Snowflake(41)));
+/// assert!(query.skip_entities.is_empty());
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct PollQuery<'a> {
+    /// The shards whose requests are wanted.
+    pub shards: &'a [ShardId],
+    /// The instant `deliver_at` and retry instants are compared with.
+    pub now: DateTime<Utc>,
+    /// The most requests answered.
+    pub limit: usize,
+    /// Only requests with a greater id (the keyset cursor); `None` starts from the oldest.
+    pub after: Option<Snowflake>,
+    /// Entities (entity type + entity id; the shard is ignored) whose requests are left
+    /// out, e.g. because their mailboxes are full.
+    pub skip_entities: &'a [EntityAddress],
+}
+
+impl<'a> PollQuery<'a> {
+    /// The oldest `limit` due requests of `shards`, skipping nothing.
+    pub fn new(shards: &'a [ShardId], now: DateTime<Utc>, limit: usize) -> Self {
+        PollQuery {
+            shards,
+            now,
+            limit,
+            after: None,
+            skip_entities: &[],
+        }
+    }
+
+    /// Continues after `after` (`None`: from the oldest).
+    #[must_use]
+    pub fn after(self, after: Option<Snowflake>) -> Self {
+        PollQuery { after, ..self }
+    }
+
+    /// Leaves out the requests of `entities`.
+    #[must_use]
+    pub fn skipping(self, entities: &'a [EntityAddress]) -> Self {
+        PollQuery {
+            skip_entities: entities,
+            ..self
+        }
+    }
+
+    /// Whether `request` belongs to this page's filter: after the cursor and not addressed
+    /// to a skipped entity (shards and due-ness are checked by the caller). A helper for
+    /// backends that filter in memory.
+    pub fn admits(&self, request: &EnvelopeRequest) -> bool {
+        self.after.is_none_or(|after| request.request_id > after)
+            && !self.skip_entities.iter().any(|skipped| {
+                skipped.entity_type == request.address.entity_type
+                    && skipped.entity_id == request.address.entity_id
+            })
+    }
+}
+
+/// What [`crate::MessageStorage::start_attempts`] did with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptStart {
+    /// Counted: deliver it now, as attempt number `attempt` (1 = the first).
+    Deliver {
+        /// The request.
+        request_id: Snowflake,
+        /// The attempt about to be made.
+        attempt: u32,
+    },
+    /// It had used all its attempts: it is now a dead letter; do not deliver it.
+    DeadLettered {
+        /// The request.
+        request_id: Snowflake,
+        /// Attempts in all.
+        attempts: u32,
+    },
+    /// Unknown, already processed or already dead: nothing counted, do not deliver it.
+    NotPending {
+        /// The request.
+        request_id: Snowflake,
+    },
+}
+
+/// A failed delivery, as [`crate::MessageStorage::record_failed_attempt`] records it.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptFailure<'a> {
+    /// Why it failed (kept as the dead letter's reason).
+    pub reason: &'a str,
+    /// The attempts after which the request is dead-lettered.
+    pub max_attempts: u32,
+    /// Not due again before this instant (the caller's backoff).
+    pub retry_at: DateTime<Utc>,
+    /// The attempt was already counted by [`crate::MessageStorage::start_attempts`]: do not
+    /// count it again.
+    pub counted: bool,
 }

@@ -35,8 +35,21 @@ pub struct ShardingConfig {
     pub storage_poll_interval: Duration,
     /// Most messages fetched by one poll (default 1000).
     pub storage_poll_batch_size: usize,
-    /// Delivery attempts before a persisted message is dead-lettered (default 10).
+    /// Delivery attempts before a persisted message is dead-lettered (default 10). Attempts
+    /// are counted in message storage, so they follow a message when its shard moves; a
+    /// redelivery's attempt is counted before it runs, so a message that crashes its runner
+    /// is dead-lettered after this many attempts instead of crash-looping.
     pub storage_message_max_retries: u32,
+    /// Wait before the first redelivery of a persisted message whose delivery failed
+    /// (default 1 s). Each further failure doubles it, up to
+    /// [`storage_retry_backoff_max`](Self::storage_retry_backoff_max): the message is not
+    /// due before `failure time + min(base × 2^(attempts − 1), max)`, on whichever runner
+    /// owns its shard then.
+    pub storage_retry_backoff_base: Duration,
+    /// The longest wait between two redeliveries of a failing persisted message (default
+    /// 60 s). With the defaults, a message failing all its 10 attempts is dead-lettered
+    /// after about 4 minutes, and a storage outage of a few seconds dead-letters nothing.
+    pub storage_retry_backoff_max: Duration,
     /// TTL of this runner's registration and shard locks (default 30 s).
     pub runner_lock_ttl: Duration,
     /// Retries of a send that hit a routing failure during a rebalance (default 3).
@@ -66,6 +79,8 @@ impl Default for ShardingConfig {
             storage_poll_interval: Duration::from_millis(500),
             storage_poll_batch_size: 1000,
             storage_message_max_retries: 10,
+            storage_retry_backoff_base: Duration::from_secs(1),
+            storage_retry_backoff_max: Duration::from_secs(60),
             runner_lock_ttl: Duration::from_secs(30),
             send_retry_count: 3,
             send_retry_backoff: Duration::from_millis(50),
@@ -78,6 +93,24 @@ impl Default for ShardingConfig {
 }
 
 impl ShardingConfig {
+    /// How long a persisted message waits before its redelivery after its `attempt`-th
+    /// failed attempt (1 = the first): `min(base × 2^(attempt − 1), max)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cruster::config::ShardingConfig;
+    /// let config = ShardingConfig::default();
+    /// assert_eq!(config.storage_retry_backoff(1), Duration::from_secs(1));
+    /// assert_eq!(config.storage_retry_backoff(3), Duration::from_secs(4));
+    /// assert_eq!(config.storage_retry_backoff(40), Duration::from_secs(60));
+    /// ```
+    pub fn storage_retry_backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.storage_retry_backoff_base
+            .saturating_mul(1u32 << doublings)
+            .min(self.storage_retry_backoff_max)
+    }
+
     /// Checks the values.
     ///
     /// # Errors
@@ -103,6 +136,15 @@ impl ShardingConfig {
         }
         if self.storage_message_max_retries == 0 {
             return bad("storage_message_max_retries", "must be at least 1");
+        }
+        if self.storage_retry_backoff_base.is_zero() {
+            return bad("storage_retry_backoff_base", "must be more than zero");
+        }
+        if self.storage_retry_backoff_max < self.storage_retry_backoff_base {
+            return bad(
+                "storage_retry_backoff_max",
+                "must be at least storage_retry_backoff_base",
+            );
         }
         if self.runner_lock_ttl < Duration::from_millis(100) {
             return bad("runner_lock_ttl", "must be at least 100 ms");
@@ -133,6 +175,8 @@ mod tests {
         assert_eq!(c.entity_max_concurrent_requests, 1);
         assert_eq!(c.storage_poll_interval, Duration::from_millis(500));
         assert_eq!(c.storage_message_max_retries, 10);
+        assert_eq!(c.storage_retry_backoff_base, Duration::from_secs(1));
+        assert_eq!(c.storage_retry_backoff_max, Duration::from_secs(60));
         assert_eq!(c.runner_lock_ttl, Duration::from_secs(30));
         assert_eq!(c.send_retry_count, 3);
         assert_eq!(c.singleton_crash_backoff_base, Duration::from_secs(1));
@@ -155,6 +199,43 @@ mod tests {
         };
         assert!(
             matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "entity_mailbox_capacity")
+        );
+    }
+
+    #[test]
+    fn redelivery_backoff_doubles_up_to_its_cap() {
+        let c = ShardingConfig {
+            storage_retry_backoff_base: Duration::from_millis(100),
+            storage_retry_backoff_max: Duration::from_millis(700),
+            ..Default::default()
+        };
+        let waits: Vec<u128> = (1..=6)
+            .map(|attempt| c.storage_retry_backoff(attempt).as_millis())
+            .collect();
+        assert_eq!(waits, vec![100, 200, 400, 700, 700, 700]);
+        assert_eq!(c.storage_retry_backoff(0), Duration::from_millis(100));
+        assert_eq!(
+            c.storage_retry_backoff(u32::MAX),
+            Duration::from_millis(700)
+        );
+    }
+
+    #[test]
+    fn bad_redelivery_backoff_names_the_option() {
+        let zero = ShardingConfig {
+            storage_retry_backoff_base: Duration::ZERO,
+            ..Default::default()
+        };
+        assert!(
+            matches!(zero.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "storage_retry_backoff_base")
+        );
+        let inverted = ShardingConfig {
+            storage_retry_backoff_base: Duration::from_secs(10),
+            storage_retry_backoff_max: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert!(
+            matches!(inverted.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "storage_retry_backoff_max")
         );
     }
 }

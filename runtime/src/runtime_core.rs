@@ -8,7 +8,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
-use cruster_message_storage::{FailedAttempt, MessageStorage};
+use chrono::Utc;
+use cruster_message_storage::{AttemptFailure, FailedAttempt, MessageStorage};
 use cruster_sharding::Sharding;
 use cruster_types::{ClusterError, Reply, ReplyWithExit, Snowflake, SnowflakeGenerator};
 use tokio_util::sync::CancellationToken;
@@ -120,13 +121,27 @@ impl RuntimeCore {
         Ok(())
     }
 
-    /// Counts a failed delivery of a persisted request (dead-lettering it at the limit).
+    /// Records a failed delivery of a persisted request: counts the attempt (unless the
+    /// poll counted it when it picked the request up), dead-letters it at
+    /// `storage_message_max_retries`, and otherwise leaves it for the poll to redeliver after
+    /// the backoff (`storage_retry_backoff_*`), on whichever runner owns its shard then.
     pub(crate) async fn record_failure(&self, request_id: Snowflake, reason: &str) {
-        self.in_flight.abandon(request_id);
+        let counted_attempt = self.in_flight.fail(request_id);
         let Ok(storage) = self.storage() else { return };
-        let result = storage
-            .record_failed_attempt(request_id, reason, self.config.storage_message_max_retries)
-            .await;
+        // A delivery the poll did not count is a first delivery (save → deliver), so the
+        // failure is, all but always, attempt 1.
+        let attempt = counted_attempt.unwrap_or(1);
+        // At most a year, so an absurd configured cap stays a storable instant.
+        let year = chrono::Duration::days(365);
+        let wait = self.config.storage_retry_backoff(attempt);
+        let retry_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(year).min(year);
+        let failure = AttemptFailure {
+            reason,
+            max_attempts: self.config.storage_message_max_retries,
+            retry_at,
+            counted: counted_attempt.is_some(),
+        };
+        let result = storage.record_failed_attempt(request_id, &failure).await;
         self.storage_result(&result);
         match result {
             Ok(FailedAttempt::DeadLettered { attempts }) => {
@@ -134,10 +149,12 @@ impl RuntimeCore {
                 tracing::warn!(%request_id, attempts, reason, "persisted message dead-lettered");
             }
             Ok(FailedAttempt::WillRetry { attempts }) => {
-                tracing::debug!(%request_id, attempts, reason, "persisted message will be retried");
+                tracing::debug!(%request_id, attempts, reason, retry_in = ?wait, "persisted message will be retried");
             }
             Ok(FailedAttempt::NotPending) => {}
-            Err(err) => tracing::warn!(%request_id, %err, "could not count a failed delivery"),
+            Err(err) => {
+                tracing::warn!(%request_id, %err, "could not record a failed delivery; the poll retries it")
+            }
         }
     }
 }

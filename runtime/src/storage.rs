@@ -34,7 +34,7 @@
 //! use cruster::storage::sql_runner::SqlRunnerStorage;
 //!
 //! let url = "postgres://cruster:cruster@127.0.0.1:5432/cruster";
-//! let runner_storage = SqlRunnerStorage::connect_dedicated(url).await?; // 3 connections
+//! let runner_storage = SqlRunnerStorage::connect_dedicated(url).await?; // 4 connections
 //! runner_storage.migrate().await?;
 //! let runner_storage = Arc::new(runner_storage); // for `.runner_storage(…)` of the builder
 //! # Ok(()) }

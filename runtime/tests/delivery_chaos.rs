@@ -236,7 +236,7 @@ async fn random_stops_kills_and_restarts_lose_and_duplicate_nothing_at_once() {
         .dead_letters(100)
         .await
         .unwrap();
-    let answers = calls.answers.lock();
+    let answers = calls.answers.lock().clone();
     let interrupted: Vec<_> = answers
         .iter()
         .filter(|(_, a)| matches!(a, Err(e) if e.contains("interrupted")))

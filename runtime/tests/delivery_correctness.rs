@@ -6,23 +6,21 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use cruster::ports::message_storage::{
-    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
+    StoredRequest,
 };
 use cruster::prelude::*;
 use cruster::storage::memory::MemoryMessageStorage;
 use cruster::testing::MemoryCluster;
-use cruster::types::{wire, EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake};
+use cruster::types::{EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake};
 use futures::StreamExt;
-use parking_lot::Mutex;
 use support::slow::{Runs, Slow};
 use support::{eventually, Journal, TestEntity};
 
@@ -284,35 +282,40 @@ impl MessageStorage for ReplyStoreFails {
     async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError> {
         self.inner.request(request_id).await
     }
-    async fn unprocessed(
+    async fn poll_unprocessed(
         &self,
-        shards: &[ShardId],
-        now: DateTime<Utc>,
-        limit: usize,
+        query: &PollQuery<'_>,
     ) -> Result<Vec<StoredRequest>, ClusterError> {
-        self.inner.unprocessed(shards, now, limit).await
+        self.inner.poll_unprocessed(query).await
     }
     async fn mark_processed(&self, request_id: Snowflake) -> Result<(), ClusterError> {
         self.inner.mark_processed(request_id).await
     }
+    async fn start_attempts(
+        &self,
+        request_ids: &[Snowflake],
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<Vec<AttemptStart>, ClusterError> {
+        self.inner
+            .start_attempts(request_ids, max_attempts, reason)
+            .await
+    }
+    async fn release_attempts(&self, request_ids: &[Snowflake]) -> Result<(), ClusterError> {
+        self.inner.release_attempts(request_ids).await
+    }
     async fn record_failed_attempt(
         &self,
         request_id: Snowflake,
-        reason: &str,
-        max_attempts: u32,
+        failure: &AttemptFailure<'_>,
     ) -> Result<FailedAttempt, ClusterError> {
-        self.inner
-            .record_failed_attempt(request_id, reason, max_attempts)
-            .await
+        self.inner.record_failed_attempt(request_id, failure).await
     }
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
         self.inner.dead_letters(limit).await
     }
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
         self.inner.clear_address(address).await
-    }
-    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
-        self.inner.reset_shards(shards).await
     }
 }
 

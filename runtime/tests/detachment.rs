@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster::ports::message_storage::{
-    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
+    StoredRequest,
 };
 use cruster::prelude::*;
 use cruster::storage::memory::MemoryMessageStorage;
@@ -54,6 +55,13 @@ impl MessageStorage for FlakyStorage {
         self.check()?;
         self.inner.request(request_id).await
     }
+    async fn poll_unprocessed(
+        &self,
+        query: &PollQuery<'_>,
+    ) -> Result<Vec<StoredRequest>, ClusterError> {
+        self.check()?;
+        self.inner.poll_unprocessed(query).await
+    }
     async fn unprocessed(
         &self,
         shards: &[ShardId],
@@ -67,16 +75,28 @@ impl MessageStorage for FlakyStorage {
         self.check()?;
         self.inner.mark_processed(request_id).await
     }
+    async fn start_attempts(
+        &self,
+        request_ids: &[Snowflake],
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<Vec<AttemptStart>, ClusterError> {
+        self.check()?;
+        self.inner
+            .start_attempts(request_ids, max_attempts, reason)
+            .await
+    }
+    async fn release_attempts(&self, request_ids: &[Snowflake]) -> Result<(), ClusterError> {
+        self.check()?;
+        self.inner.release_attempts(request_ids).await
+    }
     async fn record_failed_attempt(
         &self,
         request_id: Snowflake,
-        reason: &str,
-        max_attempts: u32,
+        failure: &AttemptFailure<'_>,
     ) -> Result<FailedAttempt, ClusterError> {
         self.check()?;
-        self.inner
-            .record_failed_attempt(request_id, reason, max_attempts)
-            .await
+        self.inner.record_failed_attempt(request_id, failure).await
     }
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
         self.check()?;
@@ -85,10 +105,6 @@ impl MessageStorage for FlakyStorage {
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
         self.check()?;
         self.inner.clear_address(address).await
-    }
-    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
-        self.check()?;
-        self.inner.reset_shards(shards).await
     }
 }
 

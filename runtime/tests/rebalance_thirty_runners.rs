@@ -69,7 +69,10 @@ async fn a_join_or_leave_of_one_in_thirty_moves_only_its_own_shards() {
     assert!(
         moves.iter().all(|(_, _, to)| *to == newcomer),
         "a join moved shards between old runners: {:?}",
-        moves.iter().filter(|(_, _, to)| *to != newcomer).collect::<Vec<_>>()
+        moves
+            .iter()
+            .filter(|(_, _, to)| *to != newcomer)
+            .collect::<Vec<_>>()
     );
     let expected = 300 / (RUNNERS + 1);
     assert!(
@@ -91,10 +94,16 @@ async fn a_join_or_leave_of_one_in_thirty_moves_only_its_own_shards() {
     let after_leave = owners(&cluster);
     let moves = moved(&after_join, &after_leave);
     assert!(
-        moves.iter().all(|(_, from, _)| from.as_ref() == Some(&leaver)),
+        moves
+            .iter()
+            .all(|(_, from, _)| from.as_ref() == Some(&leaver)),
         "a leave moved shards that were not the leaver's"
     );
-    assert_eq!(moves.len(), its_shards, "every shard of the leaver moved, and only those");
+    assert_eq!(
+        moves.len(),
+        its_shards,
+        "every shard of the leaver moved, and only those"
+    );
     eprintln!(
         "30 runners: join moved {} shards in {join_took:?}; leave moved {its_shards} in {leave_took:?} (lock TTL {ttl:?})",
         moved(&before, &after_join).len()

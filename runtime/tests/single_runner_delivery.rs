@@ -313,6 +313,8 @@ async fn dead_letters_after_the_retry_limit() {
     let config = ShardingConfig {
         storage_poll_interval: Duration::from_millis(20),
         storage_message_max_retries: 3,
+        storage_retry_backoff_base: Duration::from_millis(10),
+        storage_retry_backoff_max: Duration::from_millis(50),
         ..Default::default()
     };
     let (runner, client) = runner_with(config, TestEntity::new("T", Journal::default())).await;

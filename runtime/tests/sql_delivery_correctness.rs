@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod sql_support;
-#[allow(dead_code)]
 mod support;
 
 use std::collections::HashSet;
@@ -201,14 +200,20 @@ async fn on_postgres_a_reply_that_cannot_be_stored_keeps_the_caller_waiting() {
             .await
     });
     assert!(support::eventually(Duration::from_secs(10), || journal.keys("r").len() >= 2).await);
-    assert!(!call.is_finished(), "no error for a message that will still run");
+    assert!(
+        !call.is_finished(),
+        "no error for a message that will still run"
+    );
     sql_support::pg_exec(&pool, "UPDATE test_flags SET broken = FALSE").await;
     let answer = tokio::time::timeout(Duration::from_secs(20), call)
         .await
         .expect("answered after the redelivery")
         .unwrap()
         .unwrap();
-    assert!(answer >= 2, "answered by a redelivered attempt (saw {answer} runs)");
+    assert!(
+        answer >= 2,
+        "answered by a redelivered attempt (saw {answer} runs)"
+    );
     runner.shutdown().await.unwrap();
     db.drop_schema().await;
 }

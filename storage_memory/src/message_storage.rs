@@ -12,8 +12,9 @@
 //!   different requests rarely meet on a lock. Every operation keyed by request id is a
 //!   hash-map lookup in one partition.
 //! * Each partition indexes its unprocessed requests per shard (a `BTreeSet` by request
-//!   id for immediate requests, and one by `(deliver_at, request id)` for scheduled ones),
-//!   so `unprocessed` reads only the asked shards and stops at `limit`.
+//!   id for immediate requests, and one by `(due instant, request id)` for those with a
+//!   `deliver_at` or a retry instant), so a poll reads only the asked shards, starts after
+//!   its cursor and stops at `limit`.
 //! * `dedupe_key`s are indexed per entity (entity type + entity id) in their own partitions.
 //!   Locks are always taken request partition first, dedupe partition second.
 //! * Processed requests are kept for de-duplication up to a retention count, oldest
@@ -27,7 +28,8 @@ use std::hash::{BuildHasher, RandomState};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
-    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
+    StoredRequest,
 };
 use cruster_types::{
     ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, Reply, ReplyChunk,
@@ -245,9 +247,16 @@ struct RequestRecord {
     state: RequestState,
     /// Set when the request was marked processed while dead-lettered: it stays a dead letter.
     processed_while_dead: bool,
+    /// Not due before this instant (set by a failed attempt).
+    retry_at: Option<DateTime<Utc>>,
 }
 
 impl RequestRecord {
+    /// When the request is due: the later of `deliver_at` and the retry instant.
+    fn due_at(&self) -> Option<DateTime<Utc>> {
+        self.envelope.deliver_at.max(self.retry_at)
+    }
+
     fn to_stored(&self) -> StoredRequest {
         StoredRequest {
             envelope: self.envelope.clone(),
@@ -272,17 +281,17 @@ struct ShardQueue {
 }
 
 impl ShardQueue {
-    fn insert(&mut self, envelope: &EnvelopeRequest) {
-        match envelope.deliver_at {
-            None => self.immediate.insert(envelope.request_id),
-            Some(at) => self.scheduled.insert((at, envelope.request_id)),
+    fn insert(&mut self, due_at: Option<DateTime<Utc>>, request_id: Snowflake) {
+        match due_at {
+            None => self.immediate.insert(request_id),
+            Some(at) => self.scheduled.insert((at, request_id)),
         };
     }
 
-    fn remove(&mut self, envelope: &EnvelopeRequest) {
-        match envelope.deliver_at {
-            None => self.immediate.remove(&envelope.request_id),
-            Some(at) => self.scheduled.remove(&(at, envelope.request_id)),
+    fn remove(&mut self, due_at: Option<DateTime<Utc>>, request_id: Snowflake) {
+        match due_at {
+            None => self.immediate.remove(&request_id),
+            Some(at) => self.scheduled.remove(&(at, request_id)),
         };
     }
 
@@ -290,20 +299,37 @@ impl ShardQueue {
         self.immediate.is_empty() && self.scheduled.is_empty()
     }
 
-    /// The first `limit` due ids, by id.
-    fn due(&self, now: DateTime<Utc>, limit: usize, into: &mut Vec<Snowflake>) {
+    /// The first `query.limit` due ids the query admits (`admits` looks at the record),
+    /// by id.
+    fn due(
+        &self,
+        query: &PollQuery<'_>,
+        admits: impl Fn(Snowflake) -> bool,
+        into: &mut Vec<Snowflake>,
+    ) {
         let start = into.len();
-        into.extend(self.immediate.iter().take(limit).copied());
+        let from = match query.after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        into.extend(
+            self.immediate
+                .range((from, std::ops::Bound::Unbounded))
+                .copied()
+                .filter(|id| admits(*id))
+                .take(query.limit),
+        );
         // Scheduled requests are ordered by time; the due ones are a prefix. They are
         // collected whole, as their id order is not their time order.
         into.extend(
             self.scheduled
                 .iter()
-                .take_while(|(at, _)| *at <= now)
-                .map(|(_, id)| *id),
+                .take_while(|(at, _)| *at <= query.now)
+                .map(|(_, id)| *id)
+                .filter(|id| query.after.is_none_or(|after| *id > after) && admits(*id)),
         );
         into[start..].sort_unstable();
-        into.truncate(start + limit);
+        into.truncate(start + query.limit);
     }
 }
 
@@ -322,20 +348,41 @@ struct Partition {
 }
 
 impl Partition {
-    fn unindex_pending(&mut self, envelope: &EnvelopeRequest) {
-        if let Some(queue) = self.pending.get_mut(&envelope.address.shard_id) {
-            queue.remove(envelope);
+    fn unindex_pending(&mut self, shard: &ShardId, due_at: Option<DateTime<Utc>>, id: Snowflake) {
+        if let Some(queue) = self.pending.get_mut(shard) {
+            queue.remove(due_at, id);
             if queue.is_empty() {
-                self.pending.remove(&envelope.address.shard_id);
+                self.pending.remove(shard);
             }
         }
+    }
+
+    /// Takes a pending request out of the poll's index and makes it a dead letter.
+    fn dead_letter(&mut self, request_id: Snowflake, reason: &str) {
+        let Some(record) = self.requests.get_mut(&request_id) else {
+            return;
+        };
+        record.state = RequestState::Dead;
+        let (shard, due_at) = (record.envelope.address.shard_id.clone(), record.due_at());
+        self.unindex_pending(&shard, due_at, request_id);
+        self.dead.insert(
+            request_id,
+            DeadInfo {
+                reason: reason.to_owned(),
+                dead_lettered_at: Utc::now(),
+            },
+        );
     }
 
     /// Removes a request and every index entry of it except its dedupe key and replies.
     fn remove_request(&mut self, request_id: Snowflake) -> Option<RequestRecord> {
         let record = self.requests.remove(&request_id)?;
         match record.state {
-            RequestState::Pending => self.unindex_pending(&record.envelope),
+            RequestState::Pending => self.unindex_pending(
+                &record.envelope.address.shard_id,
+                record.due_at(),
+                request_id,
+            ),
             RequestState::Dead => {
                 self.dead.remove(&request_id);
             }
@@ -359,8 +406,8 @@ impl Partition {
         match record.state {
             RequestState::Pending => {
                 record.state = RequestState::Processed;
-                let envelope = record.envelope.clone();
-                self.unindex_pending(&envelope);
+                let (shard, due_at) = (record.envelope.address.shard_id.clone(), record.due_at());
+                self.unindex_pending(&shard, due_at, request_id);
                 true
             }
             RequestState::Dead => {
@@ -416,7 +463,7 @@ impl MessageStorage for MemoryMessageStorage {
                         .pending
                         .entry(envelope.address.shard_id.clone())
                         .or_default()
-                        .insert(envelope);
+                        .insert(envelope.deliver_at, request_id);
                     RequestState::Pending
                 };
                 partition
@@ -431,6 +478,7 @@ impl MessageStorage for MemoryMessageStorage {
                         attempts: 0,
                         state,
                         processed_while_dead: false,
+                        retry_at: None,
                     },
                 );
             }
@@ -499,32 +547,37 @@ impl MessageStorage for MemoryMessageStorage {
             .map(RequestRecord::to_stored))
     }
 
-    async fn unprocessed(
+    async fn poll_unprocessed(
         &self,
-        shards: &[ShardId],
-        now: DateTime<Utc>,
-        limit: usize,
+        query: &PollQuery<'_>,
     ) -> Result<Vec<StoredRequest>, ClusterError> {
         let mut found: Vec<StoredRequest> = Vec::new();
         let mut ids = Vec::new();
         for partition in self.partitions.iter() {
             let partition = partition.lock();
             ids.clear();
-            for shard in shards {
+            let admits = |id: Snowflake| {
+                query.skip_entities.is_empty()
+                    || partition
+                        .requests
+                        .get(&id)
+                        .is_some_and(|record| query.admits(&record.envelope))
+            };
+            for shard in query.shards {
                 if let Some(queue) = partition.pending.get(shard) {
-                    queue.due(now, limit, &mut ids);
+                    queue.due(query, admits, &mut ids);
                 }
             }
             ids.sort_unstable();
             ids.dedup();
             found.extend(
                 ids.iter()
-                    .take(limit)
+                    .take(query.limit)
                     .filter_map(|id| partition.requests.get(id))
                     .map(RequestRecord::to_stored),
             );
         }
-        Ok(merge_first(found, limit, |r| r.envelope.request_id))
+        Ok(merge_first(found, query.limit, |r| r.envelope.request_id))
     }
 
     async fn mark_processed(&self, request_id: Snowflake) -> Result<(), ClusterError> {
@@ -535,11 +588,55 @@ impl MessageStorage for MemoryMessageStorage {
         Ok(())
     }
 
+    async fn start_attempts(
+        &self,
+        request_ids: &[Snowflake],
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<Vec<AttemptStart>, ClusterError> {
+        let mut answers = Vec::with_capacity(request_ids.len());
+        for &request_id in request_ids {
+            let mut partition = self.partition(request_id).lock();
+            let answer = match partition.requests.get_mut(&request_id) {
+                Some(record) if record.state == RequestState::Pending => {
+                    if record.attempts >= max_attempts {
+                        let attempts = record.attempts;
+                        partition.dead_letter(request_id, reason);
+                        AttemptStart::DeadLettered {
+                            request_id,
+                            attempts,
+                        }
+                    } else {
+                        record.attempts = record.attempts.saturating_add(1);
+                        AttemptStart::Deliver {
+                            request_id,
+                            attempt: record.attempts,
+                        }
+                    }
+                }
+                _ => AttemptStart::NotPending { request_id },
+            };
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    async fn release_attempts(&self, request_ids: &[Snowflake]) -> Result<(), ClusterError> {
+        for &request_id in request_ids {
+            let mut partition = self.partition(request_id).lock();
+            if let Some(record) = partition.requests.get_mut(&request_id) {
+                if record.state == RequestState::Pending {
+                    record.attempts = record.attempts.saturating_sub(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn record_failed_attempt(
         &self,
         request_id: Snowflake,
-        reason: &str,
-        max_attempts: u32,
+        failure: &AttemptFailure<'_>,
     ) -> Result<FailedAttempt, ClusterError> {
         let mut partition = self.partition(request_id).lock();
         let Some(record) = partition.requests.get_mut(&request_id) else {
@@ -548,22 +645,24 @@ impl MessageStorage for MemoryMessageStorage {
         if record.state != RequestState::Pending {
             return Ok(FailedAttempt::NotPending);
         }
-        record.attempts = record.attempts.saturating_add(1);
-        let attempts = record.attempts;
-        if attempts < max_attempts {
-            return Ok(FailedAttempt::WillRetry { attempts });
+        if !failure.counted {
+            record.attempts = record.attempts.saturating_add(1);
         }
-        record.state = RequestState::Dead;
-        let envelope = record.envelope.clone();
-        partition.unindex_pending(&envelope);
-        partition.dead.insert(
-            request_id,
-            DeadInfo {
-                reason: reason.to_owned(),
-                dead_lettered_at: Utc::now(),
-            },
-        );
-        Ok(FailedAttempt::DeadLettered { attempts })
+        let attempts = record.attempts;
+        if attempts >= failure.max_attempts {
+            partition.dead_letter(request_id, failure.reason);
+            return Ok(FailedAttempt::DeadLettered { attempts });
+        }
+        let (shard, old_due) = (record.envelope.address.shard_id.clone(), record.due_at());
+        record.retry_at = Some(failure.retry_at);
+        let new_due = record.due_at();
+        partition.unindex_pending(&shard, old_due, request_id);
+        partition
+            .pending
+            .entry(shard)
+            .or_default()
+            .insert(new_due, request_id);
+        Ok(FailedAttempt::WillRetry { attempts })
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
@@ -596,30 +695,6 @@ impl MessageStorage for MemoryMessageStorage {
                     self.forget_dedupe_key(&record.envelope);
                 }
                 partition.replies.remove(&request_id);
-            }
-        }
-        Ok(())
-    }
-
-    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
-        for partition in self.partitions.iter() {
-            let mut partition = partition.lock();
-            let Partition {
-                requests, pending, ..
-            } = &mut *partition;
-            for shard in shards {
-                let Some(queue) = pending.get(shard) else {
-                    continue;
-                };
-                let ids = queue
-                    .immediate
-                    .iter()
-                    .chain(queue.scheduled.iter().map(|(_, id)| id));
-                for id in ids {
-                    if let Some(record) = requests.get_mut(id) {
-                        record.attempts = 0;
-                    }
-                }
             }
         }
         Ok(())
@@ -665,8 +740,14 @@ mod tests {
             storage.save_reply(&final_reply(id)).await.unwrap();
         }
         for id in 31..=35 {
+            let failure = AttemptFailure {
+                reason: "boom",
+                max_attempts: 1,
+                retry_at: Utc::now(),
+                counted: false,
+            };
             storage
-                .record_failed_attempt(Snowflake(id), "boom", 1)
+                .record_failed_attempt(Snowflake(id), &failure)
                 .await
                 .unwrap();
         }

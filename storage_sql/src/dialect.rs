@@ -32,7 +32,7 @@ pub(crate) use per_dialect;
 /// PostgreSQL: shard lists are bound as `TEXT[]`.
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres {
-    use cruster_types::{ClusterError, ShardId};
+    use cruster_types::{ClusterError, ShardId, Snowflake};
 
     pub(crate) use crate::queries::postgres as sql;
 
@@ -48,12 +48,17 @@ pub(crate) mod postgres {
     pub(crate) fn shard_list(shards: &[ShardId]) -> Result<Vec<String>, ClusterError> {
         Ok(shards.iter().map(ToString::to_string).collect())
     }
+
+    /// Request ids as a `BIGINT[]` parameter.
+    pub(crate) fn id_list(ids: &[Snowflake]) -> Result<Vec<i64>, ClusterError> {
+        Ok(ids.iter().map(|id| id.0).collect())
+    }
 }
 
 /// SQLite: shard lists are bound as one JSON array, unpacked with `json_each`.
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite {
-    use cruster_types::{ClusterError, ShardId};
+    use cruster_types::{ClusterError, ShardId, Snowflake};
 
     pub(crate) use crate::queries::sqlite as sql;
 
@@ -70,5 +75,12 @@ pub(crate) mod sqlite {
         let names: Vec<String> = shards.iter().map(ToString::to_string).collect();
         serde_json::to_string(&names)
             .map_err(|e| ClusterError::malformed("cannot encode the shard list as JSON", e))
+    }
+
+    /// Request ids as a JSON array.
+    pub(crate) fn id_list(ids: &[Snowflake]) -> Result<String, ClusterError> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        serde_json::to_string(&ids)
+            .map_err(|e| ClusterError::malformed("cannot encode the request ids as JSON", e))
     }
 }

@@ -1,7 +1,8 @@
 //! PostgreSQL and SQLite implementations of cruster's storage ports:
 //! [`SqlMessageStorage`] (`MessageStorage`), [`SqlWorkflowStorage`] (`WorkflowStorage`, with
-//! activity transactions that are database transactions) and [`SqlWorkflowEngine`]
-//! (`WorkflowEngine`).
+//! activity transactions that are database transactions), [`SqlWorkflowEngine`]
+//! (`WorkflowEngine`) and [`SqlRunnerStorage`] (`RunnerStorage` and `RunnerHealth`:
+//! membership and shard locks, for a cluster on PostgreSQL alone).
 //!
 //! # Features
 //!
@@ -21,9 +22,11 @@
 //! | SQLite     | `SqlMessageStorage::sqlite(sqlite_pool)`       |
 //! | either     | `SqlMessageStorage::from_pool(pool)` with any `Into<`[`SqlPool`]`>` |
 //!
-//! The same holds for [`SqlWorkflowStorage`] and [`SqlWorkflowEngine`]; all three may share
-//! one pool. [`SqlPool::connect`] opens a pool from a URL (`postgres://…` or `sqlite:path`,
-//! the latter in WAL mode).
+//! The same holds for [`SqlWorkflowStorage`], [`SqlWorkflowEngine`] and
+//! [`SqlRunnerStorage`]; all may share one pool, but give the runner storage a small pool
+//! of its own ([`SqlRunnerStorage::connect_dedicated`]), so its lock renewals never wait
+//! for a connection behind application work. [`SqlPool::connect`] opens a pool from a URL
+//! (`postgres://…` or `sqlite:path`, the latter in WAL mode).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), cruster_types::ClusterError> {
@@ -55,6 +58,8 @@
 //! | `cruster_executions` | `execution_id` | workflow executions |
 //! | `cruster_timers` | `(execution_id, timer_key)` | durable timers |
 //! | `cruster_deferred` | `(execution_id, name)` | deferred values |
+//! | `cruster_runners` | `address` | runner registrations: machine id (unique index), weight, `expires_at_ms` (database clock) |
+//! | `cruster_shard_locks` | `shard` | shard locks: `owner` (indexed), `acquired_at_ms`, `expires_at_ms` (database clock) |
 //!
 //! Indexes serve the queries run on every send and poll: a partial index of pending
 //! requests by `(shard, deliver_at_ns, request_id)`, a unique index on `(entity_type,
@@ -173,6 +178,8 @@ mod queries;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod rows;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod runner_storage;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod workflow_engine;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod workflow_storage;
@@ -181,6 +188,8 @@ mod workflow_storage;
 pub use message_storage::SqlMessageStorage;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use pool::SqlPool;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use runner_storage::SqlRunnerStorage;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use workflow_engine::SqlWorkflowEngine;
 #[cfg(feature = "postgres")]

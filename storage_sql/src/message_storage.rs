@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cruster_message_storage::{
-    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
+    StoredRequest,
 };
-use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
+use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, Snowflake};
 
 use crate::dialect::per_dialect;
 use crate::group_commit::{Answer, GroupCommit, ReplyItem, RequestItem};
@@ -26,12 +27,15 @@ const SAVE_ATTEMPTS: usize = 3;
 ///   duplicate costs a second statement, which reads the first request and its reply.
 ///   With group commit (the default, see [`SqlMessageStorage::with_group_commit`]),
 ///   concurrent saves share that insert, and concurrent `save_reply` calls theirs.
-/// * `save_reply`, `mark_processed`, `record_failed_attempt` and `reset_shards` are one
-///   statement each (`record_failed_attempt` counts and dead-letters in one `UPDATE …
-///   RETURNING`), so concurrent runners cannot lose an update.
-/// * `unprocessed` is one query for all shards, served by a partial index of pending rows.
-///   It does not lock rows: a shard is owned by one runner at a time (shard locks), and
-///   that runner is the only one polling it.
+/// * `save_reply`, `mark_processed`, `record_failed_attempt` and `start_attempts` are one
+///   statement each (`record_failed_attempt` counts, dead-letters or sets the retry
+///   instant in one `UPDATE … RETURNING`; `start_attempts` counts a whole poll page at
+///   once), so concurrent runners cannot lose an update.
+/// * `poll_unprocessed` is one query for all shards, served by the partial index
+///   `cruster_messages_poll` (pending rows by request id): it starts at the cursor and stops
+///   at the limit, so its cost follows the page, not the backlog. It does not lock rows: a
+///   shard is owned by one runner at a time (shard locks), and that runner is the only one
+///   polling it.
 ///
 /// A pending row that cannot be decoded (its columns were written by something other than
 /// this crate, or damaged) is dead-lettered by `unprocessed` with the decoding error as
@@ -248,22 +252,24 @@ impl MessageStorage for SqlMessageStorage {
         })
     }
 
-    async fn unprocessed(
+    async fn poll_unprocessed(
         &self,
-        shards: &[ShardId],
-        now: DateTime<Utc>,
-        limit: usize,
+        query: &PollQuery<'_>,
     ) -> Result<Vec<StoredRequest>, ClusterError> {
-        if shards.is_empty() || limit == 0 {
+        if query.shards.is_empty() || query.limit == 0 {
             return Ok(Vec::new());
         }
-        let now_ns = nanos(now, "now")?;
+        let now_ns = nanos(query.now, "now")?;
+        let after = query.after.map_or(i64::MIN, |after| after.0);
+        let skipped = rows::entity_list(query.skip_entities)?;
         let decoded: Vec<Result<StoredRequest, (i64, ClusterError)>> =
             per_dialect!(&self.pool, SqlPool, |pool, d| {
-                sqlx::query(d::sql::UNPROCESSED)
-                    .bind(d::shard_list(shards)?)
+                sqlx::query(d::sql::POLL_UNPROCESSED)
+                    .bind(d::shard_list(query.shards)?)
                     .bind(now_ns)
-                    .bind(sql_limit(limit))
+                    .bind(after)
+                    .bind(skipped.as_str())
+                    .bind(sql_limit(query.limit))
                     .fetch_all(pool)
                     .await
                     .map(|rows| rows.iter().map(pending_request).collect())
@@ -290,25 +296,88 @@ impl MessageStorage for SqlMessageStorage {
         .map_err(|e| failed(format_args!("marking request {request_id} processed"), e))
     }
 
+    async fn start_attempts(
+        &self,
+        request_ids: &[Snowflake],
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<Vec<AttemptStart>, ClusterError> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ns = nanos(Utc::now(), "now")?;
+        let counted: Vec<(i64, i64, bool)> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_as(d::sql::START_ATTEMPTS)
+                .bind(d::id_list(request_ids)?)
+                .bind(i64::from(max_attempts))
+                .bind(now_ns)
+                .bind(reason)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|e| failed("counting the attempts of a redelivery", e))?;
+        let counted: std::collections::HashMap<i64, (i64, bool)> = counted
+            .into_iter()
+            .map(|(id, attempts, dead)| (id, (attempts, dead)))
+            .collect();
+        Ok(request_ids
+            .iter()
+            .map(|&request_id| match counted.get(&request_id.0) {
+                None => AttemptStart::NotPending { request_id },
+                Some(&(attempts, dead_lettered)) => {
+                    let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+                    if dead_lettered {
+                        AttemptStart::DeadLettered {
+                            request_id,
+                            attempts,
+                        }
+                    } else {
+                        AttemptStart::Deliver {
+                            request_id,
+                            attempt: attempts,
+                        }
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn release_attempts(&self, request_ids: &[Snowflake]) -> Result<(), ClusterError> {
+        if request_ids.is_empty() {
+            return Ok(());
+        }
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::RELEASE_ATTEMPTS)
+                .bind(d::id_list(request_ids)?)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed("giving back attempts that were not made", e))
+    }
+
     async fn record_failed_attempt(
         &self,
         request_id: Snowflake,
-        reason: &str,
-        max_attempts: u32,
+        failure: &AttemptFailure<'_>,
     ) -> Result<FailedAttempt, ClusterError> {
         let now_ns = nanos(Utc::now(), "now")?;
+        let retry_at_ns = nanos(failure.retry_at, "retry_at")?;
+        let increment: i64 = if failure.counted { 0 } else { 1 };
         let counted: Option<(i64, bool)> = per_dialect!(&self.pool, SqlPool, |pool, d| {
             sqlx::query_as(d::sql::RECORD_FAILED_ATTEMPT)
                 .bind(request_id.0)
-                .bind(reason)
-                .bind(i64::from(max_attempts))
+                .bind(failure.reason)
+                .bind(i64::from(failure.max_attempts))
                 .bind(now_ns)
+                .bind(increment)
+                .bind(retry_at_ns)
                 .fetch_optional(pool)
                 .await
         })
         .map_err(|e| {
             failed(
-                format_args!("counting a failed attempt of request {request_id}"),
+                format_args!("recording a failed attempt of request {request_id}"),
                 e,
             )
         })?;
@@ -369,20 +438,6 @@ impl MessageStorage for SqlMessageStorage {
             .await
         })
         .map_err(|e| failed(format_args!("clearing the history of {address}"), e))
-    }
-
-    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
-        if shards.is_empty() {
-            return Ok(());
-        }
-        per_dialect!(&self.pool, SqlPool, |pool, d| {
-            sqlx::query(d::sql::RESET_SHARDS)
-                .bind(d::shard_list(shards)?)
-                .execute(pool)
-                .await
-                .map_err(|e| failed("resetting the attempt counts of moved shards", e))
-                .map(drop)
-        })
     }
 }
 

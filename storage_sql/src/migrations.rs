@@ -38,6 +38,16 @@ const POSTGRES: &[Embedded] = &[
         "single node lease",
         include_str!("../migrations/postgres/0002_single_node_lease.sql"),
     ),
+    (
+        3,
+        "runner storage",
+        include_str!("../migrations/postgres/0003_runner_storage.sql"),
+    ),
+    (
+        4,
+        "redelivery backoff and fair poll",
+        include_str!("../migrations/postgres/0004_redelivery_backoff_and_fair_poll.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]
@@ -51,6 +61,16 @@ const SQLITE: &[Embedded] = &[
         2,
         "single node lease",
         include_str!("../migrations/sqlite/0002_single_node_lease.sql"),
+    ),
+    (
+        3,
+        "runner storage",
+        include_str!("../migrations/sqlite/0003_runner_storage.sql"),
+    ),
+    (
+        4,
+        "redelivery backoff and fair poll",
+        include_str!("../migrations/sqlite/0004_redelivery_backoff_and_fair_poll.sql"),
     ),
 ];
 

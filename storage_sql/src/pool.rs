@@ -61,6 +61,15 @@ impl SqlPool {
     /// compiled for (features `postgres` / `sqlite`), or the database cannot be reached. The
     /// message never repeats the URL, which may hold a password.
     pub async fn connect(url: &str) -> Result<SqlPool, ClusterError> {
+        Self::connect_with_max_connections(url, None).await
+    }
+
+    /// [`SqlPool::connect`] with at most `max_connections` connections (sqlx's default
+    /// when `None`; an in-memory SQLite database always gets one).
+    pub(crate) async fn connect_with_max_connections(
+        url: &str,
+        max_connections: Option<u32>,
+    ) -> Result<SqlPool, ClusterError> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
             #[cfg(feature = "postgres")]
@@ -79,8 +88,11 @@ impl SqlPool {
                     .close()
                     .await
                     .map_err(|e| connect_error("PostgreSQL", e))?;
-                PgPoolOptions::new()
-                    .connect_with(options)
+                let mut pool = PgPoolOptions::new();
+                if let Some(max) = max_connections {
+                    pool = pool.max_connections(max);
+                }
+                pool.connect_with(options)
                     .await
                     .map(SqlPool::Postgres)
                     .map_err(|e| connect_error("PostgreSQL", e))
@@ -98,6 +110,9 @@ impl SqlPool {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(std::time::Duration::from_secs(5));
                 let mut pool = SqlitePoolOptions::new();
+                if let Some(max) = max_connections {
+                    pool = pool.max_connections(max);
+                }
                 if url.contains(":memory:") || url.contains("mode=memory") {
                     pool = pool.max_connections(1).min_connections(1);
                 }

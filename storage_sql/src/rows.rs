@@ -181,6 +181,17 @@ impl<'a> RequestRow<'a> {
     }
 }
 
+/// Entities (type and id; the shard is ignored) as a JSON array of `[entity_type,
+/// entity_id]` pairs, the form both dialects unpack for the poll's skipped entities.
+pub(crate) fn entity_list(entities: &[EntityAddress]) -> Result<String, ClusterError> {
+    let pairs: Vec<[&str; 2]> = entities
+        .iter()
+        .map(|e| [e.entity_type.as_str(), e.entity_id.as_str()])
+        .collect();
+    serde_json::to_string(&pairs)
+        .map_err(|e| ClusterError::malformed("cannot encode the skipped entities as JSON", e))
+}
+
 /// A `cruster_messages` row back to a [`StoredRequest`].
 pub(crate) fn stored_request(row: &impl Columns) -> Result<StoredRequest, ClusterError> {
     let request_id = column("request", "request_id", row.int("request_id"))?;

@@ -444,3 +444,130 @@ mod group_commit {
         }
     }
 }
+
+/// Runner storage under contention (PostgreSQL only): many runners racing for one set of
+/// shard locks, as a whole cluster does when it starts at once.
+#[allow(clippy::unwrap_used)]
+mod runner_lock_contention {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cruster_runner_storage::RunnerStorage;
+    use cruster_storage_sql::SqlRunnerStorage;
+    use cruster_types::{RunnerAddress, ShardId};
+
+    use super::fresh;
+
+    /// 16 tasks, each a runner with its own storage, ask for the same 50 shards at the same
+    /// instant, each in a different order, over several rounds: every shard has exactly one
+    /// winner, the lock table agrees with the answers, and no call fails (no deadlock
+    /// between the upserts).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixteen_runners_racing_for_fifty_shards_have_one_winner_each() {
+        const RACERS: u16 = 16;
+        const SHARDS: u32 = 50;
+        const ROUNDS: u32 = 5;
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        let ttl = Duration::from_secs(60);
+        let racers: Vec<(RunnerAddress, Arc<SqlRunnerStorage>)> = (0..RACERS)
+            .map(|n| {
+                (
+                    RunnerAddress::new(format!("racer-{n}.contention"), 8000 + n),
+                    Arc::new(SqlRunnerStorage::from_pool(pool.clone())),
+                )
+            })
+            .collect();
+        for (address, storage) in &racers {
+            storage.register(address, 1, ttl).await.unwrap();
+        }
+
+        for round in 0..ROUNDS {
+            let contested: Vec<ShardId> = (0..SHARDS)
+                .map(|n| ShardId::new(format!("contention-{round}"), n))
+                .collect();
+            let start = Arc::new(tokio::sync::Barrier::new(racers.len()));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (index, (address, storage)) in racers.iter().enumerate() {
+                let (address, storage, start) =
+                    (address.clone(), Arc::clone(storage), Arc::clone(&start));
+                let mut wanted = contested.clone();
+                wanted.rotate_left(index * 3);
+                if index % 2 == 1 {
+                    wanted.reverse();
+                }
+                tasks.spawn(async move {
+                    start.wait().await;
+                    let won = storage.acquire_shards(&address, &wanted, ttl).await;
+                    (address, won)
+                });
+            }
+            let mut winners: BTreeMap<ShardId, Vec<RunnerAddress>> = BTreeMap::new();
+            while let Some(joined) = tasks.join_next().await {
+                let (address, won) = joined.unwrap();
+                let won = won.unwrap_or_else(|err| panic!("round {round}: {address}: {err}"));
+                for shard in won {
+                    winners.entry(shard).or_default().push(address.clone());
+                }
+            }
+            for shard in &contested {
+                let claimed = winners.get(shard).cloned().unwrap_or_default();
+                assert_eq!(
+                    claimed.len(),
+                    1,
+                    "round {round}: shard {shard} won by {claimed:?}"
+                );
+                let owner = racers[0].1.shard_owner(shard).await.unwrap();
+                assert_eq!(owner.as_ref(), claimed.first(), "round {round}: {shard}");
+            }
+            let rows = db
+                .fetch_i64(
+                    &pool,
+                    &format!(
+                        "SELECT COUNT(*) FROM cruster_shard_locks \
+                         WHERE shard LIKE 'contention-{round}:%'"
+                    ),
+                )
+                .await;
+            assert_eq!(rows, i64::from(SHARDS), "round {round}: lock rows");
+        }
+        pool.close().await;
+        db.remove().await;
+    }
+
+    /// A watch hears of another process's join and leave through `LISTEN`/`NOTIFY`, long
+    /// before its poll (set to 30 s here) would have found them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_processs_join_and_leave_wake_the_watch_at_once() {
+        use futures::StreamExt;
+        let Some(db) = fresh().await else { return };
+        let ttl = Duration::from_secs(60);
+        let mine = SqlRunnerStorage::from_pool(db.migrated().await)
+            .with_watch_interval(Duration::from_secs(30));
+        let theirs = SqlRunnerStorage::from_pool(db.open().await);
+        let me = RunnerAddress::new("watcher.notify", 1);
+        let other = RunnerAddress::new("joiner.notify", 2);
+        mine.register(&me, 1, ttl).await.unwrap();
+        let mut watch = mine.watch_runners().await.unwrap();
+        assert_eq!(watch.next().await.unwrap().unwrap().len(), 1);
+
+        let within = Duration::from_secs(5);
+        theirs.register(&other, 1, ttl).await.unwrap();
+        let joined = tokio::time::timeout(within, watch.next())
+            .await
+            .expect("the join was not heard before the 30 s poll")
+            .unwrap()
+            .unwrap();
+        assert_eq!(joined.len(), 2, "{joined:?}");
+        theirs.unregister(&other).await.unwrap();
+        let left = tokio::time::timeout(within, watch.next())
+            .await
+            .expect("the leave was not heard before the 30 s poll")
+            .unwrap()
+            .unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        drop(watch);
+        db.remove().await;
+    }
+}

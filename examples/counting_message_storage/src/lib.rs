@@ -34,7 +34,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
-    DeadLetter, FailedAttempt, MessageStorage, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
+    StoredRequest,
 };
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
@@ -100,12 +101,14 @@ pub struct CallCounters {
     save_reply: AtomicU64,
     replies_for: AtomicU64,
     request: AtomicU64,
+    poll_unprocessed: AtomicU64,
     unprocessed: AtomicU64,
     mark_processed: AtomicU64,
+    start_attempts: AtomicU64,
+    release_attempts: AtomicU64,
     record_failed_attempt: AtomicU64,
     dead_letters: AtomicU64,
     clear_address: AtomicU64,
-    reset_shards: AtomicU64,
 }
 
 impl CallCounters {
@@ -118,12 +121,14 @@ impl CallCounters {
             save_reply: read(&self.save_reply),
             replies_for: read(&self.replies_for),
             request: read(&self.request),
+            poll_unprocessed: read(&self.poll_unprocessed),
             unprocessed: read(&self.unprocessed),
             mark_processed: read(&self.mark_processed),
+            start_attempts: read(&self.start_attempts),
+            release_attempts: read(&self.release_attempts),
             record_failed_attempt: read(&self.record_failed_attempt),
             dead_letters: read(&self.dead_letters),
             clear_address: read(&self.clear_address),
-            reset_shards: read(&self.reset_shards),
         }
     }
 }
@@ -140,18 +145,22 @@ pub struct CallCounts {
     pub replies_for: u64,
     /// Calls to [`MessageStorage::request`].
     pub request: u64,
+    /// Calls to [`MessageStorage::poll_unprocessed`].
+    pub poll_unprocessed: u64,
     /// Calls to [`MessageStorage::unprocessed`].
     pub unprocessed: u64,
     /// Calls to [`MessageStorage::mark_processed`].
     pub mark_processed: u64,
+    /// Calls to [`MessageStorage::start_attempts`].
+    pub start_attempts: u64,
+    /// Calls to [`MessageStorage::release_attempts`].
+    pub release_attempts: u64,
     /// Calls to [`MessageStorage::record_failed_attempt`].
     pub record_failed_attempt: u64,
     /// Calls to [`MessageStorage::dead_letters`].
     pub dead_letters: u64,
     /// Calls to [`MessageStorage::clear_address`].
     pub clear_address: u64,
-    /// Calls to [`MessageStorage::reset_shards`].
-    pub reset_shards: u64,
 }
 
 impl CallCounts {
@@ -161,12 +170,14 @@ impl CallCounts {
             + self.save_reply
             + self.replies_for
             + self.request
+            + self.poll_unprocessed
             + self.unprocessed
             + self.mark_processed
+            + self.start_attempts
+            + self.release_attempts
             + self.record_failed_attempt
             + self.dead_letters
             + self.clear_address
-            + self.reset_shards
     }
 
     /// The methods never called, by name.
@@ -176,12 +187,14 @@ impl CallCounts {
             ("save_reply", self.save_reply),
             ("replies_for", self.replies_for),
             ("request", self.request),
+            ("poll_unprocessed", self.poll_unprocessed),
             ("unprocessed", self.unprocessed),
             ("mark_processed", self.mark_processed),
+            ("start_attempts", self.start_attempts),
+            ("release_attempts", self.release_attempts),
             ("record_failed_attempt", self.record_failed_attempt),
             ("dead_letters", self.dead_letters),
             ("clear_address", self.clear_address),
-            ("reset_shards", self.reset_shards),
         ]
         .into_iter()
         .filter(|(_, calls)| *calls == 0)
@@ -216,6 +229,14 @@ impl<S: MessageStorage> MessageStorage for CountingMessageStorage<S> {
         self.inner.request(request_id).await
     }
 
+    async fn poll_unprocessed(
+        &self,
+        query: &PollQuery<'_>,
+    ) -> Result<Vec<StoredRequest>, ClusterError> {
+        count(&self.counters.poll_unprocessed);
+        self.inner.poll_unprocessed(query).await
+    }
+
     async fn unprocessed(
         &self,
         shards: &[ShardId],
@@ -231,16 +252,30 @@ impl<S: MessageStorage> MessageStorage for CountingMessageStorage<S> {
         self.inner.mark_processed(request_id).await
     }
 
+    async fn start_attempts(
+        &self,
+        request_ids: &[Snowflake],
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<Vec<AttemptStart>, ClusterError> {
+        count(&self.counters.start_attempts);
+        self.inner
+            .start_attempts(request_ids, max_attempts, reason)
+            .await
+    }
+
+    async fn release_attempts(&self, request_ids: &[Snowflake]) -> Result<(), ClusterError> {
+        count(&self.counters.release_attempts);
+        self.inner.release_attempts(request_ids).await
+    }
+
     async fn record_failed_attempt(
         &self,
         request_id: Snowflake,
-        reason: &str,
-        max_attempts: u32,
+        failure: &AttemptFailure<'_>,
     ) -> Result<FailedAttempt, ClusterError> {
         count(&self.counters.record_failed_attempt);
-        self.inner
-            .record_failed_attempt(request_id, reason, max_attempts)
-            .await
+        self.inner.record_failed_attempt(request_id, failure).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
@@ -251,10 +286,5 @@ impl<S: MessageStorage> MessageStorage for CountingMessageStorage<S> {
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
         count(&self.counters.clear_address);
         self.inner.clear_address(address).await
-    }
-
-    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), ClusterError> {
-        count(&self.counters.reset_shards);
-        self.inner.reset_shards(shards).await
     }
 }

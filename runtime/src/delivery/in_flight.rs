@@ -1,20 +1,35 @@
 //! Persisted requests this runner is delivering, so the storage poll never hands the same
-//! request to its entity twice.
+//! request to its entity twice, and what each delivery already told storage.
 //!
 //! Owns the set of in-flight request ids and the recently completed ones. A request is
 //! entered before delivery and marked completed after its reply is stored; a completed id
 //! is kept until a poll that *started* after the completion has finished, because a poll
-//! that started earlier may still return the request as unprocessed. Never holds a lock
-//! across an await.
+//! that started earlier may still return the request as unprocessed.
+//!
+//! A redelivery by the poll has its attempt counted in storage *before* it runs; the entry
+//! remembers that, so a failure is not counted a second time, and an attempt that ends
+//! without an outcome through no fault of the message (refused, or stopped as its shard
+//! leaves) is queued to be given back. Never holds a lock across an await.
 
 use std::time::Instant;
 
 use cruster_types::Snowflake;
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 #[derive(Default)]
 pub(crate) struct InFlight {
-    entries: DashMap<Snowflake, Option<Instant>>,
+    entries: DashMap<Snowflake, Entry>,
+    /// Counted attempts abandoned before an outcome, to give back to storage.
+    refunds: Mutex<Vec<Snowflake>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    /// When its reply was stored.
+    completed_at: Option<Instant>,
+    /// The attempt number storage counted when the poll picked it up, if it did.
+    counted_attempt: Option<u32>,
 }
 
 impl InFlight {
@@ -23,20 +38,57 @@ impl InFlight {
         match self.entries.entry(request_id) {
             dashmap::mapref::entry::Entry::Occupied(_) => false,
             dashmap::mapref::entry::Entry::Vacant(v) => {
-                v.insert(None);
+                v.insert(Entry::default());
                 true
             }
         }
     }
 
-    /// Marks a request completed (its reply is stored).
-    pub(crate) fn complete(&self, request_id: Snowflake) {
-        self.entries.insert(request_id, Some(Instant::now()));
+    /// Remembers that storage counted this delivery as attempt number `attempt`.
+    pub(crate) fn mark_counted(&self, request_id: Snowflake, attempt: u32) {
+        if let Some(mut entry) = self.entries.get_mut(&request_id) {
+            entry.counted_attempt = Some(attempt);
+        }
     }
 
-    /// Forgets a request that was not delivered after all (it stays unprocessed in storage).
+    /// Marks a request completed (its reply is stored).
+    pub(crate) fn complete(&self, request_id: Snowflake) {
+        self.entries.insert(
+            request_id,
+            Entry {
+                completed_at: Some(Instant::now()),
+                counted_attempt: None,
+            },
+        );
+    }
+
+    /// Forgets a request that was not delivered after all, or was stopped before it had an
+    /// outcome (it stays unprocessed in storage). A counted attempt is queued to be given
+    /// back: it was not the message's fault.
     pub(crate) fn abandon(&self, request_id: Snowflake) {
-        self.entries.remove(&request_id);
+        if let Some((_, entry)) = self.entries.remove(&request_id) {
+            if entry.completed_at.is_none() && entry.counted_attempt.is_some() {
+                self.refunds.lock().push(request_id);
+            }
+        }
+    }
+
+    /// Forgets a request whose delivery failed; returns the attempt number storage counted
+    /// when the poll picked it up, if it did (the failure must then not be counted again).
+    pub(crate) fn fail(&self, request_id: Snowflake) -> Option<u32> {
+        self.entries
+            .remove(&request_id)
+            .and_then(|(_, entry)| entry.counted_attempt)
+    }
+
+    /// Queues a counted attempt to be given back (again, after a failed try).
+    pub(crate) fn queue_refund(&self, request_id: Snowflake) {
+        self.refunds.lock().push(request_id);
+    }
+
+    /// Takes the counted attempts queued to be given back.
+    pub(crate) fn take_refunds(&self) -> Vec<Snowflake> {
+        std::mem::take(&mut *self.refunds.lock())
     }
 
     /// Whether the request is in flight or recently completed.
@@ -48,7 +100,7 @@ impl InFlight {
     /// Drops completed entries older than `poll_started` (no later poll can return them).
     pub(crate) fn prune_completed_before(&self, poll_started: Instant) {
         self.entries
-            .retain(|_, done| !matches!(done, Some(at) if *at < poll_started));
+            .retain(|_, entry| !matches!(entry.completed_at, Some(at) if at < poll_started));
     }
 
     #[cfg(test)]
@@ -78,5 +130,27 @@ mod tests {
         assert!(set.enter(Snowflake(2)));
         set.abandon(Snowflake(2));
         assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn a_counted_attempt_is_reported_once_and_given_back_only_when_abandoned() {
+        let set = InFlight::default();
+        assert!(set.enter(Snowflake(1)));
+        set.mark_counted(Snowflake(1), 3);
+        assert_eq!(set.fail(Snowflake(1)), Some(3));
+        assert_eq!(set.fail(Snowflake(1)), None, "the entry is gone");
+        assert!(set.take_refunds().is_empty(), "a failure is not given back");
+
+        assert!(set.enter(Snowflake(2)));
+        set.mark_counted(Snowflake(2), 1);
+        set.abandon(Snowflake(2));
+        assert!(set.enter(Snowflake(3)));
+        set.abandon(Snowflake(3));
+        assert_eq!(
+            set.take_refunds(),
+            vec![Snowflake(2)],
+            "only counted attempts are given back"
+        );
+        assert!(set.take_refunds().is_empty());
     }
 }

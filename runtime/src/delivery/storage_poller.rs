@@ -1,28 +1,75 @@
 //! The storage poll: picks up persisted messages that were not delivered on the happy
-//! path (a crash, a rebalance, a full mailbox) and those whose `deliver_at` has come.
+//! path (a crash, a rebalance, a full mailbox), those whose `deliver_at` has come, and
+//! those whose redelivery backoff after a failure has passed.
 //!
-//! Owns one loop per runner. Each round reads the unprocessed messages of the shards this
-//! runner holds, in one storage call, and hands to the entity managers those that are not
-//! already in flight here. It never delivers a message of a shard it does not hold, and it
-//! never holds a lock across an await.
+//! Owns one loop per runner, its keyset cursor and the set of entities whose mailboxes it
+//! found full during the current pass over the backlog. Each round:
+//!
+//! 1. when the cursor is at the start (a new pass), forgets the saturated entities;
+//! 2. reads one page of due, unprocessed requests of the shards this runner holds, after
+//!    the cursor and without the saturated entities, in one storage call. The cursor moves
+//!    to the page's last id; a page shorter than the batch size wraps it to the start. So
+//!    requests in flight here, or queued behind a full mailbox, do not fill every page
+//!    (a hot entity's backlog costs the others at most one round), and a round reads about
+//!    one batch, not the whole backlog. An entity skipped for the rest of a pass is read
+//!    from its oldest request again in the next pass, so its requests keep their order;
+//! 3. keeps the requests it can hand over now: not in flight here, of a known entity type,
+//!    with room in their entity's mailbox (an entity found full joins the saturated set);
+//! 4. counts their attempts in storage *before* delivering them, in one call: a request
+//!    that already used `storage_message_max_retries` attempts is dead-lettered there
+//!    instead of delivered, so a message that crashes its runner cannot loop forever;
+//! 5. hands the rest to the entity managers.
+//!
+//! It also gives back to storage the counted attempts that ended without an outcome
+//! through no fault of the message (refused, or stopped as their shard left). It never
+//! delivers a message of a shard it does not hold, and never holds a lock across an await.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use cruster_types::ClusterError;
+use cruster_message_storage::{AttemptStart, PollQuery, StoredRequest};
+use cruster_types::{ClusterError, EntityAddress, EntityId, EntityType, Snowflake};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::delivery::persisted::PersistedDelivery;
+use crate::entity::entity_manager::EntityManager;
 use crate::entity::mailbox::{MailboxItem, ReplySink};
 use crate::entity::registry::EntityRegistry;
 use crate::runtime_core::RuntimeCore;
+
+/// The dead-letter reason of a request whose attempts were used up by deliveries that
+/// never reported an outcome.
+const ATTEMPTS_USED_UP: &str = "all delivery attempts were used without an outcome (the last \
+     one never finished: its runner may have crashed while handling it)";
+
+/// How often a stopping runner still gives back attempts of handlers its drain stopped.
+const REFUND_INTERVAL: Duration = Duration::from_millis(50);
 
 pub(crate) struct StoragePoller {
     core: Arc<RuntimeCore>,
     registry: Arc<EntityRegistry>,
     persisted: Arc<PersistedDelivery>,
     pub(crate) wake: Arc<Notify>,
+    /// Owned by the poll loop; locked only for short synchronous sections.
+    state: Mutex<PollState>,
+}
+
+#[derive(Default)]
+struct PollState {
+    /// Where the next page starts (`None`: the oldest request).
+    cursor: Option<Snowflake>,
+    /// Entities whose mailboxes were full: left out of the pages until they have room.
+    saturated: Vec<EntityAddress>,
+}
+
+/// An entity, whatever shard it was addressed through.
+type EntityKey = (EntityType, EntityId);
+
+fn key_of(address: &EntityAddress) -> EntityKey {
+    (address.entity_type.clone(), address.entity_id.clone())
 }
 
 impl StoragePoller {
@@ -36,10 +83,12 @@ impl StoragePoller {
             registry,
             persisted,
             wake: Arc::new(Notify::new()),
+            state: Mutex::new(PollState::default()),
         }
     }
 
-    /// Runs until the runner stops.
+    /// Runs until the runner stops; then, until it is killed, only gives back the attempts
+    /// of handlers the drain stopped.
     pub(crate) async fn run(self) {
         let interval = self.core.config.storage_poll_interval;
         // Give a freshly started runner one interval to register its entity types.
@@ -55,7 +104,34 @@ impl StoragePoller {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.wake.notified() => {}
-                _ = self.core.stopping.cancelled() => return,
+                _ = self.core.stopping.cancelled() => break,
+            }
+        }
+        loop {
+            self.give_back_attempts().await;
+            tokio::select! {
+                _ = tokio::time::sleep(REFUND_INTERVAL) => {}
+                _ = self.core.killed.cancelled() => return,
+            }
+        }
+    }
+
+    /// Gives back to storage the counted attempts that ended without an outcome through no
+    /// fault of their message. On failure they are kept for the next round.
+    async fn give_back_attempts(&self) {
+        let refunds = self.core.in_flight.take_refunds();
+        if refunds.is_empty() {
+            return;
+        }
+        let Ok(storage) = self.core.storage() else {
+            return;
+        };
+        let result = storage.release_attempts(&refunds).await;
+        self.core.storage_result(&result);
+        if let Err(err) = result {
+            tracing::debug!(%err, "could not give back attempts; retrying next round");
+            for request_id in refunds {
+                self.core.in_flight.queue_refund(request_id);
             }
         }
     }
@@ -65,52 +141,168 @@ impl StoragePoller {
         let Ok(storage) = self.core.storage() else {
             return Ok(0);
         };
+        self.give_back_attempts().await;
         let shards = self.core.shard_table.held();
         if shards.is_empty() {
             return Ok(0);
         }
         let started = Instant::now();
+        let (after, skipped) = {
+            let mut state = self.state.lock();
+            if state.cursor.is_none() {
+                state.saturated.clear();
+            }
+            (state.cursor, state.saturated.clone())
+        };
+        let limit = self.core.config.storage_poll_batch_size;
+        let query = PollQuery::new(&shards, Utc::now(), limit)
+            .after(after)
+            .skipping(&skipped);
+        let result = storage.poll_unprocessed(&query).await;
+        self.core.storage_result(&result);
+        let page = result?;
+        let next_cursor = if page.len() < limit {
+            None
+        } else {
+            page.last().map(|stored| stored.envelope.request_id)
+        };
+
+        let (chosen, newly_saturated) = self.choose(page);
+        {
+            let mut state = self.state.lock();
+            state.cursor = next_cursor;
+            state.saturated.extend(newly_saturated);
+        }
+        let delivered = self.count_and_deliver(chosen).await?;
+        self.core.in_flight.prune_completed_before(started);
+        Ok(delivered)
+    }
+
+    /// The requests of a page this runner can hand over now (entered in the in-flight
+    /// set), and the entities found without mailbox room.
+    #[allow(clippy::type_complexity)]
+    fn choose(
+        &self,
+        page: Vec<StoredRequest>,
+    ) -> (Vec<(StoredRequest, Arc<EntityManager>)>, Vec<EntityAddress>) {
+        let mut room: HashMap<EntityKey, usize> = HashMap::new();
+        let mut full: HashSet<EntityKey> = HashSet::new();
+        let mut newly_saturated = Vec::new();
+        let mut chosen = Vec::new();
+        for stored in page {
+            let address = &stored.envelope.address;
+            if !self.core.shard_table.is_held(&address.shard_id) {
+                continue;
+            }
+            let Some(manager) = self.registry.get(&address.entity_type) else {
+                self.persisted.unknown_type(&address.entity_type);
+                continue;
+            };
+            let request_id = stored.envelope.request_id;
+            if !self.core.in_flight.enter(request_id) {
+                continue;
+            }
+            let key = key_of(address);
+            let left = room
+                .entry(key.clone())
+                .or_insert_with(|| manager.mailbox_room(address));
+            if *left == 0 {
+                self.core.in_flight.abandon(request_id);
+                if full.insert(key) {
+                    newly_saturated.push(address.clone());
+                }
+                continue;
+            }
+            *left -= 1;
+            chosen.push((stored, manager));
+        }
+        (chosen, newly_saturated)
+    }
+
+    /// Counts the attempts of the chosen requests (one storage call), then delivers those
+    /// storage says to deliver.
+    async fn count_and_deliver(
+        &self,
+        chosen: Vec<(StoredRequest, Arc<EntityManager>)>,
+    ) -> Result<usize, ClusterError> {
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let storage = self.core.storage()?;
+        let ids: Vec<Snowflake> = chosen.iter().map(|(s, _)| s.envelope.request_id).collect();
         let result = storage
-            .unprocessed(
-                &shards,
-                Utc::now(),
-                self.core.config.storage_poll_batch_size,
+            .start_attempts(
+                &ids,
+                self.core.config.storage_message_max_retries,
+                ATTEMPTS_USED_UP,
             )
             .await;
         self.core.storage_result(&result);
-        let messages = result?;
-        let mut delivered = 0;
-        for stored in messages {
-            let envelope = stored.envelope;
-            if !self.core.shard_table.is_held(&envelope.address.shard_id) {
-                continue;
-            }
-            if !self.core.in_flight.enter(envelope.request_id) {
-                continue;
-            }
-            let Some(manager) = self.registry.get(&envelope.address.entity_type) else {
-                self.core.in_flight.abandon(envelope.request_id);
-                self.persisted.unknown_type(&envelope.address.entity_type);
-                continue;
-            };
-            if stored.attempts > 0 {
-                self.core.metrics.messages_retried.inc();
-            }
-            let request_id = envelope.request_id;
-            match manager.deliver(MailboxItem {
-                envelope,
-                sink: ReplySink::Nobody,
-            }) {
-                Ok(()) => delivered += 1,
-                Err((ClusterError::MailboxFull { .. }, _))
-                | Err((ClusterError::ShardNotOwned { .. }, _)) => {
-                    // Back-pressure or a move under way: leave it for a later round.
+        let answers = match result {
+            Ok(answers) => answers,
+            Err(err) => {
+                // Nothing may be delivered whose attempt was not counted.
+                for request_id in ids {
                     self.core.in_flight.abandon(request_id);
                 }
-                Err((err, _)) => self.core.record_failure(request_id, &err.to_string()).await,
+                return Err(err);
+            }
+        };
+        let mut delivered = 0;
+        let mut refused = Vec::new();
+        for ((stored, manager), answer) in chosen.into_iter().zip(answers) {
+            let request_id = stored.envelope.request_id;
+            match answer {
+                AttemptStart::Deliver { attempt, .. } => {
+                    self.core.in_flight.mark_counted(request_id, attempt);
+                    if stored.attempts > 0 {
+                        self.core.metrics.messages_retried.inc();
+                    }
+                    let item = MailboxItem {
+                        envelope: stored.envelope,
+                        sink: ReplySink::Nobody,
+                    };
+                    match manager.deliver(item) {
+                        Ok(()) => delivered += 1,
+                        Err((ClusterError::MailboxFull { .. }, item)) => {
+                            // Filled by a concurrent send since the room was looked at: not
+                            // an attempt; the entity waits out its backlog.
+                            self.core.in_flight.abandon(request_id);
+                            refused.push(item.envelope.address);
+                        }
+                        Err((ClusterError::ShardNotOwned { .. }, _)) => {
+                            // A move under way: the new owner delivers it.
+                            self.core.in_flight.abandon(request_id);
+                        }
+                        Err((err, _)) => {
+                            self.core.record_failure(request_id, &err.to_string()).await;
+                        }
+                    }
+                }
+                AttemptStart::DeadLettered { attempts, .. } => {
+                    self.core.in_flight.fail(request_id);
+                    self.core.metrics.messages_dead_lettered.inc();
+                    tracing::warn!(
+                        %request_id,
+                        attempts,
+                        "persisted message dead-lettered: its attempts were used up by \
+                         deliveries that never finished"
+                    );
+                }
+                AttemptStart::NotPending { .. } => {
+                    self.core.in_flight.fail(request_id);
+                }
             }
         }
-        self.core.in_flight.prune_completed_before(started);
+        if !refused.is_empty() {
+            let mut state = self.state.lock();
+            for address in refused {
+                let key = key_of(&address);
+                if !state.saturated.iter().any(|a| key_of(a) == key) {
+                    state.saturated.push(address);
+                }
+            }
+        }
         Ok(delivered)
     }
 }

@@ -160,6 +160,14 @@ impl EntityManager {
         Err((ClusterError::ShardNotOwned { shard_id }, item))
     }
 
+    /// How many more requests the mailbox of `address` takes now: its capacity when the
+    /// entity is not active. A snapshot (the storage poll sizes its deliveries with it); a
+    /// concurrent send may take the room first, and `deliver` then refuses as usual.
+    pub(crate) fn mailbox_room(&self, address: &EntityAddress) -> usize {
+        self.instance(address)
+            .map_or(self.mailbox_capacity, |instance| instance.tx.capacity())
+    }
+
     /// Removes an instance from the map if it is still the one there.
     pub(crate) fn forget(&self, instance: &Arc<Instance>) {
         if let Some(mut shard) = self.instances.get_mut(&instance.address.shard_id) {

@@ -119,6 +119,7 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
         match reply {
             WorkflowReply::Completed(bytes) => wire::decode(&bytes),
             WorkflowReply::Suspended => self.join(&id).await,
+            WorkflowReply::Failed(err) => Err(err.into()),
         }
     }
 

@@ -99,4 +99,9 @@ pub(crate) enum WorkflowReply {
     Completed(bytes::Bytes),
     /// Suspended on a durable timer; the client waits on the execution record.
     Suspended,
+    /// Failed with the workflow's own error. Answered as a reply, not as the handler's
+    /// error: a recorded failure that happens to be a storage error (a constraint an
+    /// activity's `self.tx` violated) is the workflow's answer, and must not be taken for a
+    /// transient storage failure of the delivery and redelivered until dead-lettered.
+    Failed(cruster_types::WireError),
 }

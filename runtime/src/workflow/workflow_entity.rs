@@ -113,7 +113,7 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 return wire::encode(&WorkflowReply::Completed(bytes.clone()));
             }
             (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => {
-                return Err(err.clone().into())
+                return wire::encode(&WorkflowReply::Failed(err.clone()));
             }
             _ => {}
         }
@@ -173,7 +173,7 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 )
                 .await?;
                 tracing::warn!(execution_id = %exec, workflow = <B::Workflow as WorkflowDefinition>::NAME, %err, "workflow failed");
-                Err(err)
+                wire::encode(&WorkflowReply::Failed(err.to_wire()))
             }
             RunOutcome::Suspended(until) => {
                 self.save(

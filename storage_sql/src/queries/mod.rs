@@ -24,13 +24,136 @@ macro_rules! request_columns {
 pub(crate) use request_columns;
 
 /// The `WHERE` terms of a pending request; they match the partial index
-/// `cruster_messages_pending`, so the planner can use it.
+/// `cruster_messages_poll`, so the planner can use it.
 macro_rules! pending {
     () => {
         "NOT processed AND NOT dead_lettered"
     };
 }
 pub(crate) use pending;
+
+/// The runner-storage statements that differ between the dialects only in how they read
+/// the database clock: `$now` is an SQL expression giving the database's current time in
+/// unix milliseconds. Every statement reads it once, in a `now(ms)` CTE, so one statement
+/// compares and writes one instant. Invoked by each dialect module; the shard-lock
+/// statements, which bind shard lists, are written out in the dialect modules.
+macro_rules! runner_registry_statements {
+    ($now:literal) => {
+        /// Deletes expired registrations, so their machine ids can be handed out again.
+        pub(crate) const PURGE_EXPIRED_RUNNERS: &str = concat!(
+            "WITH now(ms) AS (SELECT ",
+            $now,
+            ") DELETE FROM cruster_runners WHERE expires_at_ms <= (SELECT ms FROM now)"
+        );
+
+        /// Registers `$1` (address) with weight `$2` for `$3` ms. A registered runner keeps
+        /// its machine id (weight and expiry are updated); a new one gets a random id that
+        /// no row holds (random, so concurrent registrations rarely collide and a departed
+        /// runner's id is not reused at once). Returns the machine id; no row when all 1024
+        /// ids are taken. Two concurrent registrations that pick the same id: the second
+        /// fails on the unique index `cruster_runners_machine_id` and is retried.
+        pub(crate) const REGISTER_RUNNER: &str = concat!(
+            "WITH RECURSIVE ids(id) AS (SELECT 0 UNION ALL SELECT id + 1 FROM ids WHERE id < 1023), \
+                now(ms) AS (SELECT ",
+            $now,
+            ") \
+            INSERT INTO cruster_runners AS r \
+                (address, machine_id, weight, registered_at_ms, expires_at_ms) \
+            SELECT $1, m.id, $2, now.ms, now.ms + $3 \
+            FROM now, (SELECT COALESCE( \
+                (SELECT machine_id FROM cruster_runners WHERE address = $1), \
+                (SELECT id FROM ids WHERE id NOT IN (SELECT machine_id FROM cruster_runners) \
+                 ORDER BY random() LIMIT 1)) AS id) AS m \
+            WHERE m.id IS NOT NULL \
+            ON CONFLICT (address) DO UPDATE SET weight = excluded.weight, \
+                expires_at_ms = excluded.expires_at_ms \
+            RETURNING machine_id"
+        );
+
+        /// Extends the live registration of `$1` to `$2` ms from now. No row: expired or
+        /// never registered.
+        pub(crate) const KEEP_RUNNER_ALIVE: &str = concat!(
+            "WITH now(ms) AS (SELECT ",
+            $now,
+            ") UPDATE cruster_runners SET expires_at_ms = (SELECT ms FROM now) + $2 \
+            WHERE address = $1 AND expires_at_ms > (SELECT ms FROM now) \
+            RETURNING machine_id"
+        );
+
+        /// The live registrations (sorted by the caller, by parsed address).
+        pub(crate) const LIVE_RUNNERS: &str = concat!(
+            "WITH now(ms) AS (SELECT ",
+            $now,
+            ") SELECT address, machine_id, weight FROM cruster_runners, now \
+            WHERE expires_at_ms > now.ms"
+        );
+
+        /// One row if `$1` is registered and not expired.
+        pub(crate) const RUNNER_IS_LIVE: &str = concat!(
+            "WITH now(ms) AS (SELECT ",
+            $now,
+            ") SELECT address FROM cruster_runners, now \
+            WHERE address = $1 AND expires_at_ms > now.ms"
+        );
+
+        pub(crate) const DELETE_RUNNER: &str = "DELETE FROM cruster_runners WHERE address = $1";
+
+        /// The live holder of shard `$1`.
+        pub(crate) const SHARD_OWNER: &str = concat!(
+            "WITH now(ms) AS (SELECT ",
+            $now,
+            ") SELECT owner FROM cruster_shard_locks, now \
+            WHERE shard = $1 AND expires_at_ms > now.ms"
+        );
+
+    };
+}
+pub(crate) use runner_registry_statements;
+
+/// The `SET` and `WHERE` of a shard-lock upsert: a lock is taken when absent, expired or
+/// already the taker's. `acquired_at_ms` keeps the time the current holder first took it.
+macro_rules! take_lock_on_conflict {
+    () => {
+        "ON CONFLICT (shard) DO UPDATE SET \
+            owner = excluded.owner, \
+            acquired_at_ms = CASE WHEN l.owner = excluded.owner \
+                AND l.expires_at_ms > excluded.acquired_at_ms \
+                THEN l.acquired_at_ms ELSE excluded.acquired_at_ms END, \
+            expires_at_ms = excluded.expires_at_ms \
+        WHERE l.expires_at_ms <= excluded.acquired_at_ms OR l.owner = excluded.owner \
+        RETURNING shard"
+    };
+}
+pub(crate) use take_lock_on_conflict;
+
+/// The `WHERE` terms of a due request: `$now` (a parameter) is not before its `deliver_at`
+/// nor its retry instant.
+macro_rules! due {
+    ($now:literal) => {
+        concat!(
+            "(deliver_at_ns IS NULL OR deliver_at_ns <= ",
+            $now,
+            ") AND (retry_at_ns IS NULL OR retry_at_ns <= ",
+            $now,
+            ")"
+        )
+    };
+}
+pub(crate) use due;
+
+/// The `SET` of `start_attempts`: one more attempt, or a dead letter (reason `$4`, at `$3`)
+/// when the count already reached `$2`. Reads the row's old values, so one statement counts
+/// and decides.
+macro_rules! start_attempt_set {
+    () => {
+        "UPDATE cruster_messages SET \
+            attempts = CASE WHEN attempts >= $2 THEN attempts ELSE attempts + 1 END, \
+            dead_lettered = (attempts >= $2), \
+            dead_lettered_at_ns = CASE WHEN attempts >= $2 THEN $3 ELSE dead_lettered_at_ns END, \
+            last_error = CASE WHEN attempts >= $2 THEN $4 ELSE last_error END "
+    };
+}
+pub(crate) use start_attempt_set;
 
 /// Statements both dialects accept as written.
 pub(crate) mod portable {
@@ -80,14 +203,17 @@ pub(crate) mod portable {
     pub(crate) const MARK_PROCESSED: &str = "\
         UPDATE cruster_messages SET processed = TRUE WHERE request_id = $1 AND NOT processed";
 
-    /// Counts a failed attempt of a pending request and dead-letters it at the limit, in one
-    /// statement (the `SET` expressions read the row's old values). No row: not pending.
+    /// Records a failed attempt of a pending request: counts it (`$5` is 1, or 0 when it
+    /// was counted when it started), dead-letters at the limit `$3` (at `$4`), else makes
+    /// it not due before `$6`; in one statement (the `SET` expressions read the row's old
+    /// values). No row: not pending.
     pub(crate) const RECORD_FAILED_ATTEMPT: &str = concat!(
         "UPDATE cruster_messages SET \
-            attempts = attempts + 1, \
+            attempts = attempts + $5, \
             last_error = $2, \
-            dead_lettered = (attempts + 1 >= $3), \
-            dead_lettered_at_ns = CASE WHEN attempts + 1 >= $3 THEN $4 ELSE NULL END \
+            dead_lettered = (attempts + $5 >= $3), \
+            dead_lettered_at_ns = CASE WHEN attempts + $5 >= $3 THEN $4 ELSE NULL END, \
+            retry_at_ns = CASE WHEN attempts + $5 >= $3 THEN retry_at_ns ELSE $6 END \
          WHERE request_id = $1 AND ",
         super::pending!(),
         " RETURNING attempts, dead_lettered"

@@ -1,23 +1,44 @@
 //! PostgreSQL statements: the portable ones, plus those binding a shard list as `TEXT[]`.
 
 pub(crate) use super::portable::*;
-use super::{pending, request_columns};
+use super::{due, pending, request_columns, start_attempt_set};
 
-/// Pending, due requests of the shards in `$1` (a `TEXT[]` of `group:number`), oldest
-/// first, at most `$3`. `$2` is now in unix nanoseconds.
-pub(crate) const UNPROCESSED: &str = concat!(
+/// One poll page: pending requests of the shards in `$1` (a `TEXT[]` of `group:number`),
+/// due at `$2` (unix nanoseconds), with an id after `$3`, not addressed to an entity of `$4`
+/// (a JSON array of `[entity_type, entity_id]` pairs), oldest first, at most `$5`. Walks
+/// the partial index `cruster_messages_poll` from the cursor and stops at the limit: it
+/// reads the page plus the rows it filters out on the way (other runners' shards, requests
+/// not due, skipped entities), never the processed history nor the rest of the backlog.
+pub(crate) const POLL_UNPROCESSED: &str = concat!(
     "SELECT ",
     request_columns!(),
-    " FROM cruster_messages WHERE shard = ANY($1) AND ",
+    " FROM cruster_messages m WHERE request_id > $3 AND ",
     pending!(),
-    " AND (deliver_at_ns IS NULL OR deliver_at_ns <= $2) ORDER BY request_id LIMIT $3"
+    " AND shard = ANY($1) AND ",
+    due!("$2"),
+    // `NOT IN` (not `NOT EXISTS`): planned as a hashed filter on the index scan, which keeps
+    // the scan in request-id order so it stops at the limit (an anti join would read every
+    // pending row after the cursor and sort them).
+    " AND (m.entity_type, m.entity_id) NOT IN \
+        (SELECT s.e ->> 0, s.e ->> 1 FROM jsonb_array_elements($4::jsonb) AS s(e)) \
+    ORDER BY request_id LIMIT $5"
 );
 
-/// Restarts the attempt count of the pending requests of the shards in `$1`.
-pub(crate) const RESET_SHARDS: &str = concat!(
-    "UPDATE cruster_messages SET attempts = 0 WHERE shard = ANY($1) AND ",
+/// Counts the attempts about to redeliver the pending requests in `$1` (a `BIGINT[]`); see
+/// `start_attempt_set!`. Returns the counted rows.
+pub(crate) const START_ATTEMPTS: &str = concat!(
+    start_attempt_set!(),
+    "WHERE request_id = ANY($1) AND ",
     pending!(),
-    " AND attempts > 0"
+    " RETURNING request_id, attempts, dead_lettered"
+);
+
+/// Gives back one counted attempt of each pending request in `$1` (a `BIGINT[]`), never
+/// below zero.
+pub(crate) const RELEASE_ATTEMPTS: &str = concat!(
+    "UPDATE cruster_messages SET attempts = attempts - 1 \
+     WHERE request_id = ANY($1) AND attempts > 0 AND ",
+    pending!()
 );
 
 // ---- group commit (PostgreSQL only; see `group_commit.rs`) -------------------------------
@@ -55,3 +76,59 @@ pub(crate) const INSERT_REPLIES: &str = "\
         WITH ORDINALITY AS k(request_id, is_final, sequence, body, position) \
     ORDER BY k.position \
     ON CONFLICT DO NOTHING";
+
+// ---- runner storage (see `runner_storage.rs`) --------------------------------------------
+
+super::runner_registry_statements!("(extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+
+/// Takes the locks of the shards in `$1` (`TEXT[]`) for owner `$2`, for `$3` ms: each one
+/// that is absent, expired or already `$2`'s. Returns the shards now held by `$2`.
+///
+/// Rows are inserted in shard order, so concurrent acquisitions (and the refreshes and
+/// releases below, which lock in the same order) wait for each other without deadlocking;
+/// a shard's second taker waits for the first to commit, then sees its lock and skips it:
+/// exactly one winner.
+pub(crate) const ACQUIRE_SHARD_LOCKS: &str = concat!(
+    "WITH now(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint) \
+    INSERT INTO cruster_shard_locks AS l (shard, owner, acquired_at_ms, expires_at_ms) \
+    SELECT s.shard, $2, now.ms, now.ms + $3 \
+    FROM (SELECT DISTINCT shard FROM unnest($1::TEXT[]) AS u(shard)) AS s, now \
+    ORDER BY s.shard ",
+    super::take_lock_on_conflict!()
+);
+
+/// Extends to `$3` ms from now the live locks of the shards in `$1` held by `$2`; returns
+/// those. Rows are locked in shard order first (see `ACQUIRE_SHARD_LOCKS`).
+pub(crate) const REFRESH_SHARD_LOCKS: &str = "\
+    WITH now(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint), \
+        mine AS MATERIALIZED (SELECT shard FROM cruster_shard_locks \
+            WHERE shard = ANY($1) AND owner = $2 ORDER BY shard FOR UPDATE) \
+    UPDATE cruster_shard_locks AS l SET expires_at_ms = now.ms + $3 \
+    FROM now, mine \
+    WHERE l.shard = mine.shard AND l.owner = $2 AND l.expires_at_ms > now.ms \
+    RETURNING l.shard";
+
+/// Deletes the locks of the shards in `$1` held by `$2` (live or expired).
+pub(crate) const RELEASE_SHARD_LOCKS: &str = "\
+    WITH mine AS MATERIALIZED (SELECT shard FROM cruster_shard_locks \
+        WHERE shard = ANY($1) AND owner = $2 ORDER BY shard FOR UPDATE) \
+    DELETE FROM cruster_shard_locks AS l USING mine \
+    WHERE l.shard = mine.shard AND l.owner = $2";
+
+/// Deletes every lock held by `$1` (unregister).
+pub(crate) const RELEASE_ALL_SHARD_LOCKS: &str = "\
+    WITH mine AS MATERIALIZED (SELECT shard FROM cruster_shard_locks \
+        WHERE owner = $1 ORDER BY shard FOR UPDATE) \
+    DELETE FROM cruster_shard_locks AS l USING mine \
+    WHERE l.shard = mine.shard AND l.owner = $1";
+
+/// The `LISTEN`/`NOTIFY` channel of membership changes in this schema: tests and
+/// deployments that share a database in separate schemas do not wake each other.
+/// (A channel name has at most 63 bytes.)
+pub(crate) const MEMBERSHIP_CHANNEL: &str =
+    "SELECT left('cruster_runners:' || current_schema(), 63)";
+
+/// Wakes the membership watches of every process (sent after a registration or an
+/// unregistration; expiries are seen by polling).
+pub(crate) const NOTIFY_MEMBERSHIP: &str =
+    "SELECT pg_notify(left('cruster_runners:' || current_schema(), 63), '')";

@@ -2,21 +2,72 @@
 //! (SQLite has no array type; `json_each` unpacks the list inside the one statement).
 
 pub(crate) use super::portable::*;
-use super::{pending, request_columns};
+use super::{due, pending, request_columns, start_attempt_set};
 
-/// Pending, due requests of the shards in `$1` (a JSON array of `group:number`), oldest
-/// first, at most `$3`. `$2` is now in unix nanoseconds.
-pub(crate) const UNPROCESSED: &str = concat!(
+/// One poll page: pending requests of the shards in `$1` (a JSON array of `group:number`),
+/// due at `$2` (unix nanoseconds), with an id after `$3`, not addressed to an entity of `$4`
+/// (a JSON array of `[entity_type, entity_id]` pairs), oldest first, at most `$5`. Walks
+/// the partial index `cruster_messages_poll` from the cursor and stops at the limit.
+pub(crate) const POLL_UNPROCESSED: &str = concat!(
     "SELECT ",
     request_columns!(),
-    " FROM cruster_messages WHERE shard IN (SELECT value FROM json_each($1)) AND ",
+    " FROM cruster_messages AS m WHERE request_id > $3 AND ",
     pending!(),
-    " AND (deliver_at_ns IS NULL OR deliver_at_ns <= $2) ORDER BY request_id LIMIT $3"
+    " AND shard IN (SELECT value FROM json_each($1)) AND ",
+    due!("$2"),
+    " AND (m.entity_type, m.entity_id) NOT IN \
+        (SELECT json_extract(s.value, '$[0]'), json_extract(s.value, '$[1]') FROM json_each($4) AS s) \
+    ORDER BY request_id LIMIT $5"
 );
 
-/// Restarts the attempt count of the pending requests of the shards in `$1`.
-pub(crate) const RESET_SHARDS: &str = concat!(
-    "UPDATE cruster_messages SET attempts = 0 WHERE shard IN (SELECT value FROM json_each($1)) AND ",
+/// Counts the attempts about to redeliver the pending requests in `$1` (a JSON array of
+/// ids); see `start_attempt_set!`. Returns the counted rows.
+pub(crate) const START_ATTEMPTS: &str = concat!(
+    start_attempt_set!(),
+    "WHERE request_id IN (SELECT value FROM json_each($1)) AND ",
     pending!(),
-    " AND attempts > 0"
+    " RETURNING request_id, attempts, dead_lettered"
 );
+
+/// Gives back one counted attempt of each pending request in `$1` (a JSON array of ids),
+/// never below zero.
+pub(crate) const RELEASE_ATTEMPTS: &str = concat!(
+    "UPDATE cruster_messages SET attempts = attempts - 1 \
+     WHERE request_id IN (SELECT value FROM json_each($1)) AND attempts > 0 AND ",
+    pending!()
+);
+
+// ---- runner storage (see `runner_storage.rs`) --------------------------------------------
+
+super::runner_registry_statements!("CAST(unixepoch('subsec') * 1000 AS INTEGER)");
+
+/// Takes the locks of the shards in `$1` (a JSON array) for owner `$2`, for `$3` ms: each
+/// one that is absent, expired or already `$2`'s. Returns the shards now held by `$2`.
+/// SQLite runs one writing statement at a time, so concurrent takers are serialised and
+/// the later ones find the lock taken. (`WHERE TRUE` keeps the parser from reading `ON
+/// CONFLICT` as a join constraint.)
+pub(crate) const ACQUIRE_SHARD_LOCKS: &str = concat!(
+    "WITH now(ms) AS (SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
+    INSERT INTO cruster_shard_locks AS l (shard, owner, acquired_at_ms, expires_at_ms) \
+    SELECT s.value, $2, now.ms, now.ms + $3 \
+    FROM (SELECT DISTINCT value FROM json_each($1)) AS s, now \
+    WHERE TRUE ",
+    super::take_lock_on_conflict!()
+);
+
+/// Extends to `$3` ms from now the live locks of the shards in `$1` held by `$2`; returns
+/// those.
+pub(crate) const REFRESH_SHARD_LOCKS: &str = "\
+    WITH now(ms) AS (SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
+    UPDATE cruster_shard_locks SET expires_at_ms = (SELECT ms FROM now) + $3 \
+    WHERE shard IN (SELECT value FROM json_each($1)) AND owner = $2 \
+        AND expires_at_ms > (SELECT ms FROM now) \
+    RETURNING shard";
+
+/// Deletes the locks of the shards in `$1` held by `$2` (live or expired).
+pub(crate) const RELEASE_SHARD_LOCKS: &str = "\
+    DELETE FROM cruster_shard_locks \
+    WHERE shard IN (SELECT value FROM json_each($1)) AND owner = $2";
+
+/// Deletes every lock held by `$1` (unregister).
+pub(crate) const RELEASE_ALL_SHARD_LOCKS: &str = "DELETE FROM cruster_shard_locks WHERE owner = $1";

@@ -8,6 +8,7 @@
 //! * SQLite: every test gets a file in its own temporary directory, opened in WAL mode.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod runner_scenarios;
 pub mod scenarios;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,6 +87,11 @@ impl TestDatabase {
 
     /// A new pool on this database (a new one each call, as a restarted process would open).
     pub async fn open(&self) -> SqlPool {
+        self.open_with_max_connections(16).await
+    }
+
+    /// [`open`](Self::open) with a pool of at most `max` connections.
+    pub async fn open_with_max_connections(&self, max: u32) -> SqlPool {
         match (&self.postgres, &self.sqlite) {
             (Some((url, schema)), _) => {
                 use std::str::FromStr;
@@ -93,13 +99,28 @@ impl TestDatabase {
                     .unwrap()
                     .options([("search_path", schema.as_str())]);
                 let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(max)
                     .connect_with(options)
                     .await
                     .unwrap();
                 SqlPool::from(pool)
             }
-            (_, Some((_, url))) => SqlPool::connect(url).await.unwrap(),
+            // As `SqlPool::connect` opens a file, with a chosen pool size.
+            (_, Some((_, url))) => {
+                use std::str::FromStr;
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .unwrap()
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                    .busy_timeout(std::time::Duration::from_secs(5));
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .connect_with(options)
+                    .await
+                    .unwrap();
+                SqlPool::from(pool)
+            }
             _ => unreachable!("a test database is PostgreSQL or SQLite"),
         }
     }
@@ -108,6 +129,23 @@ impl TestDatabase {
     pub async fn migrated(&self) -> SqlPool {
         let pool = self.open().await;
         pool.migrate().await.unwrap();
+        pool
+    }
+
+    /// A migrated pool whose connections are all open already. Opening a PostgreSQL
+    /// connection (SCRAM, in an unoptimised test build) takes long enough to outlast the
+    /// runner-storage suite's 300 ms TTLs, so the timing checks must not pay for it.
+    pub async fn migrated_and_warm(&self) -> SqlPool {
+        let pool = self.migrated().await;
+        match &pool {
+            SqlPool::Postgres(pg) => {
+                let size = pg.options().get_max_connections();
+                let held = futures::future::join_all((0..size).map(|_| pg.acquire())).await;
+                drop(held);
+            }
+            SqlPool::Sqlite(_) => {}
+            _ => unreachable!("a test database is PostgreSQL or SQLite"),
+        }
         pool
     }
 
@@ -258,7 +296,12 @@ macro_rules! sql_backend_tests {
                     mark_processed_removes_from_unprocessed,
                     failed_attempts_dead_letter_at_the_limit,
                     dead_letters_are_listed_oldest_first,
-                    reset_shards_restarts_attempt_counts,
+                    failed_attempt_is_not_due_before_retry_at,
+                    start_attempts_counts_before_delivery,
+                    counted_failure_is_not_counted_twice,
+                    released_attempts_are_given_back,
+                    poll_continues_after_the_cursor,
+                    poll_skips_saturated_entities,
                     clear_address_deletes_requests_and_replies,
                     random_operations_match_a_model,
                 ],
@@ -306,6 +349,43 @@ macro_rules! sql_backend_tests {
                 ],
                 by_arc: [concurrent_resolves_of_one_deferred_have_exactly_one_winner],
             );
+        }
+
+        mod runner_storage {
+            use super::*;
+            $crate::sql_runner_conformance_tests!(
+                $fresh,
+                by_ref: [
+                    register_assigns_unique_machine_ids,
+                    runners_lists_live_runners_sorted_by_address,
+                    machine_ids_of_departed_runners_are_reused,
+                    registration_expires_without_keep_alive,
+                    keep_alive_extends_registration,
+                    keep_alive_reports_expired_registration,
+                    unregister_releases_shard_locks,
+                    watch_sees_joins_and_leaves,
+                    watch_sees_expiry,
+                    lock_is_exclusive,
+                    lock_expires_after_ttl_and_can_be_stolen,
+                    refresh_keeps_lock_and_omits_lost_ones,
+                    release_only_frees_own_locks,
+                    acquire_is_idempotent_for_the_owner,
+                    random_lock_operations_match_a_single_owner_model,
+                ],
+                by_arc: [concurrent_acquisition_has_exactly_one_winner],
+            );
+
+            mod scenarios {
+                use super::*;
+                $crate::sql_runner_scenario_tests!(
+                    $fresh,
+                    lock_expiry_is_set_by_the_database_clock,
+                    undecodable_runner_rows_are_skipped_not_fatal,
+                    renewals_use_their_own_pool_while_the_application_pool_is_exhausted,
+                    a_call_past_the_statement_timeout_is_a_persistence_error,
+                    watch_of_another_storage_sees_changes_by_polling,
+                );
+            }
         }
 
         /// The suites' own `run_all` lists, with a fresh database per function, to catch a
@@ -369,6 +449,29 @@ macro_rules! sql_backend_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runner_storage_suite_passes() {
+                let Some(probe) = $fresh().await else { return };
+                let config = $crate::support::runner_suite_config(probe.dialect);
+                probe.remove().await;
+                run_with_databases(|dbs| async move {
+                    cruster_runner_storage::conformance::run_all_with_health(
+                        &config,
+                        || {
+                            let dbs = Arc::clone(&dbs);
+                            async move {
+                                let db = $fresh().await.unwrap();
+                                let pool = db.migrated_and_warm().await;
+                                dbs.lock().await.push(db);
+                                cruster_storage_sql::SqlRunnerStorage::from_pool(pool)
+                            }
+                        },
+                    )
+                    .await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn workflow_engine_suite_passes() {
                 let Some(probe) = $fresh().await else { return };
                 probe.remove().await;
@@ -414,6 +517,115 @@ macro_rules! sql_scenario_tests {
             async fn $name() {
                 let Some(db) = $fresh().await else { return };
                 $crate::support::scenarios::$name(&db).await;
+                db.remove().await;
+            }
+        )*
+    };
+}
+
+/// The timing of the runner-storage suite: 1 s TTLs (as for etcd) rather than the
+/// default 300 ms. The model test runs 32 cases at once, each step a commit (with fsync:
+/// a few ms each on a loaded CI machine, and SQLite runs the 32 commits one after the
+/// other) and a few reads; at 300 ms two steps can outlast a short lock, which then
+/// expires before the model expects it to.
+pub fn runner_suite_config(_dialect: Dialect) -> cruster_runner_storage::conformance::SuiteConfig {
+    cruster_runner_storage::conformance::SuiteConfig::with_short_ttl(
+        std::time::Duration::from_secs(1),
+    )
+}
+
+/// The runner-storage conformance list on fresh databases from `$fresh`: once on
+/// `SqlRunnerStorage` itself and once through `Arc<dyn RunnerStorage>` (and
+/// `Arc<dyn RunnerHealth>`), with the timing of [`runner_suite_config`].
+#[macro_export]
+macro_rules! sql_runner_conformance_tests {
+    (
+        $fresh:path,
+        by_ref: [$($name:ident),* $(,)?],
+        by_arc: [$($racing:ident),* $(,)?] $(,)?
+    ) => {
+        use cruster_runner_storage::conformance;
+        use cruster_runner_storage::{RunnerHealth, RunnerStorage};
+        use cruster_storage_sql::SqlRunnerStorage;
+
+        mod direct {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $fresh().await else { return };
+                    let storage = SqlRunnerStorage::from_pool(db.migrated_and_warm().await);
+                    conformance::$name(&storage, &$crate::support::runner_suite_config(db.dialect)).await;
+                    db.remove().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $racing() {
+                    let Some(db) = $fresh().await else { return };
+                    let storage = Arc::new(SqlRunnerStorage::from_pool(db.migrated_and_warm().await));
+                    conformance::$racing(storage, &$crate::support::runner_suite_config(db.dialect)).await;
+                    db.remove().await;
+                }
+            )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn health_follows_registration() {
+                let Some(db) = $fresh().await else { return };
+                let storage = SqlRunnerStorage::from_pool(db.migrated_and_warm().await);
+                conformance::health_follows_registration(&storage, &storage, &$crate::support::runner_suite_config(db.dialect))
+                    .await;
+                db.remove().await;
+            }
+        }
+
+        mod as_dyn {
+            use super::*;
+            async fn backend(db: &TestDatabase) -> Arc<dyn RunnerStorage> {
+                Arc::new(SqlRunnerStorage::from_pool(db.migrated_and_warm().await))
+            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $fresh().await else { return };
+                    conformance::$name(&*backend(&db).await, &$crate::support::runner_suite_config(db.dialect)).await;
+                    db.remove().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $racing() {
+                    let Some(db) = $fresh().await else { return };
+                    conformance::$racing(backend(&db).await, &$crate::support::runner_suite_config(db.dialect)).await;
+                    db.remove().await;
+                }
+            )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn health_follows_registration() {
+                let Some(db) = $fresh().await else { return };
+                let concrete = Arc::new(SqlRunnerStorage::from_pool(db.migrated_and_warm().await));
+                let storage: Arc<dyn RunnerStorage> = concrete.clone();
+                let health: Arc<dyn RunnerHealth> = concrete;
+                conformance::health_follows_registration(
+                    &*storage,
+                    &*health,
+                    &$crate::support::runner_suite_config(db.dialect),
+                )
+                .await;
+                db.remove().await;
+            }
+        }
+    };
+}
+
+/// One test per runner-storage scenario of [`runner_scenarios`], each on a fresh database.
+#[macro_export]
+macro_rules! sql_runner_scenario_tests {
+    ($fresh:path, $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(db) = $fresh().await else { return };
+                $crate::support::runner_scenarios::$name(&db).await;
                 db.remove().await;
             }
         )*

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
-use cruster_message_storage::{FailedAttempt, MessageStorage};
+use cruster_message_storage::{AttemptFailure, FailedAttempt, MessageStorage};
 use cruster_storage_sql::{SqlMessageStorage, SqlPool, SqlWorkflowEngine, SqlWorkflowStorage};
 use cruster_types::{
     ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult, Reply,
@@ -144,7 +144,15 @@ pub async fn everything_written_survives_reopening_the_database(db: &TestDatabas
     messages.save_reply(&last).await.unwrap();
     assert_eq!(
         messages
-            .record_failed_attempt(Snowflake(1), "busy", 5)
+            .record_failed_attempt(
+                Snowflake(1),
+                &AttemptFailure {
+                    reason: "busy",
+                    max_attempts: 5,
+                    retry_at: t0(),
+                    counted: false,
+                }
+            )
             .await
             .unwrap(),
         FailedAttempt::WillRetry { attempts: 1 }
@@ -259,8 +267,8 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
     assert_eq!(
         db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
             .await,
-        2,
-        "each of the two migration files applied once"
+        4,
+        "each of the four migration files applied once"
     );
     assert_eq!(pending_ids(&messages).await, vec![1]);
     pool.close().await;
@@ -511,7 +519,15 @@ pub async fn attempt_counts_from_two_pools_are_never_lost(db: &TestDatabase) {
             let runner = Arc::clone(runner);
             tasks.spawn(async move {
                 runner
-                    .record_failed_attempt(Snowflake(1), "handler failed", 1_000)
+                    .record_failed_attempt(
+                        Snowflake(1),
+                        &AttemptFailure {
+                            reason: "handler failed",
+                            max_attempts: 1_000,
+                            retry_at: Utc::now(),
+                            counted: false,
+                        },
+                    )
                     .await
                     .unwrap()
             });
