@@ -2,8 +2,6 @@
 //! (the hidden entity plus the arming singleton) on a runner.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,36 +11,12 @@ use cruster_types::ClusterError;
 
 use super::arming::arm_until_cancelled;
 use super::cron_entity::{CronEntity, CronSpec, CRON_NAMESPACE};
+use super::handler::{CronFuture, CronHandler};
 use super::run_plan::RunPolicy;
 use super::schedule::CronSchedule;
 
-/// What a cron handler returns: a boxed, sendable future.
-///
-/// ```
-/// use cruster::cron::CronFuture;
-/// fn job(scheduled_time: chrono::DateTime<chrono::Utc>) -> CronFuture {
-///     Box::pin(async move {
-///         println!("running the {scheduled_time} occurrence");
-///         Ok(())
-///     })
-/// }
-/// # let _ = job;
-/// ```
-pub type CronFuture = Pin<Box<dyn Future<Output = Result<(), ClusterError>> + Send>>;
-
 /// The future of the arming singleton (the output type of a [`SingletonFn`]).
 type SingletonFuture = CronFuture;
-
-/// A cron handler, shared by every run: called with the occurrence's scheduled time.
-/// [`ClusterCron::new`] takes any closure of this shape and stores it as one of these.
-///
-/// ```
-/// use std::sync::Arc;
-/// use cruster::cron::CronHandler;
-/// let handler: CronHandler = Arc::new(|_scheduled_time| Box::pin(async { Ok(()) }));
-/// # let _ = handler;
-/// ```
-pub type CronHandler = Arc<dyn Fn(DateTime<Utc>) -> CronFuture + Send + Sync + 'static>;
 
 /// Runs older than this are skipped unless [`ClusterCron::with_skip_if_older_than`] says
 /// otherwise (one day).

@@ -21,7 +21,7 @@ use cruster_types::{wire, ClusterError, EntityId, EntityType};
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, Level};
 
-use super::cluster_cron::CronHandler;
+use super::handler::CronHandler;
 use super::run_plan::{Decision, RunPolicy};
 use super::schedule::CronSchedule;
 

@@ -89,12 +89,12 @@
 mod arming;
 mod cluster_cron;
 mod cron_entity;
+mod handler;
 mod run_plan;
 mod schedule;
 #[cfg(test)]
 mod test_sharding;
 
-pub use cluster_cron::{
-    ClusterCron, CronFuture, CronHandler, DEFAULT_REARM_INTERVAL, DEFAULT_SKIP_IF_OLDER_THAN,
-};
+pub use cluster_cron::{ClusterCron, DEFAULT_REARM_INTERVAL, DEFAULT_SKIP_IF_OLDER_THAN};
+pub use handler::{CronFuture, CronHandler};
 pub use schedule::CronSchedule;

@@ -23,24 +23,22 @@ use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::entity::instance::Instance;
+use crate::entity::instance::{Instance, InstanceRuntime, RunEnd};
 use crate::entity::mailbox::MailboxItem;
 use crate::runtime_core::RuntimeCore;
 
 pub(crate) struct EntityManager {
-    pub(crate) core: Arc<RuntimeCore>,
-    pub(crate) entity: Arc<dyn Entity>,
+    core: Arc<RuntimeCore>,
+    /// What the instances' tasks share.
+    runtime: Arc<InstanceRuntime>,
     entity_type: EntityType,
     pub(crate) shard_group: Arc<str>,
     mailbox_capacity: usize,
-    pub(crate) concurrency: usize,
     max_idle: Duration,
     /// Live instances, by shard then entity id, so a shard that moves is stopped in
     /// O(its instances).
     instances: DashMap<ShardId, HashMap<EntityId, Arc<Instance>>>,
-    pub(crate) active_gauge: IntGauge,
     mailbox_gauge: IntGauge,
-    epoch: Instant,
 }
 
 impl EntityManager {
@@ -80,20 +78,24 @@ impl EntityManager {
                 .unwrap_or(cruster_types::DEFAULT_SHARD_GROUP),
         );
         let label = [entity_type.as_str()];
-        Ok(Arc::new(EntityManager {
-            active_gauge: core.metrics.active_entities.with_label_values(&label),
-            mailbox_gauge: core.metrics.mailbox_depth.with_label_values(&label),
+        let runtime = Arc::new(InstanceRuntime {
+            core: core.clone(),
+            entity,
             concurrency: options
                 .concurrency
                 .unwrap_or(config.entity_max_concurrent_requests),
+            active_gauge: core.metrics.active_entities.with_label_values(&label),
+            epoch: Instant::now(),
+        });
+        Ok(Arc::new(EntityManager {
+            mailbox_gauge: core.metrics.mailbox_depth.with_label_values(&label),
             core,
-            entity,
+            runtime,
             entity_type,
             shard_group,
             mailbox_capacity,
             max_idle,
             instances: DashMap::new(),
-            epoch: Instant::now(),
         }))
     }
 
@@ -101,8 +103,8 @@ impl EntityManager {
         &self.entity_type
     }
 
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn now_ms(&self) -> u64 {
+        self.runtime.now_ms()
     }
 
     fn instance(&self, address: &EntityAddress) -> Option<Arc<Instance>> {
@@ -206,14 +208,16 @@ impl EntityManager {
         let (tx, rx) = mpsc::channel(self.mailbox_capacity);
         let fence = self.core.fences.token(&address.shard_id);
         let instance = Arc::new(Instance::new(address, tx, self.now_ms(), fence));
-        self.active_gauge.inc();
+        self.runtime.active_gauge.inc();
         let manager = self.clone();
         let inst = instance.clone();
         let span = tracing::debug_span!("cruster.entity", entity_type = %self.entity_type, entity_id = %instance.address.entity_id);
         self.core.spawn(
             async move {
                 let finished = inst.finished.clone();
-                manager.run_instance(inst, rx).await;
+                if let RunEnd::FailedToStart = manager.runtime.clone().run(inst.clone(), rx).await {
+                    manager.forget(&inst);
+                }
                 finished.cancel();
             }
             .instrument(span),

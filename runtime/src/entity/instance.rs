@@ -22,9 +22,10 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use cruster_sharding::{EntityContext, EntityHandler, IncomingRequest, STREAM_WINDOW};
+use cruster_sharding::{Entity, EntityContext, EntityHandler, IncomingRequest, STREAM_WINDOW};
 use cruster_types::{
     ClusterError, EntityAddress, EnvelopeRequest, ExitResult, Reply, ReplyChunk, ReplyWithExit,
     Snowflake,
@@ -32,12 +33,31 @@ use cruster_types::{
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use parking_lot::Mutex;
+use prometheus::IntGauge;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::entity::entity_manager::EntityManager;
 use crate::entity::mailbox::{MailboxItem, ReplySink};
+use crate::runtime_core::RuntimeCore;
+
+/// What the tasks of one entity type's instances share.
+pub(crate) struct InstanceRuntime {
+    pub(crate) core: Arc<RuntimeCore>,
+    pub(crate) entity: Arc<dyn Entity>,
+    /// Requests handled at once per instance (0 = unbounded).
+    pub(crate) concurrency: usize,
+    pub(crate) active_gauge: IntGauge,
+    pub(crate) epoch: Instant,
+}
+
+/// How an instance's task ended.
+pub(crate) enum RunEnd {
+    /// Stopped after serving (or refusing) its messages.
+    Stopped,
+    /// The entity failed to start; the instance must be forgotten.
+    FailedToStart,
+}
 
 /// One live entity.
 pub(crate) struct Instance {
@@ -116,27 +136,31 @@ impl Instance {
     }
 }
 
-impl EntityManager {
+impl InstanceRuntime {
+    /// Milliseconds since this entity type was registered (the clock of idle times).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// The instance's task: starts the handler, reads the mailbox until stopped, refuses
     /// what is left, waits for running handlers, passivates.
-    pub(crate) async fn run_instance(
+    pub(crate) async fn run(
         self: Arc<Self>,
         instance: Arc<Instance>,
         mut rx: mpsc::Receiver<MailboxItem>,
-    ) {
+    ) -> RunEnd {
         let ctx = EntityContext {
             address: instance.address.clone(),
             runner_address: self.core.config.runner_address.clone(),
             sharding: match self.core.sharding() {
                 Ok(s) => s,
-                Err(_) => return,
+                Err(_) => return RunEnd::Stopped,
             },
         };
         let handler = match self.entity.spawn(ctx).await {
             Ok(handler) => handler,
             Err(err) => {
                 tracing::warn!(%err, "entity failed to start; failing its queued messages");
-                self.forget(&instance);
                 rx.close();
                 while let Ok(item) = rx.try_recv() {
                     self.finish_failed(
@@ -149,7 +173,7 @@ impl EntityManager {
                     .await;
                 }
                 self.active_gauge.dec();
-                return;
+                return RunEnd::FailedToStart;
             }
         };
         let limit = if self.concurrency == 0 {
@@ -202,6 +226,7 @@ impl EntityManager {
             handler.on_passivate().await;
         }
         self.active_gauge.dec();
+        RunEnd::Stopped
     }
 
     /// Refuses a queued message of a stopping instance without running it.

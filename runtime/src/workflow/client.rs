@@ -8,7 +8,8 @@ use cruster_sharding::{EntityClient, IntoSharding, Sharding};
 use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
 use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
 
-use super::definition::{ClientFromSharding, WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::client_from_sharding::ClientFromSharding;
+use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
 use super::workflow_entity::WorkflowEntity;
 use crate::sharding_impl::ShardingImpl;

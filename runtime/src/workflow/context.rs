@@ -25,8 +25,6 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::activity_tx::ActivityTx;
-use super::definition::ClientFromSharding;
-use super::journaling_sharding::JournalingSharding;
 use crate::metrics::ClusterMetrics;
 
 /// How a failed activity is retried.
@@ -159,12 +157,6 @@ impl WorkflowContext {
     /// The cluster (calls through it are *not* journaled; prefer [`WorkflowContext::client`]).
     pub fn sharding(&self) -> &Arc<dyn Sharding> {
         &self.inner.sharding
-    }
-
-    /// A typed client of another entity or workflow whose calls are journaled: on replay a
-    /// call that already answered returns its recorded reply without being sent again.
-    pub fn client<C: ClientFromSharding>(&self) -> C {
-        C::from_sharding(Arc::new(JournalingSharding::new(self.clone())))
     }
 
     fn entry_at(&self, sequence: u32) -> Option<&JournalEntry> {

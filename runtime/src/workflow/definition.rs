@@ -10,8 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cruster_sharding::{EntityClient, Sharding};
-use cruster_types::{ClusterError, EntityType};
+use cruster_types::ClusterError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -74,22 +73,6 @@ pub trait WorkflowBody: Send + Sync + 'static {
         ctx: WorkflowContext,
         request: <Self::Workflow as WorkflowDefinition>::Request,
     ) -> WorkflowFuture<<Self::Workflow as WorkflowDefinition>::Response>;
-}
-
-/// A typed client that can be built over any `Sharding` (generated entity and workflow
-/// clients implement it), so a workflow can call other entities and workflows through
-/// `WorkflowContext::client`, with every call journaled.
-pub trait ClientFromSharding: Sized {
-    /// The entity type the client talks to.
-    fn client_entity_type() -> EntityType;
-
-    /// Builds the client.
-    fn from_entity_client(client: EntityClient) -> Self;
-
-    /// Builds the client over `sharding`.
-    fn from_sharding(sharding: Arc<dyn Sharding>) -> Self {
-        Self::from_entity_client(EntityClient::new(sharding, Self::client_entity_type()))
-    }
 }
 
 /// What the hidden workflow entity answers to `execute` and `resume`.

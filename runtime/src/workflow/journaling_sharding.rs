@@ -15,7 +15,16 @@ use cruster_types::{
     ShardId, Snowflake,
 };
 
+use super::client_from_sharding::ClientFromSharding;
 use super::context::{ActivityOptions, WorkflowContext};
+
+impl WorkflowContext {
+    /// A typed client of another entity or workflow whose calls are journaled: on replay a
+    /// call that already answered returns its recorded reply without being sent again.
+    pub fn client<C: ClientFromSharding>(&self) -> C {
+        C::from_sharding(Arc::new(JournalingSharding::new(self.clone())))
+    }
+}
 
 pub(crate) struct JournalingSharding {
     ctx: WorkflowContext,

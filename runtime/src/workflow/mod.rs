@@ -16,6 +16,7 @@
 
 mod activity_tx;
 mod client;
+mod client_from_sharding;
 mod context;
 mod definition;
 mod execution_id;
@@ -27,10 +28,11 @@ mod workflow_entity;
 
 pub use activity_tx::ActivityTx;
 pub use client::{register_workflow, WorkflowClient};
+pub use client_from_sharding::ClientFromSharding;
 pub use context::{ActivityOptions, Backoff, WorkflowContext};
 pub use cruster_workflow_storage::{
     ExecutionFilter, ExecutionRecord, ExecutionStatus, JournalEntry,
 };
-pub use definition::{ClientFromSharding, WorkflowBody, WorkflowDefinition, WorkflowFuture};
+pub use definition::{WorkflowBody, WorkflowDefinition, WorkflowFuture};
 pub use execution_id::{execution_id_from_key, execution_id_from_request};
 pub use inspect::{list_executions, workflow_journal};
