@@ -122,11 +122,37 @@ services_postgres_create_database() {
   fi
 }
 
+# The test suites run runner processes and conformance suites side by side, each with its
+# own pools: 100 connections (the packaged default) is too tight. Raised once, then kept.
+services_postgres_connections() {
+  local psql=(services_as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$CRUSTER_PG_PORT" -d postgres)
+  local current
+  current=$("${psql[@]}" -tAc "SHOW max_connections") || return 1
+  if [ "$current" -ge 300 ]; then
+    return 0
+  fi
+  services_log "raising PostgreSQL max_connections from $current to 300 (restart)"
+  "${psql[@]}" -c "ALTER SYSTEM SET max_connections = 300" || return 1
+  local version="" cluster=""
+  read -r version cluster < <(pg_lsclusters --no-header | awk -v port="$CRUSTER_PG_PORT" '$3 == port { print $1, $2; exit }')
+  if [ -z "${version:-}" ]; then
+    services_log "no PostgreSQL cluster on port $CRUSTER_PG_PORT to restart"
+    return 1
+  fi
+  if [ "$(id -u)" -eq 0 ]; then
+    pg_ctlcluster "$version" "$cluster" restart || return 1
+  else
+    services_as_postgres pg_ctlcluster "$version" "$cluster" restart || return 1
+  fi
+  services_postgres_wait
+}
+
 services_postgres() {
   if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
     services_apt_install postgresql || return 1
   fi
   services_postgres_start || return 1
+  services_postgres_connections || return 1
   services_postgres_create_database || return 1
   export DATABASE_URL="postgres://$CRUSTER_PG_USER:$CRUSTER_PG_PASSWORD@$CRUSTER_PG_HOST:$CRUSTER_PG_PORT/$CRUSTER_PG_DATABASE"
   echo "DATABASE_URL=$DATABASE_URL"

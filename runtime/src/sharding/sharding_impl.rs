@@ -206,7 +206,11 @@ impl ShardingImpl {
                 reason: "this runner is already started".into(),
             });
         }
-        self.membership.register().await?;
+        if let Err(err) = self.membership.register().await {
+            // Not started after all: a later `start` may try again.
+            self.started.store(false, Ordering::Release);
+            return Err(err);
+        }
         // First rebalance inline, so a lone runner owns its shards when `start` returns.
         if let Err(err) = self.membership.rebalance().await {
             tracing::warn!(%err, "first rebalance failed; the rebalance loop retries");
