@@ -126,8 +126,13 @@ impl RuntimeCore {
     /// `storage_message_max_retries`, and otherwise leaves it for the poll to redeliver after
     /// the backoff (`storage_retry_backoff_*`), on whichever runner owns its shard then.
     pub(crate) async fn record_failure(&self, request_id: Snowflake, reason: &str) {
-        let counted_attempt = self.in_flight.fail(request_id);
-        let Ok(storage) = self.storage() else { return };
+        // The entry stays in flight until the failure (and its retry instant) is stored, so
+        // the poll cannot redeliver it early.
+        let counted_attempt = self.in_flight.counted_attempt(request_id);
+        let Ok(storage) = self.storage() else {
+            self.in_flight.fail(request_id);
+            return;
+        };
         // A delivery the poll did not count is a first delivery (save → deliver), so the
         // failure is, all but always, attempt 1.
         let attempt = counted_attempt.unwrap_or(1);
@@ -142,6 +147,7 @@ impl RuntimeCore {
             counted: counted_attempt.is_some(),
         };
         let result = storage.record_failed_attempt(request_id, &failure).await;
+        self.in_flight.failure_recorded(request_id);
         self.storage_result(&result);
         match result {
             Ok(FailedAttempt::DeadLettered { attempts }) => {

@@ -73,6 +73,20 @@ impl InFlight {
         }
     }
 
+    /// The attempt number storage counted when the poll picked this request up, if it did.
+    pub(crate) fn counted_attempt(&self, request_id: Snowflake) -> Option<u32> {
+        self.entries
+            .get(&request_id)
+            .and_then(|entry| entry.counted_attempt)
+    }
+
+    /// Marks a request whose failed attempt was just recorded (with its retry instant):
+    /// like a completed one, it is kept until a poll that started after now has finished,
+    /// because an earlier poll may have read it as due before the retry instant was stored.
+    pub(crate) fn failure_recorded(&self, request_id: Snowflake) {
+        self.complete(request_id);
+    }
+
     /// Forgets a request whose delivery failed; returns the attempt number storage counted
     /// when the poll picked it up, if it did (the failure must then not be counted again).
     pub(crate) fn fail(&self, request_id: Snowflake) -> Option<u32> {
