@@ -31,7 +31,9 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// use cruster_storage_etcd::EtcdRunnerStorage;
 ///
 /// // A client you built yourself...
-/// # let client: etcd_client::Client = todo!();
+/// let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None)
+///     .await
+///     .map_err(|e| cruster_types::ClusterError::persistence("connecting to etcd", e))?;
 /// let storage = EtcdRunnerStorage::new(client, "/my-cluster/", 30);
 /// // ...or one connected and checked for you, with a clear error naming the endpoints.
 /// let storage = EtcdRunnerStorage::connect(["http://127.0.0.1:2379"], "/my-cluster/", 30)
