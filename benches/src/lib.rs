@@ -2,6 +2,8 @@
 //! `Entity`/`EntityHandler` traits, and helpers to start a bench node.
 #![allow(missing_docs)]
 
+pub mod lock_bench;
+
 use std::sync::Arc;
 use std::time::Duration;
 
