@@ -19,7 +19,11 @@ use cruster_types::{ClusterError, RunnerAddress};
 pub struct ShardingConfig {
     /// Where this runner is reachable by the others (default `127.0.0.1:9000`).
     pub runner_address: RunnerAddress,
-    /// Relative capacity of this runner (1 = normal).
+    /// Relative capacity of this runner (1 = normal). `0` makes a **client-only** runner:
+    /// it joins the membership (so its request ids are unique in the cluster and stored
+    /// replies are pushed to it) but is assigned no shards, so it runs no entity, singleton
+    /// or cron; it needs a runner storage. Weights above 1 are reserved for weighted
+    /// assignment and count as 1 today.
     pub runner_weight: u32,
     /// Shards per shard group (default 300). Must be equal on every runner.
     pub shards_per_group: u32,
@@ -151,9 +155,6 @@ impl ShardingConfig {
         }
         if self.entity_max_idle_time.is_zero() {
             return bad("entity_max_idle_time", "must be more than zero");
-        }
-        if self.runner_weight == 0 {
-            return bad("runner_weight", "must be at least 1");
         }
         if self.shard_groups.iter().any(|g| g.is_empty()) {
             return bad("shard_groups", "a shard group name cannot be empty");

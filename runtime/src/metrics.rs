@@ -44,6 +44,10 @@ pub struct ClusterMetrics {
     pub storage_errors: IntCounter,
     /// Cron runs, by cron name and outcome (`ok`, `failed`, `skipped`).
     pub cron_runs: IntCounterVec,
+    /// Stored replies pushed to the caller's runner, by outcome (`pushed`: the caller's
+    /// runner took it; `failed`: the caller falls back to reading storage; `received`: a
+    /// push from another runner arrived here).
+    pub replies_pushed: IntCounterVec,
 }
 
 fn metric_error(err: prometheus::Error) -> ClusterError {
@@ -118,6 +122,13 @@ impl ClusterMetrics {
                 Opts::new("cruster_cron_runs_total", "Cron runs by outcome"),
                 &["cron", "outcome"],
             )?,
+            replies_pushed: IntCounterVec::new(
+                Opts::new(
+                    "cruster_replies_pushed_total",
+                    "Stored replies pushed between runners, by outcome",
+                ),
+                &["outcome"],
+            )?,
         })
     }
 
@@ -141,6 +152,7 @@ impl ClusterMetrics {
         registry.register(Box::new(self.workflow_steps.clone()))?;
         registry.register(Box::new(self.storage_errors.clone()))?;
         registry.register(Box::new(self.cron_runs.clone()))?;
+        registry.register(Box::new(self.replies_pushed.clone()))?;
         Ok(())
     }
 }

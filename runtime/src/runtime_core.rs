@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ShardingConfig;
 use crate::delivery::in_flight::InFlight;
+use crate::delivery::reply_push::ReplyPush;
 use crate::delivery::reply_waiters::ReplyWaiters;
 use crate::metrics::ClusterMetrics;
 use crate::sharding::shard_fences::ShardFences;
@@ -30,6 +31,9 @@ pub(crate) struct RuntimeCore {
     /// One token per shard, fired when the shard is lost (see `ShardFences`).
     pub(crate) fences: ShardFences,
     pub(crate) waiters: Arc<ReplyWaiters>,
+    /// Pushes stored replies to the runner of their caller (and knows the runners by
+    /// machine id).
+    pub(crate) reply_push: ReplyPush,
     pub(crate) in_flight: InFlight,
     pub(crate) snowflakes: SnowflakeGenerator,
     /// Cancelled when the runner stops taking work (graceful shutdown begins).
@@ -110,15 +114,31 @@ impl RuntimeCore {
         self.detached.load(Ordering::Relaxed)
     }
 
-    /// Stores the final reply of a persisted request, then wakes local waiters.
-    pub(crate) async fn store_reply(&self, reply: &ReplyWithExit) -> Result<(), ClusterError> {
+    /// Stores the final reply of a persisted request, then wakes local waiters and, when
+    /// `push` says no caller holds a direct answer channel, pushes the reply to the runner
+    /// that made the request (its caller may wait there).
+    pub(crate) async fn store_reply(
+        &self,
+        reply: &ReplyWithExit,
+        push: bool,
+    ) -> Result<(), ClusterError> {
         let storage = self.storage()?;
         let result = storage.save_reply(&Reply::WithExit(reply.clone())).await;
         self.storage_result(&result);
         result?;
         self.in_flight.complete(reply.request_id);
         self.waiters.complete(reply);
+        if push {
+            if let Some(push) = self.reply_push.push(reply, self.snowflakes.machine_id()) {
+                self.spawn(push);
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a request id was made by this runner (its caller waits here, if anywhere).
+    pub(crate) fn made_here(&self, request_id: Snowflake) -> bool {
+        request_id.machine_id() == self.snowflakes.machine_id()
     }
 
     /// Records a failed delivery of a persisted request: counts the attempt (unless the

@@ -20,7 +20,9 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use cruster_transport::{ReplyStream, RunnerInbound, Runners};
-use cruster_types::{AckChunk, ClusterError, EnvelopeRequest, Interrupt, Reply, RunnerAddress};
+use cruster_types::{
+    AckChunk, ClusterError, EnvelopeRequest, Interrupt, Reply, ReplyWithExit, RunnerAddress,
+};
 use futures::{Future, Stream, StreamExt};
 use parking_lot::RwLock;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -205,6 +207,17 @@ impl Runners for InProcessRunners {
     ) -> Result<(), ClusterError> {
         self.call(to, |inbound| async move {
             inbound.handle_interrupt(interrupt).await
+        })
+        .await
+    }
+
+    async fn push_reply(
+        &self,
+        to: &RunnerAddress,
+        reply: ReplyWithExit,
+    ) -> Result<(), ClusterError> {
+        self.call(to, |inbound| async move {
+            inbound.handle_stored_reply(reply).await
         })
         .await
     }

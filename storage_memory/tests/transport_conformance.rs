@@ -90,6 +90,7 @@ conformance_tests!(
     inbound_errors_keep_their_variant,
     notify_reaches_the_inbound,
     ack_and_interrupt_are_forwarded,
+    pushed_replies_reach_the_inbound,
     ping_succeeds_for_a_live_runner,
     unknown_runner_is_unavailable,
     stopped_runner_is_unavailable,

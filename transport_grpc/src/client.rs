@@ -13,7 +13,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use cruster_transport::{ReplyStream, Runners};
-use cruster_types::{wire, AckChunk, ClusterError, EnvelopeRequest, Interrupt, RunnerAddress};
+use cruster_types::{
+    wire, AckChunk, ClusterError, EnvelopeRequest, Interrupt, ReplyWithExit, RunnerAddress,
+};
 use futures::StreamExt;
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -173,6 +175,18 @@ impl Runners for GrpcRunners {
         self.start(to, client_frame::Body::Interrupt(bytes), Vec::new())
             .await?
             .accepted(self.config.request_timeout, "an interrupt")
+            .await
+    }
+
+    async fn push_reply(
+        &self,
+        to: &RunnerAddress,
+        reply: ReplyWithExit,
+    ) -> Result<(), ClusterError> {
+        let bytes = self.encode_checked("the pushed reply", &reply)?;
+        self.start(to, client_frame::Body::StoredReply(bytes), Vec::new())
+            .await?
+            .accepted(self.config.request_timeout, "a pushed reply")
             .await
     }
 

@@ -20,7 +20,9 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use cruster_transport::{ReplyStream, RunnerInbound};
-use cruster_types::{wire, AckChunk, ClusterError, EnvelopeRequest, Interrupt, Reply};
+use cruster_types::{
+    wire, AckChunk, ClusterError, EnvelopeRequest, Interrupt, Reply, ReplyWithExit,
+};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -354,6 +356,24 @@ impl ServerSession {
                 }
                 Err(err) => self.answer(error_answer(call_id, &err)).await,
             },
+            client_frame::Body::StoredReply(bytes) => {
+                let reply = check_size("the pushed reply", &bytes, limit, "max_message_size")
+                    .and_then(|()| wire::decode::<ReplyWithExit>(&bytes));
+                match reply {
+                    Ok(reply) => {
+                        let span = tracing::trace_span!(
+                            "cruster.grpc.stored_reply",
+                            call_id,
+                            request_id = %reply.request_id,
+                        );
+                        let inbound = Arc::clone(&self.shared.inbound);
+                        let accepted = async move { inbound.handle_stored_reply(reply).await };
+                        self.spawn(call_id, accept(self.task_context(call_id), accepted), span)
+                            .await;
+                    }
+                    Err(err) => self.answer(error_answer(call_id, &err)).await,
+                }
+            }
             client_frame::Body::Cancel(_) => {
                 if let Some(task) = self.in_flight.lock().remove(&call_id) {
                     task.abort();

@@ -135,6 +135,10 @@ impl RunnerInbound for BigReplies {
     async fn handle_interrupt(&self, _: Interrupt) -> Result<(), ClusterError> {
         Ok(())
     }
+
+    async fn handle_stored_reply(&self, _: ReplyWithExit) -> Result<(), ClusterError> {
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,6 +295,10 @@ impl RunnerInbound for DropWatch {
         Ok(())
     }
     async fn handle_interrupt(&self, _: Interrupt) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
+    async fn handle_stored_reply(&self, _: ReplyWithExit) -> Result<(), ClusterError> {
         Ok(())
     }
 }

@@ -108,6 +108,10 @@ fn valid_frames() -> Vec<ClientFrame> {
         request_id: Snowflake(7),
         address: entity(),
     };
+    let stored_reply = cruster_types::ReplyWithExit {
+        request_id: Snowflake(7),
+        exit: cruster_types::ExitResult::Success(Bytes::from_static(b"stored")),
+    };
     let trace = vec![MetadataEntry {
         key: "traceparent".into(),
         value: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
@@ -132,6 +136,13 @@ fn valid_frames() -> Vec<ClientFrame> {
             call_id: 14,
             body: Some(client_frame::Body::Interrupt(
                 wire::encode(&interrupt).unwrap(),
+            )),
+            metadata: Vec::new(),
+        },
+        ClientFrame {
+            call_id: 15,
+            body: Some(client_frame::Body::StoredReply(
+                wire::encode(&stored_reply).unwrap(),
             )),
             metadata: Vec::new(),
         },
@@ -164,6 +175,9 @@ fn expected(input: &[u8]) -> Expected {
         Some(client_frame::Body::AckChunk(b)) => wire::decode::<cruster_types::AckChunk>(b).is_ok(),
         Some(client_frame::Body::Interrupt(b)) => {
             wire::decode::<cruster_types::Interrupt>(b).is_ok()
+        }
+        Some(client_frame::Body::StoredReply(b)) => {
+            wire::decode::<cruster_types::ReplyWithExit>(b).is_ok()
         }
     };
     if decodes {

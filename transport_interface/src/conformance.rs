@@ -127,6 +127,7 @@ struct Received {
     notifies: Vec<EnvelopeRequest>,
     acks: Vec<AckChunk>,
     interrupts: Vec<Interrupt>,
+    stored_replies: Vec<ReplyWithExit>,
 }
 
 impl Default for EchoInbound {
@@ -186,6 +187,11 @@ impl EchoInbound {
     /// The interrupts received, in arrival order.
     pub fn interrupts(&self) -> Vec<Interrupt> {
         self.received.lock().unwrap().interrupts.clone()
+    }
+
+    /// The stored replies pushed to this runner, in arrival order.
+    pub fn stored_replies(&self) -> Vec<ReplyWithExit> {
+        self.received.lock().unwrap().stored_replies.clone()
     }
 
     fn failure(&self) -> Option<(WireError, FailAs)> {
@@ -262,6 +268,11 @@ impl RunnerInbound for EchoInbound {
 
     async fn handle_interrupt(&self, interrupt: Interrupt) -> Result<(), ClusterError> {
         self.received.lock().unwrap().interrupts.push(interrupt);
+        Ok(())
+    }
+
+    async fn handle_stored_reply(&self, reply: ReplyWithExit) -> Result<(), ClusterError> {
+        self.received.lock().unwrap().stored_replies.push(reply);
         Ok(())
     }
 }
@@ -639,6 +650,46 @@ pub async fn ack_and_interrupt_are_forwarded<H: TransportHarness + ?Sized>(harne
     harness.stop(&address).await;
 }
 
+/// Pushed stored replies reach the inbound unchanged, successes and failures alike.
+pub async fn pushed_replies_reach_the_inbound<H: TransportHarness + ?Sized>(harness: &H) {
+    let (inbound, address) = serve_echo(harness).await;
+    let client = harness.client();
+    let success = ReplyWithExit {
+        request_id: Snowflake(41),
+        exit: ExitResult::Success(Bytes::from_static(b"stored answer")),
+    };
+    let failure = ReplyWithExit {
+        request_id: Snowflake(42),
+        exit: ExitResult::failure(&ClusterError::MailboxFull {
+            entity_type: EntityType::new("Echo"),
+            entity_id: EntityId::new("echo-42"),
+            capacity: 3,
+        }),
+    };
+    for reply in [&success, &failure] {
+        within("push_reply", client.push_reply(&address, reply.clone()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        eventually_recorded("the pushed replies", || {
+            let pushed = inbound.stored_replies();
+            if pushed.len() < 2 {
+                Vec::new()
+            } else {
+                pushed
+            }
+        })
+        .await,
+        vec![success, failure]
+    );
+    assert!(
+        inbound.sends().is_empty() && inbound.notifies().is_empty(),
+        "a pushed reply arrived as a request"
+    );
+    harness.stop(&address).await;
+}
+
 /// `ping` answers `Ok` for a served runner.
 pub async fn ping_succeeds_for_a_live_runner<H: TransportHarness + ?Sized>(harness: &H) {
     let (_inbound, address) = serve_echo(harness).await;
@@ -672,6 +723,12 @@ pub async fn unknown_runner_is_unavailable<H: TransportHarness + ?Sized>(harness
     };
     let interrupted = within("interrupt", client.interrupt(&nobody, interrupt)).await;
     assert_unavailable("interrupt", &interrupted.unwrap_err(), &nobody);
+    let reply = ReplyWithExit {
+        request_id: Snowflake(10),
+        exit: ExitResult::Success(Bytes::new()),
+    };
+    let pushed = within("push_reply", client.push_reply(&nobody, reply)).await;
+    assert_unavailable("push_reply", &pushed.unwrap_err(), &nobody);
 }
 
 /// After a runner stops, send, notify and ping to it fail with `RunnerUnavailable`, even
@@ -998,6 +1055,7 @@ where
     inbound_errors_keep_their_variant(&new_harness().await).await;
     notify_reaches_the_inbound(&new_harness().await).await;
     ack_and_interrupt_are_forwarded(&new_harness().await).await;
+    pushed_replies_reach_the_inbound(&new_harness().await).await;
     ping_succeeds_for_a_live_runner(&new_harness().await).await;
     unknown_runner_is_unavailable(&new_harness().await).await;
     stopped_runner_is_unavailable(&new_harness().await).await;

@@ -14,6 +14,10 @@
 //! * [`Runners::notify`] delivers a request without waiting for a reply; `Ok` means the
 //!   receiving runtime accepted it.
 //! * [`Runners::ack_chunk`], [`Runners::interrupt`] are forwarded to the inbound side.
+//! * [`Runners::push_reply`] hands the stored final reply of a persisted request to the
+//!   runner whose caller waits for it (the runner that made the request id); `Ok` means the
+//!   receiving runtime took it. A push is an optimisation: a lost push leaves the caller to
+//!   its storage fallback, so it is never retried.
 //! * [`Runners::ping`] answers `Ok` when the runner at `address` is reachable.
 //! * A runner that cannot be reached gives `ClusterError::RunnerUnavailable` naming it.
 //!   `send` and `notify` return `Err(RunnerUnavailable)` only when the request surely did
@@ -30,7 +34,9 @@
 pub mod conformance;
 
 use async_trait::async_trait;
-use cruster_types::{AckChunk, ClusterError, EnvelopeRequest, Interrupt, Reply, RunnerAddress};
+use cruster_types::{
+    AckChunk, ClusterError, EnvelopeRequest, Interrupt, Reply, ReplyWithExit, RunnerAddress,
+};
 use futures::stream::BoxStream;
 
 /// The replies to one request, ending after its `Reply::WithExit`.
@@ -63,6 +69,18 @@ pub trait Runners: Send + Sync + 'static {
     async fn interrupt(&self, to: &RunnerAddress, interrupt: Interrupt)
         -> Result<(), ClusterError>;
 
+    /// Tells the runner at `to` that the final reply of one of its persisted requests was
+    /// stored, so its waiting caller is answered without reading storage.
+    ///
+    /// # Errors
+    /// `RunnerUnavailable` if `to` cannot be reached; `MalformedMessage` or a size error if
+    /// the reply cannot be carried.
+    async fn push_reply(
+        &self,
+        to: &RunnerAddress,
+        reply: ReplyWithExit,
+    ) -> Result<(), ClusterError>;
+
     /// Checks that the runner at `to` answers.
     async fn ping(&self, to: &RunnerAddress) -> Result<(), ClusterError>;
 
@@ -84,4 +102,9 @@ pub trait RunnerInbound: Send + Sync + 'static {
 
     /// Handles an interrupt.
     async fn handle_interrupt(&self, interrupt: Interrupt) -> Result<(), ClusterError>;
+
+    /// Takes a stored final reply pushed by the runner that stored it (see
+    /// [`Runners::push_reply`]) and wakes whoever waits for it here. A reply nobody waits
+    /// for is ignored.
+    async fn handle_stored_reply(&self, reply: ReplyWithExit) -> Result<(), ClusterError>;
 }

@@ -54,6 +54,10 @@ impl RunnerInbound for EchoInbound {
     async fn handle_interrupt(&self, _: Interrupt) -> Result<(), ClusterError> {
         Ok(())
     }
+
+    async fn handle_stored_reply(&self, _: ReplyWithExit) -> Result<(), ClusterError> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use cruster_sharding::ReplyStream;
-use cruster_types::{AckChunk, ClusterError, EnvelopeRequest, Interrupt};
+use cruster_types::{AckChunk, ClusterError, EnvelopeRequest, Interrupt, ReplyWithExit};
 use tokio::sync::oneshot;
 
 use crate::delivery::persisted::PersistedDelivery;
@@ -102,5 +102,15 @@ impl Inbound {
             .manager(&interrupt.address.entity_type)?
             .interrupt(&interrupt.address, interrupt.request_id);
         Ok(())
+    }
+
+    /// A stored reply pushed by the runner that stored it: wakes its waiters here.
+    pub(crate) fn stored_reply(&self, reply: &ReplyWithExit) {
+        self.core
+            .metrics
+            .replies_pushed
+            .with_label_values(&["received"])
+            .inc();
+        self.core.waiters.complete(reply);
     }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod in_flight;
 pub(crate) mod inbound;
 pub(crate) mod persisted;
+pub(crate) mod reply_push;
 pub(crate) mod reply_stream;
 pub(crate) mod reply_waiters;
 pub(crate) mod router;

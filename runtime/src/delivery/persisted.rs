@@ -183,15 +183,22 @@ impl PersistedDelivery {
     }
 
     /// Waits for the final reply of a persisted request: woken at once when this runner
-    /// stores it, otherwise read from storage with a backoff up to the poll interval.
-    /// Storage errors while waiting are retried (the request is still stored); a
-    /// dead-lettered request ends the wait with an error saying so.
+    /// stores it, or when the runner that stores it pushes it here (for a request made
+    /// here); storage is read only as the fallback, every poll interval for a request made
+    /// here, with a backoff from 5 ms up to the poll interval for one made elsewhere (a
+    /// duplicate of another runner's request, whose pushes go there). Storage errors while
+    /// waiting are retried (the request is still stored); a dead-lettered request ends the
+    /// wait with an error saying so.
     pub(crate) async fn join_reply(
         &self,
         request_id: Snowflake,
     ) -> Result<ReplyWithExit, ClusterError> {
         let interval = self.core.config.storage_poll_interval;
-        let mut wait = Duration::from_millis(5).min(interval);
+        let mut wait = if self.core.made_here(request_id) {
+            interval
+        } else {
+            Duration::from_millis(5).min(interval)
+        };
         loop {
             let mut waiter = self.core.waiters.wait(request_id);
             match self.stored_state(request_id).await {

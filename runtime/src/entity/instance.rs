@@ -361,7 +361,8 @@ impl InstanceRuntime {
         };
         let reply = ReplyWithExit { request_id, exit };
         if persisted {
-            if let Err(err) = self.core.store_reply(&reply).await {
+            let push = !sink.has_live_caller();
+            if let Err(err) = self.core.store_reply(&reply, push).await {
                 // The caller keeps waiting: the request is redelivered and answered then.
                 tracing::warn!(%err, %request_id, "could not store a reply; the request stays unprocessed and will be retried");
                 self.core.record_failure(request_id, &err.to_string()).await;

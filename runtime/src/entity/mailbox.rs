@@ -26,6 +26,16 @@ pub(crate) enum ReplySink {
 }
 
 impl ReplySink {
+    /// Whether a caller still holds the other end of this sink (it gets the reply
+    /// directly, so nobody needs it pushed).
+    pub(crate) fn has_live_caller(&self) -> bool {
+        match self {
+            ReplySink::Nobody => false,
+            ReplySink::Once(tx) => !tx.is_closed(),
+            ReplySink::Stream(tx) => !tx.is_closed(),
+        }
+    }
+
     /// Delivers the final reply.
     pub(crate) fn reply(self, reply: ReplyWithExit) {
         match self {

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cruster_runner_storage::RunnerStorage;
+use cruster_runner_storage::{Runner, RunnerStorage};
 use cruster_types::{ClusterError, ShardId};
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -104,13 +104,23 @@ impl Membership {
                     .await?;
                 self.core.snowflakes.set_machine_id(machine);
                 let runners = storage.runners().await?;
-                self.core
-                    .shard_table
-                    .set_runners(runners.into_iter().map(|r| r.address).collect());
+                self.apply_membership(&runners);
             }
             None => self.core.shard_table.set_runners(vec![me]),
         }
         Ok(())
+    }
+
+    /// Takes a membership snapshot: every runner goes into the directory (replies are
+    /// pushed to client-only runners too); only runners of weight 1 or more own shards.
+    fn apply_membership(&self, runners: &[Runner]) {
+        self.core.reply_push.directory.set(runners);
+        let owners = runners
+            .iter()
+            .filter(|runner| runner.weight > 0)
+            .map(|runner| runner.address.clone())
+            .collect();
+        self.core.shard_table.set_runners(owners);
     }
 
     /// Spawns the keep-alive, watch, lock-keeper and rebalance loops.
@@ -170,8 +180,7 @@ impl Membership {
                     tokio::select! {
                         next = stream.next() => match next {
                             Some(Ok(runners)) => {
-                                let addresses = runners.into_iter().map(|r| r.address).collect();
-                                self.core.shard_table.set_runners(addresses);
+                                self.apply_membership(&runners);
                                 self.wake.notify_one();
                             }
                             Some(Err(err)) => {

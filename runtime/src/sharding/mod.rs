@@ -6,6 +6,7 @@ pub mod sharding_impl;
 
 pub(crate) mod assignment;
 pub(crate) mod membership;
+pub(crate) mod runner_directory;
 pub(crate) mod shard_fences;
 pub(crate) mod shard_leases;
 pub(crate) mod shard_table;

@@ -31,6 +31,7 @@ use crate::config::ShardingConfig;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::inbound::Inbound;
 use crate::delivery::persisted::PersistedDelivery;
+use crate::delivery::reply_push::ReplyPush;
 use crate::delivery::reply_waiters::ReplyWaiters;
 use crate::delivery::router::Router;
 use crate::delivery::storage_poller::StoragePoller;
@@ -125,6 +126,14 @@ impl ShardingImpl {
         assignment: Arc<dyn ShardAssignment>,
     ) -> Result<Arc<Self>, ClusterError> {
         config.validate()?;
+        if config.runner_weight == 0 && runner_storage.is_none() {
+            return Err(ClusterError::InvalidConfig {
+                field: "runner_weight".into(),
+                reason: "0 makes a client-only runner, which needs a runner storage to find \
+                         the runners of its cluster; pass one, or use a weight of at least 1"
+                    .into(),
+            });
+        }
         let sharding = Arc::new_cyclic(|weak: &std::sync::Weak<ShardingImpl>| {
             let weak_dyn: std::sync::Weak<dyn Sharding> = weak.clone();
             let table = ShardTable::new(
@@ -137,6 +146,7 @@ impl ShardingImpl {
             }
             let core = Arc::new(RuntimeCore {
                 config: config.clone(),
+                reply_push: ReplyPush::new(runners.clone(), metrics.clone()),
                 metrics,
                 message_storage,
                 shard_table: table,
@@ -508,6 +518,11 @@ impl RunnerInbound for ShardingImpl {
 
     async fn handle_interrupt(&self, interrupt: Interrupt) -> Result<(), ClusterError> {
         self.inbound.interrupt(&interrupt)
+    }
+
+    async fn handle_stored_reply(&self, reply: ReplyWithExit) -> Result<(), ClusterError> {
+        self.inbound.stored_reply(&reply);
+        Ok(())
     }
 }
 
