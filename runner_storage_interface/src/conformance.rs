@@ -239,7 +239,8 @@ pub async fn register_assigns_unique_machine_ids<S: RunnerStorage + ?Sized>(
     );
 }
 
-/// `runners` lists live runners once each, sorted by address, with their id and weight.
+/// `runners` lists live runners once each, sorted by address, with their id and weight
+/// (weight 0, a client-only runner, included).
 pub async fn runners_lists_live_runners_sorted_by_address<S: RunnerStorage + ?Sized>(
     storage: &S,
     config: &SuiteConfig,
@@ -251,7 +252,7 @@ pub async fn runners_lists_live_runners_sorted_by_address<S: RunnerStorage + ?Si
     );
     let ttl = config.long_ttl();
     let mut expected = Vec::new();
-    for (n, weight) in [(7, 1), (2, 3), (5, 2)] {
+    for (n, weight) in [(7, 1), (2, 3), (5, 2), (9, 0)] {
         let machine_id = storage.register(&runner(n), weight, ttl).await.unwrap();
         expected.push(Runner {
             address: runner(n),
