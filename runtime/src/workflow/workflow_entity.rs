@@ -149,9 +149,12 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             return self.park(record, fault.to_wire()).await;
         }
         record.last_error = Some(fault.to_wire());
-        let retry_at = Utc::now()
-            + chrono::Duration::from_std(self.config.storage_retry_backoff(record.attempts))
+        let backoff =
+            chrono::Duration::from_std(self.config.storage_retry_backoff(record.attempts))
                 .unwrap_or(chrono::Duration::MAX);
+        let retry_at = Utc::now()
+            .checked_add_signed(backoff)
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
         self.save(
             record,
             ExecutionStatus::Suspended {
