@@ -287,11 +287,7 @@ impl WorkflowContext {
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(panic) => {
-                    if let Some(transaction) = tx.take().await {
-                        if let Err(rollback) = transaction.rollback().await {
-                            tracing::warn!(%rollback, "activity rollback failed");
-                        }
-                    }
+                    discard(&tx).await;
                     let err = ClusterError::handler(format!(
                         "activity `{name}` (call {sequence}) of workflow execution `{}` panicked: {}",
                         self.inner.execution_id,
@@ -302,11 +298,8 @@ impl WorkflowContext {
                 }
             };
             if self.inner.cancel.observed() {
-                if let Some(transaction) = tx.take().await {
-                    if let Err(rollback) = transaction.rollback().await {
-                        tracing::warn!(%rollback, "activity rollback failed");
-                    }
-                }
+                // Interrupted by the cancellation: nothing of the attempt is kept.
+                discard(&tx).await;
                 return Err(self.inner.cancel.cancelled());
             }
             match outcome {
@@ -451,6 +444,15 @@ impl WorkflowContext {
     /// The next journal position (for journaled client calls).
     pub(crate) fn next_call_sequence(&self) -> u32 {
         self.inner.next_sequence.load(Ordering::SeqCst)
+    }
+}
+
+/// Rolls back an attempt's transaction, if the attempt did not take it.
+async fn discard(tx: &ActivityTx) {
+    if let Some(transaction) = tx.take().await {
+        if let Err(rollback) = transaction.rollback().await {
+            tracing::warn!(%rollback, "activity rollback failed");
+        }
     }
 }
 
