@@ -22,7 +22,8 @@ use crate::errors::Errors;
 use crate::rpc::result_ok_type;
 
 /// The options `#[activity(...)]` accepts.
-pub(crate) const ACTIVITY_OPTIONS: &[&str] = &["retries", "backoff", "backoff_base_ms"];
+pub(crate) const ACTIVITY_OPTIONS: &[&str] =
+    &["retries", "backoff", "backoff_base_ms", "on_cancel"];
 
 /// How a failed activity is retried (`backoff = "..."`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub(crate) struct ActivityOptionsDef {
     pub(crate) backoff: BackoffDef,
     /// The backoff's base delay; the runtime default (100 ms) when absent.
     pub(crate) backoff_base_ms: Option<u64>,
+    /// `on_cancel = "interrupt"`: stop at once when the execution is cancelled (the
+    /// default, `"finish"`, runs to the end).
+    pub(crate) interrupt_on_cancel: bool,
 }
 
 impl Default for ActivityOptionsDef {
@@ -47,6 +51,7 @@ impl Default for ActivityOptionsDef {
             retries: 0,
             backoff: BackoffDef::Exponential,
             backoff_base_ms: None,
+            interrupt_on_cancel: false,
         }
     }
 }
@@ -156,6 +161,18 @@ pub(crate) fn parse_activity_options(attr: &Attribute, errors: &mut Errors) -> A
                     format!("unknown backoff `{other}`; expected \"exponential\" or \"constant\""),
                 ),
             },
+            ("on_cancel", Lit::Str(s)) => match s.value().as_str() {
+                "finish" => options.interrupt_on_cancel = false,
+                "interrupt" => options.interrupt_on_cancel = true,
+                other => errors.at(
+                    s,
+                    format!("unknown on_cancel `{other}`; expected \"finish\" or \"interrupt\""),
+                ),
+            },
+            ("on_cancel", other) => errors.at(
+                other,
+                "`on_cancel` takes a string: \"finish\" or \"interrupt\"",
+            ),
             ("backoff", other) => errors.at(
                 other,
                 "`backoff` takes a string: \"exponential\" or \"constant\"",
@@ -331,7 +348,13 @@ fn options_expr(options: &ActivityOptionsDef) -> TokenStream {
             .base_delay
         ),
     };
-    quote!(::cruster::__private::workflow::ActivityOptions::new(#retries, #backoff, #base))
+    let value =
+        quote!(::cruster::__private::workflow::ActivityOptions::new(#retries, #backoff, #base));
+    if options.interrupt_on_cancel {
+        quote!(#value.with_on_cancel(::cruster::__private::workflow::OnCancel::Interrupt))
+    } else {
+        value
+    }
 }
 
 /// The parts of a journaled call: its parameter list (after `&self`) and the expression that
@@ -505,9 +528,10 @@ mod tests {
         assert!(errors.is_empty());
         assert_eq!(plain, ActivityOptionsDef::default());
         let (opts, errors) = options(syn::parse_quote!(
-            #[activity(retries = 5, backoff = "constant", backoff_base_ms = 20)]
+            #[activity(retries = 5, backoff = "constant", backoff_base_ms = 20, on_cancel = "interrupt")]
         ));
         assert!(errors.is_empty(), "{errors:?}");
+        assert!(opts.interrupt_on_cancel);
         assert_eq!(opts.retries, 5);
         assert_eq!(opts.backoff, BackoffDef::Constant);
         assert_eq!(opts.backoff_base_ms, Some(20));
@@ -516,9 +540,10 @@ mod tests {
     #[test]
     fn every_bad_activity_option_is_reported() {
         let (_, errors) = options(syn::parse_quote!(
-            #[activity(retry = 3, backoff = "linear", retries = "three", retries = 2)]
+            #[activity(retry = 3, backoff = "linear", retries = "three", retries = 2, on_cancel = "stop")]
         ));
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors[4].contains("unknown on_cancel `stop`"));
         assert!(errors[0].contains("unknown #[activity] option `retry`"));
         assert!(errors[1].contains("unknown backoff `linear`"));
         assert!(errors[2].contains("takes an integer"));

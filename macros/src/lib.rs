@@ -191,8 +191,10 @@
 //!   differs is a `ClusterError::NonDeterminism`).
 //! * Activity options: `retries = N` (retried N times after the first attempt),
 //!   `backoff = "exponential"` (default; `base * 2^(n-1)`, capped at 60 s) or `"constant"`,
-//!   `backoff_base_ms = N` (default 100). Only the final result (success, or the last
-//!   error) is journaled, with the attempt count.
+//!   `backoff_base_ms = N` (default 100), `on_cancel = "finish"` (default: an activity
+//!   running when its execution is cancelled runs to its end) or `"interrupt"` (it is
+//!   stopped at once and its `self.tx` writes rolled back). Only the final result
+//!   (success, or the last error) is journaled, with the attempt count.
 //! * Activity arguments are owned values (`Send + 'static`; also `Clone` with retries,
 //!   since each attempt gets its own copy); results implement `Serialize` and
 //!   `Deserialize`. The errors point at the offending type.
@@ -319,7 +321,7 @@ pub fn workflow_impl(args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// Marks a journaled activity in a `#[workflow_impl]` or `#[activity_group_impl]` block:
 /// `#[activity]`, or `#[activity(retries = N, backoff = "exponential" | "constant",
-/// backoff_base_ms = N)]`.
+/// backoff_base_ms = N, on_cancel = "finish" | "interrupt")]`.
 #[proc_macro_attribute]
 pub fn activity(_args: TokenStream, input: TokenStream) -> TokenStream {
     let input = proc_macro2::TokenStream::from(input);

@@ -68,6 +68,19 @@ pub struct ShardingConfig {
     pub detachment_error_threshold: u32,
     /// How long `shutdown` waits for mailboxes and singletons to drain (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Runs in a row that make no progress (the runner crashed during them, the workflow
+    /// or an activity panicked, a journal entry did not decode) before a workflow execution
+    /// is parked instead of run again (default 5, at least 1). A run makes progress when it
+    /// journals an activity, suspends, or ends. Failed runs are retried after
+    /// [`storage_retry_backoff`](Self::storage_retry_backoff); a parked execution waits for
+    /// `cruster::workflow::resume_parked_execution`. Keep it at most
+    /// `storage_message_max_retries`, or a message whose runs crash the runner is
+    /// dead-lettered before its execution is parked.
+    pub workflow_max_failed_attempts: u32,
+    /// How often a running activity declared `#[activity(on_cancel = "interrupt")]` checks
+    /// whether its execution was cancelled (default 500 ms). Other activities finish and
+    /// the execution stops at its next suspension point.
+    pub workflow_cancel_poll_interval: Duration,
 }
 
 impl Default for ShardingConfig {
@@ -92,6 +105,8 @@ impl Default for ShardingConfig {
             detachment_enabled: false,
             detachment_error_threshold: 3,
             shutdown_timeout: Duration::from_secs(10),
+            workflow_max_failed_attempts: 5,
+            workflow_cancel_poll_interval: Duration::from_millis(500),
         }
     }
 }
@@ -156,6 +171,12 @@ impl ShardingConfig {
         if self.entity_max_idle_time.is_zero() {
             return bad("entity_max_idle_time", "must be more than zero");
         }
+        if self.workflow_max_failed_attempts == 0 {
+            return bad("workflow_max_failed_attempts", "must be at least 1");
+        }
+        if self.workflow_cancel_poll_interval.is_zero() {
+            return bad("workflow_cancel_poll_interval", "must be more than zero");
+        }
         if self.shard_groups.iter().any(|g| g.is_empty()) {
             return bad("shard_groups", "a shard group name cannot be empty");
         }
@@ -182,11 +203,20 @@ mod tests {
         assert_eq!(c.send_retry_count, 3);
         assert_eq!(c.singleton_crash_backoff_base, Duration::from_secs(1));
         assert!(!c.detachment_enabled);
+        assert_eq!(c.workflow_max_failed_attempts, 5);
+        assert_eq!(c.workflow_cancel_poll_interval, Duration::from_millis(500));
         assert!(c.validate().is_ok());
     }
 
     #[test]
     fn bad_values_name_the_option() {
+        let c = ShardingConfig {
+            workflow_max_failed_attempts: 0,
+            ..Default::default()
+        };
+        assert!(
+            matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "workflow_max_failed_attempts")
+        );
         let c = ShardingConfig {
             shards_per_group: 0,
             ..Default::default()

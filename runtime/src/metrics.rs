@@ -40,6 +40,8 @@ pub struct ClusterMetrics {
     pub singleton_restarts: IntCounterVec,
     /// Workflow activity steps run (not replayed).
     pub workflow_steps: IntCounter,
+    /// Workflow executions parked after too many runs without progress.
+    pub workflows_parked: IntCounter,
     /// Storage operations that failed.
     pub storage_errors: IntCounter,
     /// Cron runs, by cron name and outcome (`ok`, `failed`, `skipped`).
@@ -114,6 +116,10 @@ impl ClusterMetrics {
                 "cruster_workflow_steps_total",
                 "Workflow activity steps run",
             )?,
+            workflows_parked: IntCounter::new(
+                "cruster_workflows_parked_total",
+                "Workflow executions parked after too many runs without progress",
+            )?,
             storage_errors: IntCounter::new(
                 "cruster_storage_errors_total",
                 "Storage operations that failed",
@@ -150,6 +156,7 @@ impl ClusterMetrics {
         registry.register(Box::new(self.shard_moves.clone()))?;
         registry.register(Box::new(self.singleton_restarts.clone()))?;
         registry.register(Box::new(self.workflow_steps.clone()))?;
+        registry.register(Box::new(self.workflows_parked.clone()))?;
         registry.register(Box::new(self.storage_errors.clone()))?;
         registry.register(Box::new(self.cron_runs.clone()))?;
         registry.register(Box::new(self.replies_pushed.clone()))?;

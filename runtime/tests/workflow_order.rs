@@ -504,11 +504,22 @@ async fn an_undeserializable_request_is_a_malformed_message_error() {
 }
 
 #[tokio::test]
-async fn a_journal_entry_that_does_not_decode_names_the_execution_and_activity() {
+async fn a_journal_entry_that_does_not_decode_parks_the_execution_naming_it_and_the_activity() {
     use cruster::ports::workflow_storage::{ActivityKey, JournalEntry};
     use cruster::types::ExitResult;
 
-    let runner = runner().await;
+    // Runs that hit the entry make no progress: retried quickly here, then parked.
+    let runner = SingleRunner::builder()
+        .config(ShardingConfig {
+            storage_poll_interval: Duration::from_millis(20),
+            storage_retry_backoff_base: Duration::from_millis(10),
+            storage_retry_backoff_max: Duration::from_millis(20),
+            workflow_max_failed_attempts: 2,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
     let client = CountedWorkflow {
         runs: Arc::new(AtomicUsize::new(0)),
         gate: Arc::new(Notify::new()),
@@ -540,13 +551,21 @@ async fn a_journal_entry_that_does_not_decode_names_the_execution_and_activity()
         .await
         .unwrap_err();
     match &err {
-        ClusterError::MalformedMessage { reason, .. } => {
+        ClusterError::WorkflowParked {
+            execution_id,
+            attempts,
+            last_error,
+        } => {
+            assert_eq!(execution_id, "corrupt");
+            assert_eq!(*attempts, 2);
             assert!(
-                reason.contains("`corrupt`") && reason.contains("`count`"),
-                "{reason}"
+                last_error.contains("`corrupt`")
+                    && last_error.contains("`count`")
+                    && last_error.contains("does not decode"),
+                "{last_error}"
             );
         }
-        other => panic!("expected MalformedMessage, got {other:?}"),
+        other => panic!("expected WorkflowParked, got {other:?}"),
     }
     runner.shutdown().await.unwrap();
 }

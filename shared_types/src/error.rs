@@ -203,6 +203,58 @@ pub enum ClusterError {
         /// The handler's message.
         message: String,
     },
+
+    /// A workflow execution was cancelled (`client.cancel`): it stopped at a suspension
+    /// point and will not run again.
+    #[error(
+        "workflow execution `{execution_id}` was cancelled: it stopped at its next suspension \
+         point and will not run again; start a new execution (another id) to run the work again"
+    )]
+    WorkflowCancelled {
+        /// The cancelled execution.
+        execution_id: String,
+    },
+
+    /// A workflow execution failed to make progress too many times in a row (a crash, a
+    /// panic in its code, a journal entry that does not decode) and was parked: nothing runs
+    /// it until it is resumed.
+    #[error(
+        "workflow execution `{execution_id}` is parked after {attempts} attempt(s) in a row \
+         that made no progress; last error: {last_error}. Fix the cause (deploy the fix), then \
+         resume it with `cruster::workflow::resume_parked_execution`"
+    )]
+    WorkflowParked {
+        /// The parked execution.
+        execution_id: String,
+        /// The attempts that made no progress.
+        attempts: u32,
+        /// The last attempt's error.
+        last_error: String,
+    },
+
+    /// No workflow execution has this id.
+    #[error(
+        "workflow `{workflow}` has no execution `{execution_id}`: check the id (as returned by \
+         `start` or `execution_id`), and that the execution has started"
+    )]
+    WorkflowNotFound {
+        /// The workflow's name.
+        workflow: String,
+        /// The id that matched nothing.
+        execution_id: String,
+    },
+
+    /// An operation on a parked execution found the execution in another state.
+    #[error(
+        "workflow execution `{execution_id}` is {status}, not parked: only a parked execution \
+         can be resumed (list them with `cruster::workflow::list_parked_executions`)"
+    )]
+    WorkflowNotParked {
+        /// The execution.
+        execution_id: String,
+        /// Its status (`running`, `completed`, ...).
+        status: String,
+    },
 }
 
 impl ClusterError {
@@ -358,6 +410,22 @@ pub enum WireError {
     Handler {
         message: String,
     },
+    WorkflowCancelled {
+        execution_id: String,
+    },
+    WorkflowParked {
+        execution_id: String,
+        attempts: u32,
+        last_error: String,
+    },
+    WorkflowNotFound {
+        workflow: String,
+        execution_id: String,
+    },
+    WorkflowNotParked {
+        execution_id: String,
+        status: String,
+    },
 }
 
 impl From<&ClusterError> for WireError {
@@ -445,6 +513,32 @@ impl From<&ClusterError> for WireError {
             E::Handler { message } => WireError::Handler {
                 message: message.clone(),
             },
+            E::WorkflowCancelled { execution_id } => WireError::WorkflowCancelled {
+                execution_id: execution_id.clone(),
+            },
+            E::WorkflowParked {
+                execution_id,
+                attempts,
+                last_error,
+            } => WireError::WorkflowParked {
+                execution_id: execution_id.clone(),
+                attempts: *attempts,
+                last_error: last_error.clone(),
+            },
+            E::WorkflowNotFound {
+                workflow,
+                execution_id,
+            } => WireError::WorkflowNotFound {
+                workflow: workflow.clone(),
+                execution_id: execution_id.clone(),
+            },
+            E::WorkflowNotParked {
+                execution_id,
+                status,
+            } => WireError::WorkflowNotParked {
+                execution_id: execution_id.clone(),
+                status: status.clone(),
+            },
         }
     }
 }
@@ -526,6 +620,30 @@ impl From<WireError> for ClusterError {
                 message,
             },
             WireError::Handler { message } => E::Handler { message },
+            WireError::WorkflowCancelled { execution_id } => E::WorkflowCancelled { execution_id },
+            WireError::WorkflowParked {
+                execution_id,
+                attempts,
+                last_error,
+            } => E::WorkflowParked {
+                execution_id,
+                attempts,
+                last_error,
+            },
+            WireError::WorkflowNotFound {
+                workflow,
+                execution_id,
+            } => E::WorkflowNotFound {
+                workflow,
+                execution_id,
+            },
+            WireError::WorkflowNotParked {
+                execution_id,
+                status,
+            } => E::WorkflowNotParked {
+                execution_id,
+                status,
+            },
         }
     }
 }
@@ -653,6 +771,22 @@ mod tests {
                 message: "m".into(),
             },
             ClusterError::handler("boom"),
+            ClusterError::WorkflowCancelled {
+                execution_id: "e".into(),
+            },
+            ClusterError::WorkflowParked {
+                execution_id: "e".into(),
+                attempts: 3,
+                last_error: "panicked".into(),
+            },
+            ClusterError::WorkflowNotFound {
+                workflow: "W".into(),
+                execution_id: "e".into(),
+            },
+            ClusterError::WorkflowNotParked {
+                execution_id: "e".into(),
+                status: "running".into(),
+            },
         ];
         for err in samples {
             let wire = err.to_wire();

@@ -79,11 +79,42 @@ fn scoped(execution_id: &str, name: &str) -> ExecutionScoped {
 #[async_trait]
 impl WorkflowEngine for MemoryWorkflowEngine {
     async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError> {
-        self.inner
-            .executions
-            .write()
-            .insert(record.execution_id.clone(), record.clone());
+        let mut executions = self.inner.executions.write();
+        // The cancellation request is only ever set by `request_cancellation`.
+        let cancel_requested_at = executions
+            .get(&record.execution_id)
+            .and_then(|stored| stored.cancel_requested_at);
+        let mut stored = record.clone();
+        stored.cancel_requested_at = cancel_requested_at;
+        executions.insert(record.execution_id.clone(), stored);
         Ok(())
+    }
+
+    async fn request_cancellation(
+        &self,
+        execution_id: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<Option<ExecutionRecord>, ClusterError> {
+        let mut executions = self.inner.executions.write();
+        let Some(record) = executions.get_mut(execution_id) else {
+            return Ok(None);
+        };
+        if !record.status.is_finished() && record.cancel_requested_at.is_none() {
+            record.cancel_requested_at = Some(requested_at);
+        }
+        Ok(Some(record.clone()))
+    }
+
+    async fn cancellation_requested(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError> {
+        Ok(self
+            .inner
+            .executions
+            .read()
+            .get(execution_id)
+            .and_then(|record| record.cancel_requested_at))
     }
 
     async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError> {

@@ -75,6 +75,8 @@ conformance_tests!(
     engine, MemoryWorkflowEngine, WorkflowEngine,
     by_ref: [
         executions_upsert_and_list_by_filter,
+        parked_and_cancelled_executions_round_trip,
+        cancellation_is_recorded_once_and_kept_by_upserts,
         timers_are_due_only_after_fire_at,
         scheduling_a_timer_twice_keeps_the_first,
         completed_timers_are_not_due,

@@ -48,6 +48,13 @@ const POSTGRES: &[Embedded] = &[
         "redelivery backoff and fair poll",
         include_str!("../migrations/postgres/0004_redelivery_backoff_and_fair_poll.sql"),
     ),
+    // Version 5 belongs to another change; versions are applied by number, each once, so
+    // a database that has 6 applies 5 when a build that knows it runs the migrator.
+    (
+        6,
+        "workflow cancellation and parking",
+        include_str!("../migrations/postgres/0006_workflow_cancellation_and_parking.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]
@@ -71,6 +78,13 @@ const SQLITE: &[Embedded] = &[
         4,
         "redelivery backoff and fair poll",
         include_str!("../migrations/sqlite/0004_redelivery_backoff_and_fair_poll.sql"),
+    ),
+    // Version 5 belongs to another change; versions are applied by number, each once, so
+    // a database that has 6 applies 5 when a build that knows it runs the migrator.
+    (
+        6,
+        "workflow cancellation and parking",
+        include_str!("../migrations/sqlite/0006_workflow_cancellation_and_parking.sql"),
     ),
 ];
 

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use cruster_message_storage::{DeadLetter, StoredRequest};
 use cruster_types::{
     wire, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult, Reply,
-    ShardId, Snowflake, TraceContext,
+    ShardId, Snowflake, TraceContext, WireError,
 };
 use cruster_workflow_storage::{
     ActivityKey, DurableTimer, ExecutionRecord, ExecutionStatus, JournalEntry,
@@ -307,6 +307,11 @@ pub(crate) fn status_columns(
     Ok((status.name(), until))
 }
 
+/// The last error of an execution as a bind value (MessagePack).
+pub(crate) fn last_error_bytes(error: &WireError) -> Result<Bytes, ClusterError> {
+    wire::encode(error)
+}
+
 /// A `cruster_executions` row back to an [`ExecutionRecord`].
 pub(crate) fn execution(row: &impl Columns) -> Result<ExecutionRecord, ClusterError> {
     let execution_id = column("execution", "execution_id", row.text("execution_id"))?;
@@ -325,12 +330,37 @@ pub(crate) fn execution(row: &impl Columns) -> Result<ExecutionRecord, ClusterEr
         },
         "completed" => ExecutionStatus::Completed,
         "failed" => ExecutionStatus::Failed,
+        "cancelled" => ExecutionStatus::Cancelled,
+        "parked" => ExecutionStatus::Parked,
         other => return Err(undecodable(name, format_args!("unknown status `{other}`"))),
     };
     let result = column(name, "result", row.opt_bytes("result"))?
         .map(|bytes| exit_result(format_args!("result of {name}"), &bytes))
         .transpose()?;
+    let last_error = column(name, "last_error", row.opt_bytes("last_error"))?
+        .map(|bytes| {
+            wire::decode::<WireError>(&bytes)
+                .map_err(|e| undecodable(format_args!("last error of {name}"), e))
+        })
+        .transpose()?;
     Ok(ExecutionRecord {
+        attempts: counter(
+            name,
+            "attempts",
+            column(name, "attempts", row.int("attempts"))?,
+        )?,
+        progress_mark: counter(
+            name,
+            "progress_mark",
+            column(name, "progress_mark", row.int("progress_mark"))?,
+        )?,
+        last_error,
+        cancel_requested_at: column(
+            name,
+            "cancel_requested_at_ns",
+            row.opt_int("cancel_requested_at_ns"),
+        )?
+        .map(instant),
         workflow: column(name, "workflow", row.text("workflow"))?,
         status,
         request: Bytes::from(column(name, "request", row.bytes("request"))?),

@@ -30,6 +30,11 @@ impl WorkflowEngine for SqlWorkflowEngine {
         let result = record.result.as_ref().map(rows::exit_bytes).transpose()?;
         let created_at_ns = nanos(record.created_at, "created_at")?;
         let updated_at_ns = nanos(record.updated_at, "updated_at")?;
+        let last_error = record
+            .last_error
+            .as_ref()
+            .map(rows::last_error_bytes)
+            .transpose()?;
         per_dialect!(&self.pool, SqlPool, |pool, d| {
             sqlx::query(d::sql::UPSERT_EXECUTION)
                 .bind(record.execution_id.as_str())
@@ -40,6 +45,9 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .bind(result.as_deref())
                 .bind(created_at_ns)
                 .bind(updated_at_ns)
+                .bind(i64::from(record.attempts))
+                .bind(i64::from(record.progress_mark))
+                .bind(last_error.as_deref())
                 .execute(pool)
                 .await
                 .map(drop)
@@ -56,6 +64,48 @@ impl WorkflowEngine for SqlWorkflowEngine {
                 .map_err(|e| failed(format_args!("reading execution {execution_id}"), e))?;
             row.map(|row| rows::execution(&row)).transpose()
         })
+    }
+
+    async fn request_cancellation(
+        &self,
+        execution_id: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<Option<ExecutionRecord>, ClusterError> {
+        let requested_at_ns = nanos(requested_at, "cancellation instant")?;
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::REQUEST_CANCELLATION)
+                .bind(execution_id)
+                .bind(requested_at_ns)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| {
+            failed(
+                format_args!("requesting cancellation of execution {execution_id}"),
+                e,
+            )
+        })?;
+        self.execution(execution_id).await
+    }
+
+    async fn cancellation_requested(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError> {
+        let stored: Option<Option<i64>> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_scalar(d::sql::CANCELLATION_REQUESTED)
+                .bind(execution_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| {
+            failed(
+                format_args!("reading the cancellation of execution {execution_id}"),
+                e,
+            )
+        })?;
+        Ok(stored.flatten().map(rows::instant))
     }
 
     async fn list_executions(

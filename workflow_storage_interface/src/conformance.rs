@@ -5,7 +5,8 @@
 //! named for it. For the journal: entries come back exactly and sorted, a commit applies
 //! the entry and the staged writes together or (rolled back, dropped, beaten by another
 //! runner) not at all, and concurrent commits of one activity have one winner. For the
-//! engine: executions are upserted and listed by filter, timers are due only once
+//! engine: executions are upserted and listed by filter (parked and cancelled ones too),
+//! cancellation requests are recorded once and survive upserts, timers are due only once
 //! `fire_at` has passed and keep their first schedule, deferred values are write-once.
 //! Both suites end with a property test against a simple model. A backend's test file
 //! calls every function, so a reader sees at a glance which behaviours it passes.
@@ -782,15 +783,14 @@ fn execution(
     created_minute: i64,
 ) -> ExecutionRecord {
     let created_at = t0() + Duration::minutes(created_minute);
-    ExecutionRecord {
-        execution_id: id.to_owned(),
-        workflow: workflow.to_owned(),
-        status,
-        request: Bytes::from(format!("request of {id}")),
-        result: None,
+    let mut record = ExecutionRecord::new(
+        id,
+        workflow,
+        Bytes::from(format!("request of {id}")),
         created_at,
-        updated_at: created_at,
-    }
+    );
+    record.status = status;
+    record
 }
 
 fn execution_ids(records: &[ExecutionRecord]) -> Vec<&str> {
@@ -886,6 +886,151 @@ pub async fn executions_upsert_and_list_by_filter<E: WorkflowEngine + ?Sized>(en
         execution_ids(&list(Some("order"), None, 1).await),
         vec!["o-1"]
     );
+}
+
+/// The new statuses and the attempt bookkeeping round-trip: a parked execution keeps its
+/// attempts, progress mark and last error (and its failure as `result`), a cancelled one
+/// reads back cancelled, and both are listed by their status names.
+pub async fn parked_and_cancelled_executions_round_trip<E: WorkflowEngine + ?Sized>(engine: &E) {
+    let mut parked = execution("p-1", "order", ExecutionStatus::Parked, 1);
+    parked.attempts = 3;
+    parked.progress_mark = 2;
+    let panic = ClusterError::handler("activity `charge` panicked: card service down").to_wire();
+    parked.last_error = Some(panic.clone());
+    parked.result = Some(ExitResult::Failure(panic));
+    let cancelled = execution("c-1", "order", ExecutionStatus::Cancelled, 2);
+    let mut running = execution("r-1", "order", ExecutionStatus::Running, 3);
+    running.attempts = 1;
+    running.progress_mark = 7;
+    for record in [&parked, &cancelled, &running] {
+        engine.upsert_execution(record).await.unwrap();
+        assert_eq!(
+            engine
+                .execution(&record.execution_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(record),
+            "{} reads back exactly",
+            record.execution_id
+        );
+    }
+    let list = |status: &'static str| {
+        let filter = ExecutionFilter {
+            status: Some(status),
+            ..Default::default()
+        };
+        async move { engine.list_executions(&filter).await.unwrap() }
+    };
+    assert_eq!(list("parked").await, vec![parked.clone()]);
+    assert_eq!(execution_ids(&list("cancelled").await), vec!["c-1"]);
+    assert_eq!(execution_ids(&list("running").await), vec!["r-1"]);
+
+    // Resuming a parked execution is an upsert back to running with the count cleared.
+    let mut resumed = parked.clone();
+    resumed.status = ExecutionStatus::Running;
+    resumed.attempts = 0;
+    resumed.last_error = None;
+    resumed.result = None;
+    engine.upsert_execution(&resumed).await.unwrap();
+    assert_eq!(engine.execution("p-1").await.unwrap(), Some(resumed));
+    assert!(list("parked").await.is_empty());
+}
+
+/// A cancellation request is recorded once on an unfinished execution (the first instant
+/// is kept), survives every later upsert of the record, is not recorded on a finished
+/// execution, and is `None` for an unknown one.
+pub async fn cancellation_is_recorded_once_and_kept_by_upserts<E: WorkflowEngine + ?Sized>(
+    engine: &E,
+) {
+    let first = t0() + Duration::minutes(5);
+    let second = t0() + Duration::minutes(6);
+    assert_eq!(
+        engine.request_cancellation("nobody", first).await.unwrap(),
+        None
+    );
+    assert_eq!(engine.cancellation_requested("nobody").await.unwrap(), None);
+
+    let suspended = execution(
+        "s-1",
+        "order",
+        ExecutionStatus::Suspended {
+            until: Some(t0() + Duration::hours(1)),
+        },
+        1,
+    );
+    engine.upsert_execution(&suspended).await.unwrap();
+    assert_eq!(engine.cancellation_requested("s-1").await.unwrap(), None);
+    let after = engine
+        .request_cancellation("s-1", first)
+        .await
+        .unwrap()
+        .expect("the execution exists");
+    assert_eq!(after.cancel_requested_at, Some(first));
+    assert_eq!(
+        after.status, suspended.status,
+        "a request changes no status"
+    );
+    assert_eq!(
+        engine.cancellation_requested("s-1").await.unwrap(),
+        Some(first)
+    );
+
+    let again = engine
+        .request_cancellation("s-1", second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.cancel_requested_at,
+        Some(first),
+        "the first request is kept"
+    );
+
+    // A runner saving the record it read before the request keeps the request.
+    let mut running = suspended.clone();
+    running.status = ExecutionStatus::Running;
+    running.attempts = 1;
+    engine.upsert_execution(&running).await.unwrap();
+    assert_eq!(
+        engine.cancellation_requested("s-1").await.unwrap(),
+        Some(first)
+    );
+    let stored = engine.execution("s-1").await.unwrap().unwrap();
+    assert_eq!(stored.status, ExecutionStatus::Running);
+    assert_eq!(stored.cancel_requested_at, Some(first));
+
+    // Finished executions take no request.
+    for (id, status) in [
+        ("done", ExecutionStatus::Completed),
+        ("failed", ExecutionStatus::Failed),
+        ("cancelled", ExecutionStatus::Cancelled),
+    ] {
+        engine
+            .upsert_execution(&execution(id, "order", status.clone(), 2))
+            .await
+            .unwrap();
+        let after = engine
+            .request_cancellation(id, first)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.status, status);
+        assert_eq!(after.cancel_requested_at, None, "{id} is finished");
+        assert_eq!(engine.cancellation_requested(id).await.unwrap(), None);
+    }
+
+    // A parked execution has not finished: it can be cancelled.
+    engine
+        .upsert_execution(&execution("parked", "order", ExecutionStatus::Parked, 3))
+        .await
+        .unwrap();
+    let after = engine
+        .request_cancellation("parked", first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.cancel_requested_at, Some(first));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1256,6 +1401,8 @@ where
     Fut: Future<Output = E>,
 {
     executions_upsert_and_list_by_filter(&new_engine().await).await;
+    parked_and_cancelled_executions_round_trip(&new_engine().await).await;
+    cancellation_is_recorded_once_and_kept_by_upserts(&new_engine().await).await;
     timers_are_due_only_after_fire_at(&new_engine().await).await;
     scheduling_a_timer_twice_keeps_the_first(&new_engine().await).await;
     completed_timers_are_not_due(&new_engine().await).await;

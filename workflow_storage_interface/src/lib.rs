@@ -22,7 +22,10 @@
 //! without them answers `ClusterError::Unsupported`, never a silent no-op.
 //!
 //! **Executions** ([`WorkflowEngine::upsert_execution`]) are keyed by execution id; the last
-//! write wins. **Durable timers** are keyed by `(execution id, timer key)`; scheduling the
+//! write wins, except for the cancellation request: [`WorkflowEngine::request_cancellation`]
+//! records it once (the first instant is kept) on an execution that has not finished, and
+//! no upsert changes it afterwards, so a runner saving its execution never loses a
+//! cancellation requested meanwhile. **Durable timers** are keyed by `(execution id, timer key)`; scheduling the
 //! same key twice keeps the first `fire_at`; [`WorkflowEngine::due_timers`] returns timers
 //! with `fire_at <= now` that are not completed, earliest first. **Deferred values** are
 //! write-once: the first [`WorkflowEngine::resolve_deferred`] wins.
@@ -102,11 +105,36 @@ pub trait ActivityTransaction: Send + 'static {
 /// Executions, durable timers and deferred values. Held as `Arc<dyn WorkflowEngine>`.
 #[async_trait]
 pub trait WorkflowEngine: Send + Sync + 'static {
-    /// Creates or replaces an execution record.
+    /// Creates or replaces an execution record (keeping the stored `cancel_requested_at`;
+    /// a new record starts with none, whatever `record` holds).
     async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError>;
 
     /// One execution.
     async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError>;
+
+    /// Records that cancellation of an execution was requested at `requested_at`, unless
+    /// the execution has finished (completed, failed or cancelled) or a request is already
+    /// recorded (the first instant is kept: repeating it is harmless). Returns the record as
+    /// stored afterwards, `None` when there is no such execution.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn request_cancellation(
+        &self,
+        execution_id: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<Option<ExecutionRecord>, ClusterError>;
+
+    /// When cancellation of an execution was requested, if it was (`None` also for an
+    /// unknown execution). Cheaper than [`WorkflowEngine::execution`]: the runtime asks it
+    /// at every suspension point.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn cancellation_requested(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError>;
 
     /// Executions matching `filter`, oldest first.
     async fn list_executions(

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use cruster_types::{EntityAddress, ExitResult};
+use cruster_types::{EntityAddress, ExitResult, WireError};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one activity call within an execution.
@@ -52,17 +52,33 @@ pub enum ExecutionStatus {
     Completed,
     /// Finished with an error.
     Failed,
+    /// Stopped at a suspension point after `cancel` was requested; finished, never runs again.
+    Cancelled,
+    /// Failed to make progress too many times in a row (crash, panic, undecodable journal
+    /// entry): nothing runs it until it is resumed. `result` holds the last error.
+    Parked,
 }
 
 impl ExecutionStatus {
-    /// A short name (`running`, `suspended`, `completed`, `failed`).
+    /// A short name (`running`, `suspended`, `completed`, `failed`, `cancelled`, `parked`).
     pub fn name(&self) -> &'static str {
         match self {
             ExecutionStatus::Running => "running",
             ExecutionStatus::Suspended { .. } => "suspended",
             ExecutionStatus::Completed => "completed",
             ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::Parked => "parked",
         }
+    }
+
+    /// Whether the execution has finished for good (completed, failed or cancelled). A
+    /// parked execution has not: it can be resumed.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            ExecutionStatus::Completed | ExecutionStatus::Failed | ExecutionStatus::Cancelled
+        )
     }
 }
 
@@ -83,6 +99,44 @@ pub struct ExecutionRecord {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// Runs started since the execution last made progress (a new journal entry, a
+    /// suspension or an outcome); counted *before* each run, so a run that crashes its
+    /// runner counts too. Reaching the configured limit parks the execution.
+    pub attempts: u32,
+    /// How many journal entries the execution had when its last run started: a later run
+    /// that finds more has seen progress and starts counting `attempts` again.
+    pub progress_mark: u32,
+    /// The error of the last run that made no progress, if it reported one.
+    pub last_error: Option<WireError>,
+    /// When `cancel` was first requested. Set only by
+    /// [`WorkflowEngine::request_cancellation`](crate::WorkflowEngine::request_cancellation);
+    /// [`WorkflowEngine::upsert_execution`](crate::WorkflowEngine::upsert_execution) keeps the
+    /// stored value whatever the record it is given holds.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+}
+
+impl ExecutionRecord {
+    /// A new running execution of `workflow`, with no attempts counted yet.
+    pub fn new(
+        execution_id: impl Into<String>,
+        workflow: impl Into<String>,
+        request: Bytes,
+        now: DateTime<Utc>,
+    ) -> Self {
+        ExecutionRecord {
+            execution_id: execution_id.into(),
+            workflow: workflow.into(),
+            status: ExecutionStatus::Running,
+            request,
+            result: None,
+            created_at: now,
+            updated_at: now,
+            attempts: 0,
+            progress_mark: 0,
+            last_error: None,
+            cancel_requested_at: None,
+        }
+    }
 }
 
 /// Which executions to list.

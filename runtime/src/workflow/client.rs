@@ -4,14 +4,16 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use cruster_sharding::{EntityClient, IntoSharding, Sharding};
-use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
+use cruster_types::{wire, ClusterError, EntityAddress, EntityId, EntityType, ExitResult};
 use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
 
+use super::cancellation::CancelOutcome;
 use super::client_from_sharding::ClientFromSharding;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
-use super::workflow_entity::WorkflowEntity;
+use super::workflow_entity::{parked_error, send_resume, WorkflowEntity};
 use crate::sharding_impl::ShardingImpl;
 
 /// A client of one workflow type. Cheap to clone.
@@ -120,7 +122,8 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
         match reply {
             WorkflowReply::Completed(bytes) => wire::decode(&bytes),
             WorkflowReply::Suspended => self.join(&id).await,
-            WorkflowReply::Failed(err) => Err(err.into()),
+            WorkflowReply::Failed(err) | WorkflowReply::Parked(err) => Err(err.into()),
+            WorkflowReply::Cancelled => Err(ClusterError::WorkflowCancelled { execution_id: id }),
         }
     }
 
@@ -139,22 +142,94 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// The result of an execution: `None` while it runs (or if it is unknown).
     ///
     /// # Errors
-    /// The workflow's error if it failed; `MalformedMessage` if the result does not decode.
+    /// The workflow's error if it failed; `WorkflowCancelled` if it was cancelled;
+    /// `WorkflowParked` while it is parked; `MalformedMessage` if the result does not decode.
     pub async fn poll(&self, execution_id: &str) -> Result<Option<W::Response>, ClusterError> {
         let engine = engine_of(self.entity.sharding())?;
         let Some(record) = engine.execution(execution_id).await? else {
             return Ok(None);
         };
-        match (record.status, record.result) {
+        match (&record.status, &record.result) {
             (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
-                wire::decode(&bytes).map(Some)
+                wire::decode(bytes).map(Some)
             }
-            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.into()),
+            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.clone().into()),
+            (ExecutionStatus::Cancelled, _) => Err(ClusterError::WorkflowCancelled {
+                execution_id: record.execution_id,
+            }),
+            (ExecutionStatus::Parked, _) => Err(parked_error(&record)),
             _ => Ok(None),
         }
     }
 
-    /// Waits for the result of an execution.
+    /// Cancels an execution: it stops at its next suspension point (an activity call, a
+    /// durable sleep — a long sleep is cut short —, or the start of its next run) and
+    /// records `Cancelled`; `poll` and `join` then return `WorkflowCancelled`. An activity
+    /// running at that moment finishes, or is interrupted when it is declared
+    /// `#[activity(on_cancel = "interrupt")]`. The request is stored, so it holds across
+    /// restarts and whichever runner owns the execution. Idempotent: cancelling again
+    /// answers `Requested` with the first request's instant; cancelling a finished
+    /// execution changes nothing and answers `AlreadyFinished`.
+    ///
+    /// An execution is known once it has started running: right after `start` an
+    /// execution may not be recorded yet (`WorkflowNotFound`); retry then.
+    ///
+    /// ```ignore
+    /// let exec_id = client.start(&request).await?;
+    /// client.cancel(&exec_id).await?;
+    /// assert!(matches!(client.join(&exec_id).await, Err(ClusterError::WorkflowCancelled { .. })));
+    /// ```
+    ///
+    /// # Errors
+    /// `WorkflowNotFound` for an id that no execution of this workflow has; storage errors.
+    pub async fn cancel(&self, execution_id: &str) -> Result<CancelOutcome, ClusterError> {
+        let engine = engine_of(self.entity.sharding())?;
+        let not_found = || ClusterError::WorkflowNotFound {
+            workflow: W::NAME.to_string(),
+            execution_id: execution_id.to_string(),
+        };
+        match engine.execution(execution_id).await? {
+            Some(record) if record.workflow == W::NAME => {}
+            _ => return Err(not_found()),
+        }
+        let record = engine
+            .request_cancellation(execution_id, Utc::now())
+            .await?
+            .ok_or_else(not_found)?;
+        match record.cancel_requested_at {
+            Some(requested_at) if !record.status.is_finished() => {
+                // Wake the execution if it is suspended (a long sleep, a retry backoff, a
+                // parked execution); if it is running, the wake-up waits behind it and finds
+                // it cancelled. One wake-up per execution, however often cancel is called.
+                let address = EntityAddress {
+                    shard_id: self
+                        .entity
+                        .sharding()
+                        .shard_id(&EntityType::new(W::NAME), &EntityId::new(execution_id)),
+                    entity_type: EntityType::new(W::NAME),
+                    entity_id: EntityId::new(execution_id),
+                };
+                send_resume(
+                    self.entity.sharding().as_ref(),
+                    address,
+                    None,
+                    Some("cancel".to_string()),
+                )
+                .await?;
+                tracing::info!(
+                    execution_id,
+                    workflow = W::NAME,
+                    "workflow cancellation requested"
+                );
+                Ok(CancelOutcome::Requested { requested_at })
+            }
+            _ => Ok(CancelOutcome::AlreadyFinished {
+                status: record.status,
+            }),
+        }
+    }
+
+    /// Waits for the result of an execution (or until it is cancelled or parked).
     ///
     /// # Errors
     /// As [`WorkflowClient::poll`].
@@ -208,12 +283,14 @@ pub async fn register_workflow<B: WorkflowBody>(
         return Err(unsupported("message storage"));
     }
     let metrics = runner.metrics().clone();
+    let config = runner.config().clone();
     sharding
         .register_entity(Arc::new(WorkflowEntity {
             body: Arc::new(body),
             storage,
             engine,
             metrics,
+            config,
         }))
         .await?;
     Ok(WorkflowClient::from_sharding(sharding))

@@ -25,6 +25,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::activity_tx::ActivityTx;
+use super::cancellation::{CancelWatch, OnCancel};
+use super::run_fault::{panic_message, RunFault};
 use crate::metrics::ClusterMetrics;
 
 /// How a failed activity is retried.
@@ -45,6 +47,9 @@ pub struct ActivityOptions {
     pub backoff: Backoff,
     /// The base delay of the backoff (default 100 ms).
     pub base_delay: Duration,
+    /// What the activity does when its execution is cancelled while it runs (default
+    /// [`OnCancel::Finish`]).
+    pub on_cancel: OnCancel,
 }
 
 impl Default for ActivityOptions {
@@ -53,6 +58,7 @@ impl Default for ActivityOptions {
             retries: 0,
             backoff: Backoff::Exponential,
             base_delay: Duration::from_millis(100),
+            on_cancel: OnCancel::Finish,
         }
     }
 }
@@ -64,7 +70,14 @@ impl ActivityOptions {
             retries,
             backoff,
             base_delay,
+            on_cancel: OnCancel::Finish,
         }
+    }
+
+    /// The same options with `on_cancel` (`#[activity(on_cancel = "interrupt")]`).
+    pub const fn with_on_cancel(mut self, on_cancel: OnCancel) -> Self {
+        self.on_cancel = on_cancel;
+        self
     }
 
     /// The pause before attempt `attempt + 1` (after `attempt` failures, from 1).
@@ -96,6 +109,10 @@ pub(crate) struct ContextInner {
     /// returns that is one of them is its answer; any other storage error is transient,
     /// even after the body caught an activity failure.
     recorded_failures: Mutex<Vec<WireError>>,
+    /// Whether the execution was cancelled (asked at every suspension point).
+    cancel: CancelWatch,
+    /// The first defect of this run (a panic, an undecodable entry): not an answer.
+    fault: RunFault,
 }
 
 /// The context of one workflow execution run (see the module docs).
@@ -123,6 +140,7 @@ impl WorkflowContext {
         sharding: Arc<dyn Sharding>,
         metrics: Arc<ClusterMetrics>,
         mut journal: Vec<JournalEntry>,
+        cancel: CancelWatch,
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
         WorkflowContext {
@@ -140,6 +158,8 @@ impl WorkflowContext {
                 suspended_until: Mutex::new(None),
                 suspended: Notify::new(),
                 recorded_failures: Mutex::new(Vec::new()),
+                cancel,
+                fault: RunFault::default(),
             }),
         }
     }
@@ -169,12 +189,14 @@ impl WorkflowContext {
 
     fn decode_entry<T: DeserializeOwned>(&self, entry: &JournalEntry) -> Result<T, ClusterError> {
         match &entry.result {
-            ExitResult::Success(bytes) => wire::decode(bytes).map_err(|err| ClusterError::MalformedMessage {
-                reason: format!(
-                    "journal entry of activity `{}` (call {}) of workflow execution `{}` does not decode",
-                    entry.key.name, entry.key.sequence, self.inner.execution_id
-                ),
-                source: Some(Box::new(err)),
+            ExitResult::Success(bytes) => wire::decode(bytes).map_err(|err| {
+                self.inner.fault.record(ClusterError::MalformedMessage {
+                    reason: format!(
+                        "journal entry of activity `{}` (call {}) of workflow execution `{}` does not decode",
+                        entry.key.name, entry.key.sequence, self.inner.execution_id
+                    ),
+                    source: Some(Box::new(err)),
+                })
             }),
             ExitResult::Failure(err) => {
                 self.inner.recorded_failures.lock().push(err.clone());
@@ -190,12 +212,31 @@ impl WorkflowContext {
         self.inner.recorded_failures.lock().contains(&wire)
     }
 
+    /// Whether this run saw its execution's cancellation.
+    pub(crate) fn cancel_observed(&self) -> bool {
+        self.inner.cancel.observed()
+    }
+
+    /// The first defect (panic, undecodable entry) of this run, if any.
+    pub(crate) fn take_fault(&self) -> Option<ClusterError> {
+        self.inner.fault.take()
+    }
+
+    /// Records a defect of this run (see [`RunFault`]) and returns it.
+    pub(crate) fn record_fault(&self, err: ClusterError) -> ClusterError {
+        self.inner.fault.record(err)
+    }
+
     /// Runs (or replays) one activity call. `run` makes one attempt's future from the
     /// attempt's transaction; it is called again for each retry.
     ///
+    /// A new call is a suspension point: once the execution is cancelled it fails with
+    /// `WorkflowCancelled` instead of running. A panic in the activity is caught and
+    /// returned as an error, never journaled: the run counts as a failed attempt.
+    ///
     /// # Errors
     /// The activity's final error (after retries); `NonDeterminism` when the journal
-    /// recorded another activity at this position; storage errors.
+    /// recorded another activity at this position; `WorkflowCancelled`; storage errors.
     pub async fn activity<T, F, Fut>(
         &self,
         name: &'static str,
@@ -228,18 +269,39 @@ impl WorkflowContext {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            self.inner.cancel.check().await?;
             let tx = ActivityTx::new(
                 self.inner
                     .storage
                     .begin_activity(&self.inner.execution_id, &key)
                     .await?,
             );
-            let outcome = AssertUnwindSafe(run(tx.clone()))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ClusterError::handler(format!("activity `{name}` panicked")))
-                });
+            let attempt_run = AssertUnwindSafe(run(tx.clone())).catch_unwind();
+            let outcome = match options.on_cancel {
+                OnCancel::Finish => attempt_run.await,
+                OnCancel::Interrupt => tokio::select! {
+                    outcome = attempt_run => outcome,
+                    cancelled = self.inner.cancel.requested() => Ok(Err(cancelled)),
+                },
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    discard(&tx).await;
+                    let err = ClusterError::handler(format!(
+                        "activity `{name}` (call {sequence}) of workflow execution `{}` panicked: {}",
+                        self.inner.execution_id,
+                        panic_message(panic.as_ref())
+                    ));
+                    tracing::error!(%err, "activity panicked; the run counts as a failed attempt");
+                    return Err(self.inner.fault.record(err));
+                }
+            };
+            if self.inner.cancel.observed() {
+                // Interrupted by the cancellation: nothing of the attempt is kept.
+                discard(&tx).await;
+                return Err(self.inner.cancel.cancelled());
+            }
             match outcome {
                 Ok(value) => {
                     let entry = JournalEntry {
@@ -301,9 +363,13 @@ impl WorkflowContext {
     /// Durable sleep: resumes no earlier than `duration` after the first time this call
     /// was reached, even across restarts. The execution is suspended meanwhile.
     ///
+    /// A suspension point: once the execution is cancelled it fails with
+    /// `WorkflowCancelled`, and a cancellation requested during the sleep ends it early.
+    ///
     /// # Errors
-    /// Storage errors while scheduling the timer.
+    /// `WorkflowCancelled`; storage errors while scheduling the timer.
     pub async fn sleep(&self, duration: Duration) -> Result<(), ClusterError> {
+        self.inner.cancel.check().await?;
         let n = self.inner.next_sleep.fetch_add(1, Ordering::SeqCst);
         let timer_key = format!("sleep/{n}");
         let exec = &self.inner.execution_id;
@@ -381,17 +447,22 @@ impl WorkflowContext {
     }
 }
 
+/// Rolls back an attempt's transaction, if the attempt did not take it.
+async fn discard(tx: &ActivityTx) {
+    if let Some(transaction) = tx.take().await {
+        if let Err(rollback) = transaction.rollback().await {
+            tracing::warn!(%rollback, "activity rollback failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_spacing() {
-        let constant = ActivityOptions {
-            retries: 3,
-            backoff: Backoff::Constant,
-            base_delay: Duration::from_millis(10),
-        };
+        let constant = ActivityOptions::new(3, Backoff::Constant, Duration::from_millis(10));
         assert_eq!(constant.delay_after(1), constant.delay_after(3));
         let exponential = ActivityOptions {
             backoff: Backoff::Exponential,

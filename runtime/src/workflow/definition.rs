@@ -87,4 +87,8 @@ pub(crate) enum WorkflowReply {
     /// activity's `self.tx` violated) is the workflow's answer, and must not be taken for a
     /// transient storage failure of the delivery and redelivered until dead-lettered.
     Failed(cruster_types::WireError),
+    /// Cancelled (`WorkflowClient::cancel`): it stopped at a suspension point.
+    Cancelled,
+    /// Parked after too many runs without progress; the `WorkflowParked` error.
+    Parked(cruster_types::WireError),
 }

@@ -9,12 +9,20 @@
 //! suspends the execution (freeing its entity), which resumes by replay when the wake-up
 //! is delivered, also after a restart.
 //!
+//! `WorkflowClient::cancel` records a cancellation request in the engine storage; the
+//! execution stops at its next suspension point (an activity call, a sleep, the start of a
+//! run) and records `Cancelled`. A run that makes no progress (a crash, a panic, a journal
+//! entry that does not decode) is retried after a backoff; after
+//! `ShardingConfig::workflow_max_failed_attempts` such runs in a row the execution is
+//! parked with its last error until [`resume_parked_execution`].
+//!
 //! Usually written with `#[workflow]` / `#[workflow_impl]` / `#[activity]`; the generated
 //! code implements [`WorkflowDefinition`] (on the workflow struct) and [`WorkflowBody`] (on
 //! a hidden type holding the struct and its activity groups), and calls
 //! [`WorkflowContext::activity`] for every activity.
 
 mod activity_tx;
+mod cancellation;
 mod client;
 mod client_from_sharding;
 mod context;
@@ -22,11 +30,14 @@ mod definition;
 mod execution_id;
 mod inspect;
 mod journaling_sharding;
+mod parked;
+mod run_fault;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod sql_activity_tx;
 mod workflow_entity;
 
 pub use activity_tx::ActivityTx;
+pub use cancellation::{CancelOutcome, OnCancel};
 pub use client::{register_workflow, WorkflowClient};
 pub use client_from_sharding::ClientFromSharding;
 pub use context::{ActivityOptions, Backoff, WorkflowContext};
@@ -36,3 +47,4 @@ pub use cruster_workflow_storage::{
 pub use definition::{WorkflowBody, WorkflowDefinition, WorkflowFuture};
 pub use execution_id::{execution_id_from_key, execution_id_from_request};
 pub use inspect::{list_executions, workflow_journal};
+pub use parked::{list_parked_executions, resume_parked_execution};

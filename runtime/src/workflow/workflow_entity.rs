@@ -1,10 +1,13 @@
 //! The hidden entity behind a workflow: one instance per execution id.
 //!
-//! Owns the life of an execution: its record (running, suspended, completed, failed), the
-//! replay of its body over the journal, and the answer to `execute` and `resume`. The entity
+//! Owns the life of an execution: its record (running, suspended, completed, failed,
+//! cancelled, parked), the replay of its body over the journal, the count of runs without
+//! progress (parking the execution at the configured limit), and the answer to `execute`
+//! and `resume`. A panic in the body is caught here and counted as a failed attempt. The entity
 //! handles one message at a time per execution, so an execution never runs twice at once on
 //! one runner, and shard locks keep it on one runner.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,11 +16,18 @@ use chrono::Utc;
 use cruster_sharding::{
     Entity, EntityContext, EntityHandler, EntityOptions, IncomingRequest, Sharding,
 };
-use cruster_types::{wire, ClusterError, EntityAddress, EntityType, ExitResult};
+use cruster_types::{
+    wire, ClusterError, EntityAddress, EntityType, EnvelopeRequest, ExitResult, WireError,
+};
 use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine, WorkflowStorage};
 
+use futures::FutureExt;
+
+use super::cancellation::CancelWatch;
 use super::context::WorkflowContext;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::run_fault::panic_message;
+use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
 
 pub(crate) struct WorkflowEntity<B: WorkflowBody> {
@@ -25,6 +35,7 @@ pub(crate) struct WorkflowEntity<B: WorkflowBody> {
     pub(crate) storage: Arc<dyn WorkflowStorage>,
     pub(crate) engine: Arc<dyn WorkflowEngine>,
     pub(crate) metrics: Arc<ClusterMetrics>,
+    pub(crate) config: Arc<ShardingConfig>,
 }
 
 struct WorkflowInstance<B: WorkflowBody> {
@@ -32,6 +43,7 @@ struct WorkflowInstance<B: WorkflowBody> {
     storage: Arc<dyn WorkflowStorage>,
     engine: Arc<dyn WorkflowEngine>,
     metrics: Arc<ClusterMetrics>,
+    config: Arc<ShardingConfig>,
     address: EntityAddress,
     sharding: Arc<dyn Sharding>,
 }
@@ -55,6 +67,7 @@ impl<B: WorkflowBody> Entity for WorkflowEntity<B> {
             storage: self.storage.clone(),
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
+            config: self.config.clone(),
             address: ctx.address,
             sharding: ctx.sharding,
         }))
@@ -71,6 +84,10 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         self.address.entity_id.as_str()
     }
 
+    fn workflow_name() -> &'static str {
+        <B::Workflow as WorkflowDefinition>::NAME
+    }
+
     async fn save(
         &self,
         record: &mut ExecutionRecord,
@@ -83,24 +100,105 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         self.engine.upsert_execution(record).await
     }
 
+    /// Saves an outcome that is progress: the count of attempts without progress restarts.
+    async fn save_progress(
+        &self,
+        record: &mut ExecutionRecord,
+        status: ExecutionStatus,
+        result: Option<ExitResult>,
+    ) -> Result<(), ClusterError> {
+        record.attempts = 0;
+        record.last_error = None;
+        self.save(record, status, result).await
+    }
+
+    async fn cancel(&self, record: &mut ExecutionRecord) -> Result<Bytes, ClusterError> {
+        self.save_progress(record, ExecutionStatus::Cancelled, None)
+            .await?;
+        tracing::info!(execution_id = %record.execution_id, workflow = Self::workflow_name(), "workflow cancelled");
+        wire::encode(&WorkflowReply::Cancelled)
+    }
+
+    /// Parks the execution with `err`, its last run's error.
+    async fn park(
+        &self,
+        record: &mut ExecutionRecord,
+        err: WireError,
+    ) -> Result<Bytes, ClusterError> {
+        record.last_error = Some(err.clone());
+        self.save(
+            record,
+            ExecutionStatus::Parked,
+            Some(ExitResult::Failure(err)),
+        )
+        .await?;
+        let parked = parked_error(record);
+        tracing::error!(execution_id = %record.execution_id, workflow = Self::workflow_name(), err = %parked, "workflow parked");
+        self.metrics.workflows_parked.inc();
+        wire::encode(&WorkflowReply::Parked(parked.to_wire()))
+    }
+
+    /// A run that made no progress (`fault`): retried after a backoff, or parked when it was
+    /// the last allowed attempt.
+    async fn failed_attempt(
+        &self,
+        record: &mut ExecutionRecord,
+        fault: ClusterError,
+    ) -> Result<Bytes, ClusterError> {
+        if record.attempts >= self.config.workflow_max_failed_attempts {
+            return self.park(record, fault.to_wire()).await;
+        }
+        record.last_error = Some(fault.to_wire());
+        let backoff =
+            chrono::Duration::from_std(self.config.storage_retry_backoff(record.attempts))
+                .unwrap_or(chrono::Duration::MAX);
+        let retry_at = Utc::now()
+            .checked_add_signed(backoff)
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        self.save(
+            record,
+            ExecutionStatus::Suspended {
+                until: Some(retry_at),
+            },
+            None,
+        )
+        .await?;
+        tracing::warn!(
+            execution_id = %record.execution_id,
+            workflow = Self::workflow_name(),
+            attempt = record.attempts,
+            max_attempts = self.config.workflow_max_failed_attempts,
+            %retry_at,
+            err = %fault,
+            "workflow run made no progress; it runs again after a backoff"
+        );
+        self.send_resume(Some(retry_at), None).await?;
+        wire::encode(&WorkflowReply::Suspended)
+    }
+
+    /// Sends the execution a persisted `resume`, due at `deliver_at`.
+    async fn send_resume(
+        &self,
+        deliver_at: Option<chrono::DateTime<Utc>>,
+        dedupe_key: Option<String>,
+    ) -> Result<(), ClusterError> {
+        send_resume(
+            self.sharding.as_ref(),
+            self.address.clone(),
+            deliver_at,
+            dedupe_key,
+        )
+        .await
+    }
+
     async fn run(&self, start: Option<Bytes>) -> Result<Bytes, ClusterError> {
         let exec = self.execution_id().to_string();
         let mut record = match self.engine.execution(&exec).await? {
             Some(record) => record,
+            // Saved below, with its first attempt counted.
             None => match start {
                 Some(request) => {
-                    let now = Utc::now();
-                    let record = ExecutionRecord {
-                        execution_id: exec.clone(),
-                        workflow: <B::Workflow as WorkflowDefinition>::NAME.to_string(),
-                        status: ExecutionStatus::Running,
-                        request,
-                        result: None,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    self.engine.upsert_execution(&record).await?;
-                    record
+                    ExecutionRecord::new(exec.clone(), Self::workflow_name(), request, Utc::now())
                 }
                 None => {
                     tracing::warn!(execution_id = %exec, "wake-up for an unknown execution ignored");
@@ -115,46 +213,98 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => {
                 return wire::encode(&WorkflowReply::Failed(err.clone()));
             }
+            (ExecutionStatus::Cancelled, _) => return wire::encode(&WorkflowReply::Cancelled),
             _ => {}
         }
-        let request: <B::Workflow as WorkflowDefinition>::Request =
-            wire::decode(&record.request).map_err(|err| ClusterError::MalformedMessage {
-                reason: format!(
-                    "the stored request of workflow execution `{exec}` does not decode as {}",
-                    std::any::type_name::<<B::Workflow as WorkflowDefinition>::Request>()
-                ),
-                source: Some(Box::new(err)),
-            })?;
-        if record.status != ExecutionStatus::Running {
-            self.save(&mut record, ExecutionStatus::Running, None)
-                .await?;
+        // The start of a run is a suspension point too.
+        if record.cancel_requested_at.is_some() {
+            return self.cancel(&mut record).await;
+        }
+        if record.status == ExecutionStatus::Parked {
+            return wire::encode(&WorkflowReply::Parked(parked_error(&record).to_wire()));
         }
         let journal = self.storage.journal(&exec).await?;
+        let journal_len = u32::try_from(journal.len()).unwrap_or(u32::MAX);
+        if journal_len > record.progress_mark {
+            // The last run journaled something: it made progress.
+            record.attempts = 0;
+            record.last_error = None;
+        }
+        if record.attempts >= self.config.workflow_max_failed_attempts {
+            // Every earlier attempt ended without an outcome: its runner crashed or stopped.
+            let err = record.last_error.clone().unwrap_or_else(|| {
+                ClusterError::handler(format!(
+                    "the last {} runs of workflow execution `{exec}` ended without an outcome \
+                     (the runner crashed or stopped during each)",
+                    record.attempts
+                ))
+                .to_wire()
+            });
+            return self.park(&mut record, err).await;
+        }
+        // Counted before the run, so a run that crashes the runner counts too.
+        record.attempts += 1;
+        record.progress_mark = journal_len;
+        self.save(&mut record, ExecutionStatus::Running, None)
+            .await?;
+        let request: <B::Workflow as WorkflowDefinition>::Request =
+            match wire::decode(&record.request) {
+                Ok(request) => request,
+                Err(err) => {
+                    let fault = ClusterError::MalformedMessage {
+                        reason: format!(
+                        "the stored request of workflow execution `{exec}` does not decode as {}",
+                        std::any::type_name::<<B::Workflow as WorkflowDefinition>::Request>()
+                    ),
+                        source: Some(Box::new(err)),
+                    };
+                    return self.failed_attempt(&mut record, fault).await;
+                }
+            };
         let ctx = WorkflowContext::new(
             exec.clone(),
-            <B::Workflow as WorkflowDefinition>::NAME,
+            Self::workflow_name(),
             self.address.clone(),
             self.storage.clone(),
             self.engine.clone(),
             self.sharding.clone(),
             self.metrics.clone(),
             journal,
+            CancelWatch::new(
+                self.engine.clone(),
+                exec.clone(),
+                self.config.workflow_cancel_poll_interval,
+            ),
         );
-        let body = self.body.clone().execute(ctx.clone(), request);
+        let body = AssertUnwindSafe(self.body.clone().execute(ctx.clone(), request)).catch_unwind();
         let outcome = tokio::select! {
-            result = body => RunOutcome::Done(result),
+            result = body => RunOutcome::Done(result.unwrap_or_else(|panic| {
+                let err = ClusterError::handler(format!(
+                    "workflow `{}` panicked in execution `{exec}`: {}",
+                    Self::workflow_name(),
+                    panic_message(panic.as_ref())
+                ));
+                tracing::error!(%err, "workflow body panicked; the run counts as a failed attempt");
+                Err(ctx.record_fault(err))
+            })),
             until = ctx.suspended() => RunOutcome::Suspended(until),
         };
+        if ctx.cancel_observed() {
+            return self.cancel(&mut record).await;
+        }
+        if let Some(fault) = ctx.take_fault() {
+            return self.failed_attempt(&mut record, fault).await;
+        }
         match outcome {
             RunOutcome::Done(Ok(response)) => {
                 let bytes = wire::encode(&response)?;
-                self.save(
+                self.save_progress(
                     &mut record,
                     ExecutionStatus::Completed,
                     Some(ExitResult::Success(bytes.clone())),
                 )
                 .await?;
-                tracing::info!(execution_id = %exec, workflow = <B::Workflow as WorkflowDefinition>::NAME, "workflow completed");
+                tracing::info!(execution_id = %exec, workflow = Self::workflow_name(), "workflow completed");
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
             RunOutcome::Done(Err(err)) => {
@@ -163,20 +313,26 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 {
                     // Storage trouble of the engine itself is not the workflow's answer:
                     // leave it running; the entity manager counts a failed delivery and
-                    // the storage poll redelivers the request, which replays it.
+                    // the storage poll redelivers the request, which replays it. The
+                    // attempt is given back (if storage lets us): an outage parks nothing.
+                    record.attempts = record.attempts.saturating_sub(1);
+                    if let Err(save) = self.save(&mut record, ExecutionStatus::Running, None).await
+                    {
+                        tracing::debug!(execution_id = %exec, %save, "could not give the attempt back");
+                    }
                     return Err(err);
                 }
-                self.save(
+                self.save_progress(
                     &mut record,
                     ExecutionStatus::Failed,
                     Some(ExitResult::failure(&err)),
                 )
                 .await?;
-                tracing::warn!(execution_id = %exec, workflow = <B::Workflow as WorkflowDefinition>::NAME, %err, "workflow failed");
+                tracing::warn!(execution_id = %exec, workflow = Self::workflow_name(), %err, "workflow failed");
                 wire::encode(&WorkflowReply::Failed(err.to_wire()))
             }
             RunOutcome::Suspended(until) => {
-                self.save(
+                self.save_progress(
                     &mut record,
                     ExecutionStatus::Suspended { until: Some(until) },
                     None,
@@ -187,6 +343,40 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             }
         }
     }
+}
+
+/// The `WorkflowParked` error of a parked execution record.
+pub(crate) fn parked_error(record: &ExecutionRecord) -> ClusterError {
+    let last_error = match (&record.last_error, &record.result) {
+        (Some(err), _) | (None, Some(ExitResult::Failure(err))) => err.to_string(),
+        _ => "none recorded".to_string(),
+    };
+    ClusterError::WorkflowParked {
+        execution_id: record.execution_id.clone(),
+        attempts: record.attempts,
+        last_error,
+    }
+}
+
+/// Sends a workflow execution's hidden entity a persisted `resume` (a wake-up), due at
+/// `deliver_at` (at once when `None`); `dedupe_key` makes repeated sends one message.
+pub(crate) async fn send_resume(
+    sharding: &dyn Sharding,
+    address: EntityAddress,
+    deliver_at: Option<chrono::DateTime<Utc>>,
+    dedupe_key: Option<String>,
+) -> Result<(), ClusterError> {
+    let mut envelope = EnvelopeRequest::new(
+        sharding.next_request_id(),
+        address,
+        "resume",
+        wire::encode(&())?,
+    );
+    envelope.persisted = true;
+    envelope.expects_reply = false;
+    envelope.deliver_at = deliver_at;
+    envelope.dedupe_key = dedupe_key;
+    sharding.notify(envelope).await
 }
 
 #[async_trait]

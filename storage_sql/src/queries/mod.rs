@@ -269,10 +269,11 @@ pub(crate) mod portable {
 
     // ---- workflow engine -----------------------------------------------------------------
 
+    /// Never sets `cancel_requested_at_ns`: only `REQUEST_CANCELLATION` does.
     pub(crate) const UPSERT_EXECUTION: &str = "\
         INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
-            request, result, created_at_ns, updated_at_ns) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            request, result, created_at_ns, updated_at_ns, attempts, progress_mark, last_error) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
         ON CONFLICT (execution_id) DO UPDATE SET \
             workflow = excluded.workflow, \
             status = excluded.status, \
@@ -280,21 +281,36 @@ pub(crate) mod portable {
             request = excluded.request, \
             result = excluded.result, \
             created_at_ns = excluded.created_at_ns, \
-            updated_at_ns = excluded.updated_at_ns";
+            updated_at_ns = excluded.updated_at_ns, \
+            attempts = excluded.attempts, \
+            progress_mark = excluded.progress_mark, \
+            last_error = excluded.last_error";
 
     pub(crate) const EXECUTION: &str = "\
         SELECT execution_id, workflow, status, suspended_until_ns, request, result, \
-            created_at_ns, updated_at_ns \
+            created_at_ns, updated_at_ns, attempts, progress_mark, last_error, \
+            cancel_requested_at_ns \
         FROM cruster_executions WHERE execution_id = $1";
 
     /// `$1` workflow and `$2` status are optional filters (NULL matches everything).
     pub(crate) const LIST_EXECUTIONS: &str = "\
         SELECT execution_id, workflow, status, suspended_until_ns, request, result, \
-            created_at_ns, updated_at_ns \
+            created_at_ns, updated_at_ns, attempts, progress_mark, last_error, \
+            cancel_requested_at_ns \
         FROM cruster_executions \
         WHERE ($1 IS NULL OR workflow = $1) AND ($2 IS NULL OR status = $2) \
         ORDER BY created_at_ns, execution_id \
         LIMIT $3";
+
+    /// Records the first cancellation request `$2` of an execution that has not finished;
+    /// the caller reads the row back with `EXECUTION`.
+    pub(crate) const REQUEST_CANCELLATION: &str = "\
+        UPDATE cruster_executions SET cancel_requested_at_ns = $2 \
+        WHERE execution_id = $1 AND cancel_requested_at_ns IS NULL \
+            AND status NOT IN ('completed', 'failed', 'cancelled')";
+
+    pub(crate) const CANCELLATION_REQUESTED: &str = "\
+        SELECT cancel_requested_at_ns FROM cruster_executions WHERE execution_id = $1";
 
     /// A second schedule of the same key keeps the first.
     pub(crate) const SCHEDULE_TIMER: &str = "\

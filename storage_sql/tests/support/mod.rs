@@ -341,6 +341,8 @@ macro_rules! sql_backend_tests {
                 suite, $fresh, SqlWorkflowEngine, WorkflowEngine,
                 by_ref: [
                     executions_upsert_and_list_by_filter,
+                    parked_and_cancelled_executions_round_trip,
+                    cancellation_is_recorded_once_and_kept_by_upserts,
                     timers_are_due_only_after_fire_at,
                     scheduling_a_timer_twice_keeps_the_first,
                     completed_timers_are_not_due,

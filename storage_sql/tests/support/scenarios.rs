@@ -179,6 +179,10 @@ pub async fn everything_written_survives_reopening_the_database(db: &TestDatabas
         result: None,
         created_at: t0(),
         updated_at: t0() + Duration::nanoseconds(1),
+        attempts: 2,
+        progress_mark: 1,
+        last_error: Some(cruster_types::ClusterError::handler("it panicked").to_wire()),
+        cancel_requested_at: None,
     };
     engine.upsert_execution(&execution).await.unwrap();
     let timer = DurableTimer {
@@ -393,6 +397,10 @@ pub async fn undecodable_rows_read_by_id_are_malformed_not_panics(db: &TestDatab
             result: None,
             created_at: t0(),
             updated_at: t0(),
+            attempts: 0,
+            progress_mark: 0,
+            last_error: None,
+            cancel_requested_at: None,
         })
         .await
         .unwrap();
