@@ -46,7 +46,7 @@ use cruster::tonic::transport::Server;
 use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::RunnerAddress;
 use cruster_tests::node_app::{
-    register_singleton_and_cron, Counter, ThreeStepWorkflow, APP_TABLES,
+    register_singleton_and_cron, Counter, LoadTarget, ThreeStepWorkflow, APP_TABLES,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -319,6 +319,7 @@ async fn run(options: Options) -> Result<(), Error> {
     }
     .register(sharding.clone())
     .await?;
+    LoadTarget.register(sharding.clone()).await?;
     ThreeStepWorkflow {
         runner: runner.clone(),
     }
