@@ -57,6 +57,9 @@ const ENTITIES: u64 = 1_024;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
     (at(0.50), at(0.99))
