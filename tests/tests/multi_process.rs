@@ -107,8 +107,8 @@ const SHARDS: u32 = 30;
 const LOCK_TTL: Duration = Duration::from_secs(3);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a runner may take from spawn to `READY`.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a runner may take from spawn to `READY` (it retries opening its pools for 30 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a SIGTERMed runner may take to exit (drain within `SHUTDOWN_TIMEOUT`, release,
 /// leave, close the server).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
