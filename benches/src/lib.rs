@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 pub mod lock_bench;
+pub mod node_cluster;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,6 +7,11 @@
 //! * [`Counter`]: a persisted `increment` and a plain `touch`, each recorded under the
 //!   caller's request id in a table whose primary key is that id; a second delivery of the
 //!   same request bumps `deliveries` instead of adding a row.
+//!   Every run of an increment is also a row of `mp_increment_runs` (runner, start, end;
+//!   no end when the run was cut), so a test can check that no increment, and no counter,
+//!   was ever being handled on two runners at overlapping times.
+//! * [`LoadTarget`]: a persisted `echo` that does nothing but answer, for benchmarks of
+//!   the delivery path itself.
 //! * [`ThreeStepWorkflow`]: three activities, each inserting one row through `self.tx`
 //!   (same transaction as its journal entry), with no unique key, so an activity that ran
 //!   twice shows as two rows.
@@ -32,6 +37,14 @@ CREATE TABLE IF NOT EXISTS mp_increments (
     first_runner TEXT NOT NULL,
     last_runner  TEXT NOT NULL,
     deliveries   INT NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS mp_increment_runs (
+    run_id     BIGSERIAL PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    counter    TEXT NOT NULL,
+    runner     TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    ended_at   TIMESTAMPTZ
 );
 CREATE TABLE IF NOT EXISTS mp_plain (
     request_id TEXT PRIMARY KEY,
@@ -114,6 +127,15 @@ impl Counter {
     /// runner that applied it.
     #[rpc(persisted)]
     pub async fn increment(&self, request: Increment) -> Result<String, ClusterError> {
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO mp_increment_runs (request_id, counter, runner) VALUES ($1, $2, $3) \
+             RETURNING run_id",
+        )
+        .bind(&request.request_id)
+        .bind(&request.counter)
+        .bind(&self.runner)
+        .fetch_one(&self.pool)
+        .await?;
         sqlx::query(
             "INSERT INTO mp_increments (request_id, counter, amount, first_runner, last_runner) \
              VALUES ($1, $2, $3, $4, $4) \
@@ -127,6 +149,10 @@ impl Counter {
         .execute(&self.pool)
         .await?;
         tokio::time::sleep(INCREMENT_WORK).await;
+        sqlx::query("UPDATE mp_increment_runs SET ended_at = clock_timestamp() WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
         Ok(self.runner.clone())
     }
 
@@ -143,6 +169,21 @@ impl Counter {
         .execute(&self.pool)
         .await?;
         Ok(self.runner.clone())
+    }
+}
+
+/// An entity for benchmarks: its persisted `echo` answers at once, touching nothing but
+/// the runtime's own message storage.
+#[entity(concurrency = 16, mailbox_capacity = 1024)]
+#[derive(Clone)]
+pub struct LoadTarget;
+
+#[entity_impl]
+impl LoadTarget {
+    /// Answers `n` (at least once, like every persisted request).
+    #[rpc(persisted)]
+    pub async fn echo(&self, n: u64) -> Result<u64, ClusterError> {
+        Ok(n)
     }
 }
 

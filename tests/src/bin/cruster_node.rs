@@ -46,11 +46,14 @@ use cruster::tonic::transport::Server;
 use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::RunnerAddress;
 use cruster_tests::node_app::{
-    register_singleton_and_cron, Counter, ThreeStepWorkflow, APP_TABLES,
+    register_singleton_and_cron, Counter, LoadTarget, ThreeStepWorkflow, APP_TABLES,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long the runner keeps trying to open its PostgreSQL pools at start-up.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Serialises the set-up of runners starting together (held until the transaction ends).
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('cruster-node set-up'))";
@@ -205,11 +208,29 @@ impl Options {
     }
 
     /// A pool of `max` connections working in the node's schema.
+    ///
+    /// Opening it is retried for up to [`STARTUP_PATIENCE`]: on a machine busy enough,
+    /// connecting can take longer than the pool's 5 s acquire timeout, and a runner that
+    /// gives up at start-up is one a supervisor has to start again.
     async fn pool(&self, max: u32) -> Result<PgPool, Error> {
         let mut options = PgConnectOptions::from_str(&self.database_url)?;
         if let Some(schema) = &self.schema {
             options = options.options([("search_path", schema.as_str())]);
         }
+        let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+        loop {
+            match Self::open_pool(options.clone(), max).await {
+                Ok(pool) => return Ok(pool),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%err, "cannot open the PostgreSQL pool yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn open_pool(options: PgConnectOptions, max: u32) -> Result<PgPool, Error> {
         let pool = PgPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
@@ -252,7 +273,11 @@ async fn run(options: Options) -> Result<(), Error> {
     // EXISTS` statements can fail in PostgreSQL: one runner at a time creates the schema
     // (here) and the application's tables (below), under an advisory lock.
     if let Some(schema) = &options.schema {
-        let admin = PgPool::connect(&options.database_url).await?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(STARTUP_PATIENCE)
+            .connect(&options.database_url)
+            .await?;
         let mut tx = admin.begin().await?;
         sqlx::query(SETUP_LOCK).execute(&mut *tx).await?;
         sqlx::query(AssertSqlSafe(format!(
@@ -319,6 +344,7 @@ async fn run(options: Options) -> Result<(), Error> {
     }
     .register(sharding.clone())
     .await?;
+    LoadTarget.register(sharding.clone()).await?;
     ThreeStepWorkflow {
         runner: runner.clone(),
     }
