@@ -9,5 +9,4 @@ pub const WRITTEN_NOT_COMMITTED: &str = "WRITTEN-NOT-COMMITTED";
 /// The line a child runner prints when its workflow completed.
 pub const WORKFLOW_DONE: &str = "WORKFLOW-DONE";
 
-pub mod client_only;
 pub mod node_app;

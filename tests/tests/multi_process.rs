@@ -7,10 +7,10 @@
 //!
 //! The driver is this test process. It must outlive every fault it injects (it is what
 //! counts the acknowledgements), so it is not one of the runners: it runs a client-only
-//! `ShardingImpl` — built on [`ClientOnlyRunnerStorage`], which reads the cluster's
-//! membership but never registers, so no shard is ever assigned to it — with the same
-//! message storage and the gRPC transport, and a gRPC server of its own so the runners can
-//! push persisted replies to it.
+//! `ShardingImpl` (`runner_weight: 0`: it joins the membership, so its request ids are
+//! unique and the runners push stored replies to it, but no shard is ever assigned to it)
+//! with the same message storage and the gRPC transport, and a gRPC server of its own for
+//! those pushes.
 //!
 //! # The processes
 //!
@@ -86,7 +86,6 @@ use cruster::tonic::transport::Server;
 use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::{EntityId, RunnerAddress, ShardId};
 use cruster::workflow::WorkflowClient;
-use cruster_tests::client_only::ClientOnlyRunnerStorage;
 use cruster_tests::node_app::{CounterClient, Increment, ThreeStepWorkflow, Touch, APP_TABLES};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -504,10 +503,12 @@ impl Driver {
                 shards_per_group: SHARDS,
                 runner_lock_ttl: LOCK_TTL,
                 storage_poll_interval: POLL_INTERVAL,
+                // Client-only: in the membership (replies are pushed to it), owning no shard.
+                runner_weight: 0,
                 ..Default::default()
             })
             .runners(grpc.clone())
-            .runner_storage(Arc::new(ClientOnlyRunnerStorage::new(membership)))
+            .runner_storage(membership)
             .runner_health(Arc::new(GrpcRunnerHealth::new(grpc)))
             .message_storage(Arc::new(SqlMessageStorage::new(pool.clone())))
             // For `WorkflowClient::poll`, which reads the execution's record.

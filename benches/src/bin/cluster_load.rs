@@ -41,7 +41,6 @@ use cruster::tonic::transport::Server;
 use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::{EntityId, RunnerAddress, ShardId};
 use cruster_benches::node_cluster::{node_binary, NodeCluster};
-use cruster_tests::client_only::ClientOnlyRunnerStorage;
 use cruster_tests::node_app::LoadTargetClient;
 
 const RUNNERS: usize = 3;
@@ -160,10 +159,12 @@ async fn driver(
             shards_per_group: SHARDS,
             runner_lock_ttl: LOCK_TTL,
             storage_poll_interval: POLL_INTERVAL,
+            // Client-only: in the membership (replies are pushed to it), owning no shard.
+            runner_weight: 0,
             ..Default::default()
         })
         .runners(grpc.clone())
-        .runner_storage(Arc::new(ClientOnlyRunnerStorage::new(membership)))
+        .runner_storage(membership)
         .runner_health(Arc::new(GrpcRunnerHealth::new(grpc)))
         .message_storage(Arc::new(SqlMessageStorage::new(pool.clone())))
         .build()?;
