@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod cron;
+pub mod inspection;
 pub mod metrics;
 pub mod prelude;
 pub mod singleton;

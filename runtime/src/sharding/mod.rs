@@ -8,4 +8,5 @@ pub(crate) mod assignment;
 pub(crate) mod membership;
 pub(crate) mod shard_fences;
 pub(crate) mod shard_leases;
+pub(crate) mod shard_moves;
 pub(crate) mod shard_table;
