@@ -10,6 +10,8 @@
 //! * [`prelude`]: what entity and workflow code needs, including the macros.
 #![deny(missing_docs)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod config;
 pub mod cron;
 pub mod inspection;

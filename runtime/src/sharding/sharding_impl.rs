@@ -387,6 +387,22 @@ impl ShardingImpl {
         Ok(views)
     }
 
+    /// Whether [`ShardingImpl::start`] ran and the runner is not stopping.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire) && !self.core.is_stopping()
+    }
+
+    /// How many shards the current assignment gives this runner, and how many of those it
+    /// holds (equal once it serves its whole share).
+    pub fn assigned_and_held_shards(&self) -> (usize, usize) {
+        let assigned = self.core.shard_table.assigned_to_me();
+        let held = assigned
+            .iter()
+            .filter(|shard| self.core.shard_table.is_held(shard))
+            .count();
+        (assigned.len(), held)
+    }
+
     /// The shard table: for every known shard group, the owner of each shard by the
     /// current assignment and the shards this runner holds.
     pub fn shard_groups(&self) -> Vec<ShardGroupView> {
