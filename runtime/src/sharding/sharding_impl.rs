@@ -366,14 +366,20 @@ impl ShardingImpl {
                 .collect(),
             None => HashMap::new(),
         };
-        let mut views = Vec::new();
-        for (address, known_for) in self.core.shard_table.runners_with_age() {
-            let healthy = match &self.runner_health {
-                Some(health) if address != *me => Some(health.is_alive(&address).await),
+        // Health checks of other runners run concurrently (each is bounded by the check).
+        let members = self.core.shard_table.runners_with_age();
+        let checks = members.iter().map(|(address, _)| async move {
+            match &self.runner_health {
+                Some(health) if address != me => Some(health.is_alive(address).await),
                 Some(_) => Some(!self.core.is_stopping()),
                 None => None,
-            };
-            views.push(RunnerView {
+            }
+        });
+        let health = futures::future::join_all(checks).await;
+        let views = members
+            .into_iter()
+            .zip(health)
+            .map(|((address, known_for), healthy)| RunnerView {
                 weight: weights
                     .get(&address)
                     .copied()
@@ -382,8 +388,8 @@ impl ShardingImpl {
                 address,
                 known_for,
                 healthy,
-            });
-        }
+            })
+            .collect();
         Ok(views)
     }
 
