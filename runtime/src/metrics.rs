@@ -121,7 +121,6 @@ impl ClusterMetrics {
         })
     }
 
-    #[allow(clippy::expect_used)]
     /// Every metric in the Prometheus text format, whether or not they were registered in
     /// a registry (what the admin API serves at `/metrics`).
     ///
@@ -149,6 +148,7 @@ impl ClusterMetrics {
         })
     }
 
+    #[allow(clippy::expect_used)]
     fn fallback() -> Self {
         // Unreachable in practice: `build` only fails on invalid metric names, and ours are
         // constants covered by the unit test below.
