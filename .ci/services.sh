@@ -18,6 +18,10 @@
 # under a temporary folder, started by .ci/etcd-ctl.sh unless an etcd already answers there:
 #   ETCD_ENDPOINTS=http://127.0.0.1:2379
 #   CRUSTER_ETCD_DATA_DIR, CRUSTER_ETCD_PID  (tests stop and start it with .ci/etcd-ctl.sh)
+#
+# A browser for the web console's test: Debian's chromium and chromium-driver (the test
+# starts chromedriver itself, headless, and fails instead of skipping when CI=true):
+#   CHROMEDRIVER=/usr/bin/chromedriver, CHROMIUM=/usr/bin/chromium
 
 CRUSTER_PG_HOST=127.0.0.1
 CRUSTER_PG_PORT=5432
@@ -182,9 +186,22 @@ services_etcd() {
   echo "ETCD_ENDPOINTS=$ETCD_ENDPOINTS"
 }
 
+# Installs headless Chromium and its WebDriver server; starts nothing (the test does).
+services_browser() {
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    services_apt_install chromium chromium-driver || return 1
+  fi
+  export CHROMIUM
+  CHROMIUM=$(command -v chromium)
+  export CHROMEDRIVER
+  CHROMEDRIVER=$(command -v chromedriver)
+  echo "CHROMEDRIVER=$CHROMEDRIVER"
+}
+
 services_main() {
   services_postgres || return 1
   services_etcd || return 1
+  services_browser || return 1
 }
 
 # Every step checks its own status (`|| return 1`) instead of relying on `set -e`, which a

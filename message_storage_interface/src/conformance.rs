@@ -66,6 +66,8 @@
 //!   after `now` (the later of the two decides).
 //! * Dead letters are listed oldest request first (by request id, like `unprocessed`).
 //! * `clear_address` also deletes the entity's dead letters and frees its dedupe keys.
+//! * A retried dead letter starts again from zero attempts and is due at once (its
+//!   `deliver_at`, if any, still applies); a purged one frees its dedupe key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -83,8 +85,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
 use crate::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
-    StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
+    PollQuery, SaveResult, StoredRequest,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1690,6 +1692,177 @@ pub async fn random_operations_match_a_model<S: MessageStorage + ?Sized>(storage
 }
 
 // ---------------------------------------------------------------------------------------
+// Operator actions on dead letters, and counts
+// ---------------------------------------------------------------------------------------
+
+fn snowflakes(ids: &[i64]) -> Vec<Snowflake> {
+    ids.iter().copied().map(Snowflake).collect()
+}
+
+/// `retry_dead_letters` makes a dead letter pending again with zero attempts, due at once;
+/// it touches nothing else (pending, processed and unknown ids), and calling it again
+/// changes nothing.
+pub async fn retried_dead_letter_is_pending_again<S: MessageStorage + ?Sized>(storage: &S) {
+    save_all(
+        storage,
+        &[
+            request(1, address("e-1", 0)),
+            request(2, address("e-2", 0)),
+            request(3, address("e-3", 0)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        fail(storage, 1, "boom", 2).await,
+        FailedAttempt::WillRetry { attempts: 1 }
+    );
+    assert_eq!(
+        fail(storage, 1, "boom", 2).await,
+        FailedAttempt::DeadLettered { attempts: 2 }
+    );
+    storage.mark_processed(Snowflake(3)).await.unwrap();
+    assert_eq!(pending_ids(storage, &[shard(0)]).await, vec![2]);
+
+    let retried = storage
+        .retry_dead_letters(&snowflakes(&[99, 3, 2, 1]))
+        .await
+        .unwrap();
+    assert_eq!(
+        retried,
+        vec![Snowflake(1)],
+        "only the dead letter is taken back"
+    );
+    let again = stored(storage, 1).await.expect("still stored");
+    assert!(!again.dead_lettered && !again.processed, "{again:?}");
+    assert_eq!(
+        again.attempts, 0,
+        "a retried dead letter starts from zero attempts"
+    );
+    assert_eq!(pending_ids(storage, &[shard(0)]).await, vec![1, 2]);
+    assert!(storage.dead_letters(10).await.unwrap().is_empty());
+    assert!(
+        stored(storage, 3).await.expect("kept").processed,
+        "a processed request stays processed"
+    );
+
+    let twice = storage.retry_dead_letters(&snowflakes(&[1])).await.unwrap();
+    assert!(
+        twice.is_empty(),
+        "retrying again changes nothing: {twice:?}"
+    );
+    assert_eq!(
+        fail(storage, 1, "boom again", 1).await,
+        FailedAttempt::DeadLettered { attempts: 1 },
+        "a retried request counts its attempts from zero"
+    );
+}
+
+/// A dead letter whose final reply was stored while it was dead is taken back as
+/// processed, never delivered again.
+pub async fn retried_dead_letter_with_a_reply_is_processed<S: MessageStorage + ?Sized>(
+    storage: &S,
+) {
+    save_all(storage, &[request(1, address("e-1", 0))]).await;
+    fail(storage, 1, "boom", 1).await;
+    reply(storage, Reply::WithExit(success(1, "late answer"))).await;
+    let retried = storage.retry_dead_letters(&snowflakes(&[1])).await.unwrap();
+    assert_eq!(retried, vec![Snowflake(1)]);
+    let request = stored(storage, 1).await.expect("still stored");
+    assert!(request.processed && !request.dead_lettered, "{request:?}");
+    assert!(pending_ids(storage, &[shard(0)]).await.is_empty());
+    assert!(storage.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// `purge_dead_letters` deletes dead letters with their replies and frees their dedupe
+/// keys; pending and unknown ids are left alone, and purging again changes nothing.
+pub async fn purged_dead_letter_is_gone<S: MessageStorage + ?Sized>(storage: &S) {
+    save_all(
+        storage,
+        &[
+            with_dedupe_key(request(1, address("e-1", 0)), "key-1"),
+            request(2, address("e-2", 0)),
+        ],
+    )
+    .await;
+    reply(storage, Reply::Chunk(chunk(1, 0))).await;
+    fail(storage, 1, "boom", 1).await;
+
+    let purged = storage
+        .purge_dead_letters(&snowflakes(&[2, 1, 42]))
+        .await
+        .unwrap();
+    assert_eq!(
+        purged,
+        vec![Snowflake(1)],
+        "only the dead letter is deleted"
+    );
+    assert_eq!(stored(storage, 1).await, None);
+    assert!(storage.replies_for(Snowflake(1)).await.unwrap().is_empty());
+    assert!(storage.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(
+        pending_ids(storage, &[shard(0)]).await,
+        vec![2],
+        "pending untouched"
+    );
+
+    let twice = storage.purge_dead_letters(&snowflakes(&[1])).await.unwrap();
+    assert!(twice.is_empty(), "purging again changes nothing: {twice:?}");
+    assert_eq!(
+        save(
+            storage,
+            &with_dedupe_key(request(3, address("e-1", 0)), "key-1")
+        )
+        .await,
+        SaveResult::Saved,
+        "a purged dead letter frees its dedupe key"
+    );
+}
+
+/// `message_counts` counts pending (retrying included), retrying and dead requests per
+/// shard and entity type, leaves processed ones out, and orders by shard then type.
+pub async fn message_counts_are_per_shard_and_entity_type<S: MessageStorage + ?Sized>(storage: &S) {
+    assert!(storage.message_counts().await.unwrap().is_empty());
+    let mut other_type = address("o-1", 1);
+    other_type.entity_type = EntityType::new("Another");
+    save_all(
+        storage,
+        &[
+            request(1, address("e-1", 0)),
+            request(2, address("e-2", 0)),
+            delivered_at(request(3, address("e-3", 0)), t0() + Duration::hours(1)),
+            request(4, address("e-4", 0)),
+            request(5, address("e-5", 1)),
+            request(6, other_type.clone()),
+            request(7, other_type),
+        ],
+    )
+    .await;
+    fail(storage, 2, "once", 5).await;
+    fail(storage, 4, "dead", 1).await;
+    fail(storage, 7, "dead", 1).await;
+    storage.mark_processed(Snowflake(5)).await.unwrap();
+
+    let counts = storage.message_counts().await.unwrap();
+    let expected = vec![
+        MessageCounts {
+            shard_id: shard(0),
+            entity_type: EntityType::new("Conformance"),
+            pending: 3,
+            retrying: 1,
+            dead_lettered: 1,
+        },
+        MessageCounts {
+            shard_id: shard(1),
+            entity_type: EntityType::new("Another"),
+            pending: 1,
+            retrying: 0,
+            dead_lettered: 1,
+        },
+    ];
+    assert_eq!(counts, expected);
+}
+
+// ---------------------------------------------------------------------------------------
 // Everything
 // ---------------------------------------------------------------------------------------
 
@@ -1725,6 +1898,10 @@ where
     poll_continues_after_the_cursor(&new_storage().await).await;
     poll_skips_saturated_entities(&new_storage().await).await;
     clear_address_deletes_requests_and_replies(&new_storage().await).await;
+    retried_dead_letter_is_pending_again(&new_storage().await).await;
+    retried_dead_letter_with_a_reply_is_processed(&new_storage().await).await;
+    purged_dead_letter_is_gone(&new_storage().await).await;
+    message_counts_are_per_shard_and_entity_type(&new_storage().await).await;
     concurrent_saves_of_one_request_store_it_once(Arc::new(new_storage().await)).await;
     concurrent_saves_of_one_dedupe_key_have_one_winner(Arc::new(new_storage().await)).await;
     concurrent_writers_do_not_corrupt_state(Arc::new(new_storage().await)).await;

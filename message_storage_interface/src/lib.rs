@@ -33,6 +33,12 @@
 //!    longer unprocessed and stays inspectable with [`MessageStorage::dead_letters`].
 //!    [`MessageStorage::release_attempts`] gives back a counted attempt that was never made
 //!    (never below zero).
+//!    An operator can take a dead letter back: [`MessageStorage::retry_dead_letters`] makes
+//!    it pending again with its attempt count reset to zero and no retry instant (one whose
+//!    final reply was stored while it was dead becomes processed instead), and
+//!    [`MessageStorage::purge_dead_letters`] deletes it with its replies and frees its
+//!    dedupe key. Both touch dead letters only and answer the ids they changed, so calling
+//!    them again changes nothing.
 //! 6. **Concurrency.** Every method may be called concurrently from many tasks and runners
 //!    without corrupting state.
 //!
@@ -71,7 +77,8 @@ use chrono::{DateTime, Utc};
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
 pub use stored::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, PollQuery, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, PollQuery, SaveResult,
+    StoredRequest,
 };
 
 /// Persisted requests and replies. See the crate docs for the contract.
@@ -172,4 +179,36 @@ pub trait MessageStorage: Send + Sync + 'static {
 
     /// Deletes every request and reply addressed to `address` (an entity's history).
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError>;
+
+    /// Takes the dead letters among `request_ids` back (contract, point 5): each becomes
+    /// pending again with zero attempts and no retry instant, so the next poll of its
+    /// shard delivers it; one whose final reply was stored while it was dead becomes
+    /// processed. Ids that are unknown, pending or processed are left alone. Answers the
+    /// ids taken back, in the order of `request_ids`.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be written; then nothing was changed.
+    async fn retry_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError>;
+
+    /// Deletes the dead letters among `request_ids` with their replies, and frees their
+    /// dedupe keys. Ids that are unknown, pending or processed are left alone. Answers the
+    /// ids deleted, in the order of `request_ids`.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be written; then nothing was deleted.
+    async fn purge_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError>;
+
+    /// Pending, retrying and dead-lettered requests per shard and entity type: one entry
+    /// for each pair with at least one such request, ordered by shard then entity type.
+    /// Processed requests are not counted.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be read.
+    async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError>;
 }

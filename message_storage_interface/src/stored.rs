@@ -1,7 +1,9 @@
 //! Records that message storage hands back.
 
 use chrono::{DateTime, Utc};
-use cruster_types::{EntityAddress, EnvelopeRequest, ReplyWithExit, ShardId, Snowflake};
+use cruster_types::{
+    EntityAddress, EntityType, EnvelopeRequest, ReplyWithExit, ShardId, Snowflake,
+};
 
 /// The answer to [`crate::MessageStorage::save_request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,4 +166,34 @@ pub struct AttemptFailure<'a> {
     /// The attempt was already counted by [`crate::MessageStorage::start_attempts`]: do not
     /// count it again.
     pub counted: bool,
+}
+
+/// How many stored requests of one shard and entity type wait, are being retried or are
+/// dead, as [`crate::MessageStorage::message_counts`] answers.
+///
+/// ```
+/// use cruster_message_storage::MessageCounts;
+/// use cruster_types::{EntityType, ShardId};
+///
+/// let counts = MessageCounts {
+///     shard_id: ShardId::new("default", 3),
+///     entity_type: EntityType::new("Counter"),
+///     pending: 4,
+///     retrying: 1,
+///     dead_lettered: 2,
+/// };
+/// assert_eq!(counts.pending - counts.retrying, 3, "never attempted yet");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageCounts {
+    /// The shard the requests are addressed to.
+    pub shard_id: ShardId,
+    /// Their entity type.
+    pub entity_type: EntityType,
+    /// Unprocessed requests that are not dead letters (due or not), retrying ones included.
+    pub pending: u64,
+    /// Of the pending ones, those with at least one counted attempt.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead_lettered: u64,
 }

@@ -10,6 +10,13 @@
 //! themselves are stored there, so a second run continues from the first one's values.
 //!
 //! `cargo run --release --example quickstart -- --storage sqlite:quickstart.db`
+//!
+//! The node's admin API and web console (feature `admin`, on in this workspace's builds)
+//! are served on `127.0.0.1:9090` (`--admin ADDR` to change it) while the quickstart runs;
+//! with `--serve` it keeps running after the traffic, until Ctrl-C, so the console can be
+//! opened at the printed address:
+//!
+//! `cargo run --release --example quickstart -- --serve`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -211,28 +218,83 @@ where
     Ok(())
 }
 
-/// `--storage memory` (default) or `--storage sqlite:PATH`.
-fn storage_flag() -> anyhow::Result<Option<String>> {
+/// The command line: `[--storage memory|sqlite:PATH] [--admin ADDR] [--serve]`.
+struct Flags {
+    /// `None`: memory; else the SQLite URL.
+    sqlite_url: Option<String>,
+    /// Where the admin API listens.
+    admin: std::net::SocketAddr,
+    /// Keep serving after the traffic, until Ctrl-C.
+    serve: bool,
+}
+
+const USAGE: &str = "usage: quickstart [--storage memory|sqlite:PATH] [--admin ADDR] [--serve]";
+
+fn flags() -> anyhow::Result<Flags> {
     let mut args = std::env::args().skip(1);
     let mut storage = None;
+    let mut admin = "127.0.0.1:9090".to_string();
+    let mut serve = false;
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--storage" => storage = args.next(),
-            other => match other.strip_prefix("--storage=") {
-                Some(value) => storage = Some(value.to_string()),
-                None => anyhow::bail!(
-                    "unknown argument `{other}`; usage: quickstart [--storage memory|sqlite:PATH]"
-                ),
-            },
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| anyhow::anyhow!("`{name}` needs a value; {USAGE}"))
+        };
+        match name.as_str() {
+            "--storage" => storage = Some(value()?),
+            "--admin" => admin = value()?,
+            "--serve" => serve = true,
+            other => anyhow::bail!("unknown argument `{other}`; {USAGE}"),
         }
     }
-    match storage.as_deref() {
-        None | Some("memory") => Ok(None),
-        Some(url) if url.starts_with("sqlite:") => Ok(Some(url.to_string())),
+    let admin = admin.parse().map_err(|e| {
+        anyhow::anyhow!("--admin `{admin}` is not an address like 127.0.0.1:9090: {e}")
+    })?;
+    let sqlite_url = match storage.as_deref() {
+        None | Some("memory") => None,
+        Some(url) if url.starts_with("sqlite:") => Some(url.to_string()),
         Some(other) => {
             anyhow::bail!("unsupported --storage `{other}`: use `memory` or `sqlite:PATH`")
         }
-    }
+    };
+    Ok(Flags {
+        sqlite_url,
+        admin,
+        serve,
+    })
+}
+
+/// Serves the admin API and console of `sharding` (feature `admin`); `None` without it.
+#[cfg(feature = "admin")]
+async fn serve_admin(
+    sharding: &Arc<cruster::sharding_impl::ShardingImpl>,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<cruster::admin::AdminServer>> {
+    use cruster::admin::{self, AdminOptions};
+    // A local demo: actions (retry/purge dead letters) on, listening on loopback only.
+    let options = AdminOptions::default().allow_actions(true);
+    let server = admin::serve(addr, sharding.clone(), options).await?;
+    println!(
+        "admin API and console: http://{}/   (try `cargo run -p cruster-cli -- --admin http://{} status`)",
+        server.local_addr(),
+        server.local_addr()
+    );
+    Ok(Some(server))
+}
+
+#[cfg(not(feature = "admin"))]
+async fn serve_admin(
+    _sharding: &Arc<cruster::sharding_impl::ShardingImpl>,
+    _addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<()>> {
+    println!("(no admin console: build with `--features admin` to serve it)");
+    Ok(None)
 }
 
 /// Builds the node on memory, or durably on the SQLite file of `url`.
@@ -274,7 +336,11 @@ async fn start_node(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sqlite_url = storage_flag()?;
+    let Flags {
+        sqlite_url,
+        admin,
+        serve,
+    } = flags()?;
     let durable = sqlite_url.is_some();
     let (runner, totals, backends) = start_node(
         ShardingConfig {
@@ -290,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
         sharding.runner_address(),
         sharding.owned_shards().len()
     );
+    let admin_server = serve_admin(&sharding, admin).await?;
 
     let counter = Counter { totals };
     sharding.register_entity(Arc::new(counter.clone())).await?;
@@ -451,6 +518,11 @@ async fn main() -> anyhow::Result<()> {
         m.messages_retried.get(),
         m.messages_dead_lettered.get()
     );
+    if serve && admin_server.is_some() {
+        println!("\nserving the console until Ctrl-C ...");
+        tokio::signal::ctrl_c().await?;
+    }
+    drop(admin_server);
     runner.shutdown().await?;
     println!("shut down cleanly");
     Ok(())

@@ -8,10 +8,15 @@
 //! * [`testing::MemoryCluster`]: several runners in one process, for tests.
 //! * [`singleton`], [`cron`]: cluster-wide unique tasks and distributed cron.
 //! * [`prelude`]: what entity and workflow code needs, including the macros.
+//! * `admin` (feature `admin`): the operator HTTP API, Prometheus metrics, health checks
+//!   and web console; [`inspection`]: what a runner reports about itself.
 #![deny(missing_docs)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod config;
 pub mod cron;
+pub mod inspection;
 pub mod metrics;
 pub mod prelude;
 pub mod singleton;

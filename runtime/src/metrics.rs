@@ -138,6 +138,33 @@ impl ClusterMetrics {
         })
     }
 
+    /// Every metric in the Prometheus text format, whether or not they were registered in
+    /// a registry (what the admin API serves at `/metrics`).
+    ///
+    /// ```
+    /// use cruster::metrics::ClusterMetrics;
+    /// let metrics = ClusterMetrics::unregistered();
+    /// metrics.messages_sent.inc_by(3);
+    /// let text = metrics.encode_text().unwrap();
+    /// assert!(text.contains("cruster_messages_sent_total 3"));
+    /// ```
+    ///
+    /// # Errors
+    /// `InvalidConfig` if the metrics cannot be encoded (not expected with valid names).
+    pub fn encode_text(&self) -> Result<String, ClusterError> {
+        use prometheus::Encoder;
+        let registry = Registry::new();
+        self.register(&registry).map_err(metric_error)?;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .map_err(metric_error)?;
+        String::from_utf8(text).map_err(|e| ClusterError::InvalidConfig {
+            field: "metrics".into(),
+            reason: format!("the Prometheus text encoder wrote invalid UTF-8: {e}"),
+        })
+    }
+
     #[allow(clippy::expect_used)]
     fn fallback() -> Self {
         // Unreachable in practice: `build` only fails on invalid metric names, and ours are

@@ -21,6 +21,7 @@ use crate::delivery::reply_push::ReplyPush;
 use crate::delivery::reply_waiters::ReplyWaiters;
 use crate::metrics::ClusterMetrics;
 use crate::sharding::shard_fences::ShardFences;
+use crate::sharding::shard_moves::ShardMoves;
 use crate::sharding::shard_table::ShardTable;
 
 pub(crate) struct RuntimeCore {
@@ -28,6 +29,8 @@ pub(crate) struct RuntimeCore {
     pub(crate) metrics: Arc<ClusterMetrics>,
     pub(crate) message_storage: Option<Arc<dyn MessageStorage>>,
     pub(crate) shard_table: ShardTable,
+    /// The recent shard moves of this runner (for operators).
+    pub(crate) shard_moves: ShardMoves,
     /// One token per shard, fired when the shard is lost (see `ShardFences`).
     pub(crate) fences: ShardFences,
     pub(crate) waiters: Arc<ReplyWaiters>,

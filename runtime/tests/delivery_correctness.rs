@@ -317,6 +317,23 @@ impl MessageStorage for ReplyStoreFails {
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
         self.inner.clear_address(address).await
     }
+    async fn retry_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        self.inner.retry_dead_letters(request_ids).await
+    }
+    async fn purge_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        self.inner.purge_dead_letters(request_ids).await
+    }
+    async fn message_counts(
+        &self,
+    ) -> Result<Vec<cruster::ports::message_storage::MessageCounts>, ClusterError> {
+        self.inner.message_counts().await
+    }
 }
 
 #[tokio::test]

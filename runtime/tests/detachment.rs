@@ -106,6 +106,26 @@ impl MessageStorage for FlakyStorage {
         self.check()?;
         self.inner.clear_address(address).await
     }
+    async fn retry_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        self.check()?;
+        self.inner.retry_dead_letters(request_ids).await
+    }
+    async fn purge_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        self.check()?;
+        self.inner.purge_dead_letters(request_ids).await
+    }
+    async fn message_counts(
+        &self,
+    ) -> Result<Vec<cruster::ports::message_storage::MessageCounts>, ClusterError> {
+        self.check()?;
+        self.inner.message_counts().await
+    }
 }
 
 #[tokio::test]

@@ -28,8 +28,8 @@ use std::hash::{BuildHasher, RandomState};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
-    StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
+    PollQuery, SaveResult, StoredRequest,
 };
 use cruster_types::{
     ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, Reply, ReplyChunk,
@@ -398,6 +398,31 @@ impl Partition {
         Some(record)
     }
 
+    /// Takes a dead letter back: pending again with zero attempts and no retry instant, or
+    /// processed when it was marked processed while dead. `None` when it is not a dead
+    /// letter; otherwise whether it became processed.
+    fn take_back(&mut self, request_id: Snowflake) -> Option<bool> {
+        let record = self.requests.get_mut(&request_id)?;
+        if record.state != RequestState::Dead {
+            return None;
+        }
+        self.dead.remove(&request_id);
+        record.attempts = 0;
+        record.retry_at = None;
+        if record.processed_while_dead {
+            record.state = RequestState::Processed;
+            record.processed_while_dead = false;
+            return Some(true);
+        }
+        record.state = RequestState::Pending;
+        let (shard, due_at) = (record.envelope.address.shard_id.clone(), record.due_at());
+        self.pending
+            .entry(shard)
+            .or_default()
+            .insert(due_at, request_id);
+        Some(false)
+    }
+
     /// Marks a pending request processed; `true` if it was pending.
     fn finish(&mut self, request_id: Snowflake) -> bool {
         let Some(record) = self.requests.get_mut(&request_id) else {
@@ -680,6 +705,87 @@ impl MessageStorage for MemoryMessageStorage {
             }));
         }
         Ok(merge_first(found, limit, |d| d.envelope.request_id))
+    }
+
+    async fn retry_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        let mut retried = Vec::new();
+        for &request_id in request_ids {
+            let became_processed = {
+                let mut partition = self.partition(request_id).lock();
+                match partition.take_back(request_id) {
+                    Some(became_processed) => became_processed,
+                    None => continue,
+                }
+            };
+            if became_processed {
+                self.retain_processed(request_id);
+            }
+            retried.push(request_id);
+        }
+        Ok(retried)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        let mut purged = Vec::new();
+        for &request_id in request_ids {
+            let mut partition = self.partition(request_id).lock();
+            let is_dead = partition
+                .requests
+                .get(&request_id)
+                .is_some_and(|record| record.state == RequestState::Dead);
+            if !is_dead {
+                continue;
+            }
+            if let Some(record) = partition.remove_request(request_id) {
+                self.forget_dedupe_key(&record.envelope);
+            }
+            partition.replies.remove(&request_id);
+            purged.push(request_id);
+        }
+        Ok(purged)
+    }
+
+    async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError> {
+        let mut counts: BTreeMap<(ShardId, EntityType), MessageCounts> = BTreeMap::new();
+        for partition in self.partitions.iter() {
+            let partition = partition.lock();
+            let pending = partition.pending.values().flat_map(|queue| {
+                queue
+                    .immediate
+                    .iter()
+                    .chain(queue.scheduled.iter().map(|(_, id)| id))
+            });
+            for record in pending
+                .chain(partition.dead.keys())
+                .filter_map(|id| partition.requests.get(id))
+            {
+                let address = &record.envelope.address;
+                let entry = counts
+                    .entry((address.shard_id.clone(), address.entity_type.clone()))
+                    .or_insert_with(|| MessageCounts {
+                        shard_id: address.shard_id.clone(),
+                        entity_type: address.entity_type.clone(),
+                        pending: 0,
+                        retrying: 0,
+                        dead_lettered: 0,
+                    });
+                if record.state == RequestState::Dead {
+                    entry.dead_lettered += 1;
+                } else {
+                    entry.pending += 1;
+                    if record.attempts > 0 {
+                        entry.retrying += 1;
+                    }
+                }
+            }
+        }
+        Ok(counts.into_values().collect())
     }
 
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {

@@ -7,10 +7,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use cruster_message_storage::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
-    StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
+    PollQuery, SaveResult, StoredRequest,
 };
-use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, Snowflake};
+use cruster_types::{
+    ClusterError, EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake,
+};
 
 use crate::dialect::per_dialect;
 use crate::group_commit::{Answer, GroupCommit, ReplyItem, RequestItem};
@@ -417,6 +419,77 @@ impl MessageStorage for SqlMessageStorage {
             .collect())
     }
 
+    async fn retry_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let changed: Vec<(i64,)> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_as(d::sql::RETRY_DEAD_LETTERS)
+                .bind(d::id_list(request_ids)?)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|e| failed("taking dead letters back", e))?;
+        Ok(in_request_order(request_ids, changed))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deleted: Vec<(i64,)> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let ids = d::id_list(request_ids)?;
+            async {
+                let mut tx = pool.begin().await?;
+                sqlx::query(d::sql::DELETE_DEAD_LETTER_REPLIES)
+                    .bind(ids.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                let deleted: Vec<(i64,)> = sqlx::query_as(d::sql::PURGE_DEAD_LETTERS)
+                    .bind(ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(deleted)
+            }
+            .await
+        })
+        .map_err(|e| failed("purging dead letters", e))?;
+        Ok(in_request_order(request_ids, deleted))
+    }
+
+    async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError> {
+        let rows: Vec<(String, String, i64, i64, i64)> =
+            per_dialect!(&self.pool, SqlPool, |pool, d| {
+                sqlx::query_as(d::sql::MESSAGE_COUNTS).fetch_all(pool).await
+            })
+            .map_err(|e| failed("counting stored messages", e))?;
+        let mut counts = rows
+            .into_iter()
+            .map(|(shard, entity_type, pending, retrying, dead)| {
+                let shard_id = shard.parse::<ShardId>().map_err(|e| {
+                    rows::undecodable(format_args!("a message count (shard `{shard}`)"), e)
+                })?;
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                Ok(MessageCounts {
+                    shard_id,
+                    entity_type: EntityType::new(entity_type),
+                    pending: count(pending),
+                    retrying: count(retrying),
+                    dead_lettered: count(dead),
+                })
+            })
+            .collect::<Result<Vec<_>, ClusterError>>()?;
+        counts.sort_by(|a, b| (&a.shard_id, &a.entity_type).cmp(&(&b.shard_id, &b.entity_type)));
+        Ok(counts)
+    }
+
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
         let shard = address.shard_id.to_string();
         per_dialect!(&self.pool, SqlPool, |pool, d| {
@@ -439,6 +512,17 @@ impl MessageStorage for SqlMessageStorage {
         })
         .map_err(|e| failed(format_args!("clearing the history of {address}"), e))
     }
+}
+
+/// The ids of `rows` that are among `request_ids`, in the order of `request_ids`.
+fn in_request_order(request_ids: &[Snowflake], rows: Vec<(i64,)>) -> Vec<Snowflake> {
+    let found: std::collections::HashSet<i64> = rows.into_iter().map(|(id,)| id).collect();
+    let mut seen = std::collections::HashSet::new();
+    request_ids
+        .iter()
+        .copied()
+        .filter(|id| found.contains(&id.0) && seen.insert(id.0))
+        .collect()
 }
 
 impl SqlMessageStorage {

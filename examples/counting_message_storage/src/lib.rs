@@ -34,8 +34,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageStorage, PollQuery, SaveResult,
-    StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
+    PollQuery, SaveResult, StoredRequest,
 };
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
@@ -109,6 +109,9 @@ pub struct CallCounters {
     record_failed_attempt: AtomicU64,
     dead_letters: AtomicU64,
     clear_address: AtomicU64,
+    retry_dead_letters: AtomicU64,
+    purge_dead_letters: AtomicU64,
+    message_counts: AtomicU64,
 }
 
 impl CallCounters {
@@ -129,6 +132,9 @@ impl CallCounters {
             record_failed_attempt: read(&self.record_failed_attempt),
             dead_letters: read(&self.dead_letters),
             clear_address: read(&self.clear_address),
+            retry_dead_letters: read(&self.retry_dead_letters),
+            purge_dead_letters: read(&self.purge_dead_letters),
+            message_counts: read(&self.message_counts),
         }
     }
 }
@@ -161,6 +167,12 @@ pub struct CallCounts {
     pub dead_letters: u64,
     /// Calls to [`MessageStorage::clear_address`].
     pub clear_address: u64,
+    /// Calls to [`MessageStorage::retry_dead_letters`].
+    pub retry_dead_letters: u64,
+    /// Calls to [`MessageStorage::purge_dead_letters`].
+    pub purge_dead_letters: u64,
+    /// Calls to [`MessageStorage::message_counts`].
+    pub message_counts: u64,
 }
 
 impl CallCounts {
@@ -178,6 +190,9 @@ impl CallCounts {
             + self.record_failed_attempt
             + self.dead_letters
             + self.clear_address
+            + self.retry_dead_letters
+            + self.purge_dead_letters
+            + self.message_counts
     }
 
     /// The methods never called, by name.
@@ -195,6 +210,9 @@ impl CallCounts {
             ("record_failed_attempt", self.record_failed_attempt),
             ("dead_letters", self.dead_letters),
             ("clear_address", self.clear_address),
+            ("retry_dead_letters", self.retry_dead_letters),
+            ("purge_dead_letters", self.purge_dead_letters),
+            ("message_counts", self.message_counts),
         ]
         .into_iter()
         .filter(|(_, calls)| *calls == 0)
@@ -286,5 +304,26 @@ impl<S: MessageStorage> MessageStorage for CountingMessageStorage<S> {
     async fn clear_address(&self, address: &EntityAddress) -> Result<(), ClusterError> {
         count(&self.counters.clear_address);
         self.inner.clear_address(address).await
+    }
+
+    async fn retry_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        count(&self.counters.retry_dead_letters);
+        self.inner.retry_dead_letters(request_ids).await
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<Snowflake>, ClusterError> {
+        count(&self.counters.purge_dead_letters);
+        self.inner.purge_dead_letters(request_ids).await
+    }
+
+    async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError> {
+        count(&self.counters.message_counts);
+        self.inner.message_counts().await
     }
 }

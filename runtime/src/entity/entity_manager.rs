@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::entity::instance::{Instance, InstanceRuntime, RunEnd};
 use crate::entity::mailbox::MailboxItem;
+use crate::inspection::{BusyEntity, EntityTypeLoad};
 use crate::runtime_core::RuntimeCore;
 
 pub(crate) struct EntityManager {
@@ -135,7 +136,11 @@ impl EntityManager {
                     Err(err) => return Err((err, item)),
                 },
             };
-            instance.pending.fetch_add(1, Ordering::AcqRel);
+            if instance.pending.fetch_add(1, Ordering::AcqRel) == 0 {
+                instance
+                    .busy_since_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
+            }
             match instance.tx.try_send(item) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(back)) => {
@@ -346,6 +351,57 @@ impl EntityManager {
         {
             tracing::error!(entity_type = %self.entity_type, "aborted entity instances did not end within 1 s (a handler blocks its thread?)");
         }
+    }
+
+    /// The load of this type: live instances, requests queued or running, and every busy
+    /// instance with its pending count.
+    pub(crate) fn load(&self) -> (EntityTypeLoad, Vec<BusyEntity>) {
+        let mut active = 0;
+        let mut mailbox_depth = 0;
+        let mut busy = Vec::new();
+        for shard in self.instances.iter() {
+            active += shard.len();
+            for instance in shard.values() {
+                let pending = instance.pending.load(Ordering::Acquire);
+                if pending > 0 {
+                    mailbox_depth += pending;
+                    busy.push(BusyEntity {
+                        address: instance.address.clone(),
+                        pending,
+                    });
+                }
+            }
+        }
+        let load = EntityTypeLoad {
+            entity_type: self.entity_type.clone(),
+            active,
+            mailbox_depth,
+        };
+        (load, busy)
+    }
+
+    /// Progress of this type's deliveries: requests pending, the instant a request last
+    /// finished (or an instance started), and the earliest instant a busy instance became
+    /// busy. Instants are read from the instances' millisecond clock.
+    pub(crate) fn progress(&self) -> (usize, Option<Instant>, Option<Instant>) {
+        let epoch = self.runtime.epoch;
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let mut pending_total = 0;
+        let mut last_progress: Option<u64> = None;
+        let mut earliest_busy: Option<u64> = None;
+        for shard in self.instances.iter() {
+            for instance in shard.values() {
+                let last = instance.last_active_ms.load(Ordering::Relaxed);
+                last_progress = Some(last_progress.map_or(last, |l| l.max(last)));
+                let pending = instance.pending.load(Ordering::Acquire);
+                if pending > 0 {
+                    pending_total += pending;
+                    let since = instance.busy_since_ms.load(Ordering::Relaxed);
+                    earliest_busy = Some(earliest_busy.map_or(since, |e| e.min(since)));
+                }
+            }
+        }
+        (pending_total, last_progress.map(at), earliest_busy.map(at))
     }
 
     /// Live instances (for tests and metrics).

@@ -75,6 +75,8 @@ pub(crate) struct Instance {
     /// Cancelled when the instance's task has ended.
     pub(crate) finished: CancellationToken,
     pub(crate) last_active_ms: AtomicU64,
+    /// When its mailbox last went from empty to busy (the clock of `last_active_ms`).
+    pub(crate) busy_since_ms: AtomicU64,
     pub(crate) pending: AtomicUsize,
     pub(crate) interrupts: Mutex<HashMap<Snowflake, CancellationToken>>,
     pub(crate) streams: Mutex<HashMap<Snowflake, StreamWindow>>,
@@ -110,6 +112,7 @@ impl Instance {
             abort_interruptible: CancellationToken::new(),
             finished: CancellationToken::new(),
             last_active_ms: AtomicU64::new(now_ms),
+            busy_since_ms: AtomicU64::new(now_ms),
             pending: AtomicUsize::new(0),
             interrupts: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),

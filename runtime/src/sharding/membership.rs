@@ -32,6 +32,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::entity::registry::EntityRegistry;
+use crate::inspection::ShardMoveDirection;
 use crate::runtime_core::RuntimeCore;
 use crate::sharding::shard_leases::ShardLeases;
 use crate::singleton::supervisor::SingletonSupervisor;
@@ -70,6 +71,11 @@ impl Membership {
             ttl,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// The runner storage, if any (`None`: this runner is alone).
+    pub(crate) fn runner_storage(&self) -> Option<&Arc<dyn RunnerStorage>> {
+        self.runner_storage.as_ref()
     }
 
     /// How long one runner-storage call may take before it counts as failed.
@@ -284,6 +290,9 @@ impl Membership {
             .shard_moves
             .with_label_values(&["fenced"])
             .inc_by(shards.len() as u64);
+        self.core
+            .shard_moves
+            .record(ShardMoveDirection::Fenced, shards);
         self.update_owned_gauge();
         self.wake.notify_one();
     }
@@ -365,6 +374,9 @@ impl Membership {
                 .shard_moves
                 .with_label_values(&["acquired"])
                 .inc_by(acquired.len() as u64);
+            self.core
+                .shard_moves
+                .record(ShardMoveDirection::Acquired, &acquired);
             tracing::info!(count = acquired.len(), "acquired shards");
             self.poller_wake.notify_one();
         }
@@ -411,6 +423,9 @@ impl Membership {
             .shard_moves
             .with_label_values(&["released"])
             .inc_by(shards.len() as u64);
+        self.core
+            .shard_moves
+            .record(ShardMoveDirection::Released, shards);
         tracing::info!(count = shards.len(), "released shards");
         self.wake.notify_one();
     }

@@ -9,4 +9,5 @@ pub(crate) mod membership;
 pub(crate) mod runner_directory;
 pub(crate) mod shard_fences;
 pub(crate) mod shard_leases;
+pub(crate) mod shard_moves;
 pub(crate) mod shard_table;

@@ -7,12 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use cruster_sharding::ShardAssignment;
 use cruster_types::{RunnerAddress, ShardId};
 use parking_lot::Mutex;
 
+use crate::inspection::ShardGroupView;
 use crate::sharding::assignment::assign_group;
 
 /// Where a message for a shard goes.
@@ -42,6 +44,8 @@ pub(crate) struct ShardTable {
     shards_per_group: u32,
     routing: ArcSwap<Routing>,
     runners: Mutex<Vec<RunnerAddress>>,
+    /// When each current runner was first seen in the membership (for operators).
+    first_seen: Mutex<HashMap<RunnerAddress, Instant>>,
     write: Mutex<()>,
     strategy: Arc<dyn ShardAssignment>,
 }
@@ -57,6 +61,7 @@ impl ShardTable {
             shards_per_group,
             routing: ArcSwap::from_pointee(Routing::default()),
             runners: Mutex::new(Vec::new()),
+            first_seen: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
             strategy,
         }
@@ -119,6 +124,14 @@ impl ShardTable {
         runners.dedup();
         let _guard = self.write.lock();
         *self.runners.lock() = runners.clone();
+        {
+            let now = Instant::now();
+            let mut first_seen = self.first_seen.lock();
+            first_seen.retain(|runner, _| runners.contains(runner));
+            for runner in &runners {
+                first_seen.entry(runner.clone()).or_insert(now);
+            }
+        }
         let current = self.routing.load();
         let mut next = (**current).clone();
         for (group, routing) in next.groups.iter_mut() {
@@ -135,6 +148,43 @@ impl ShardTable {
     /// The live runners the assignment was computed from.
     pub(crate) fn runners(&self) -> Vec<RunnerAddress> {
         self.runners.lock().clone()
+    }
+
+    /// The current runners with how long each has been a member, as this runner saw it.
+    pub(crate) fn runners_with_age(&self) -> Vec<(RunnerAddress, Duration)> {
+        let runners = self.runners.lock().clone();
+        let first_seen = self.first_seen.lock();
+        runners
+            .into_iter()
+            .map(|runner| {
+                let age = first_seen
+                    .get(&runner)
+                    .map_or(Duration::ZERO, Instant::elapsed);
+                (runner, age)
+            })
+            .collect()
+    }
+
+    /// Every known group with the owner of each shard and the shards held here, by group.
+    pub(crate) fn group_views(&self) -> Vec<ShardGroupView> {
+        let routing = self.routing.load();
+        let mut groups: Vec<ShardGroupView> = routing
+            .groups
+            .iter()
+            .map(|(group, r)| ShardGroupView {
+                group: group.to_string(),
+                owners: r.owners.clone(),
+                held_here: r
+                    .held
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, held)| **held)
+                    .map(|(id, _)| id as u32)
+                    .collect(),
+            })
+            .collect();
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        groups
     }
 
     /// Marks shards held (or not).

@@ -37,6 +37,7 @@ use crate::delivery::router::Router;
 use crate::delivery::storage_poller::StoragePoller;
 use crate::entity::entity_manager::EntityManager;
 use crate::entity::registry::EntityRegistry;
+use crate::inspection::{DeliveryProgress, EntityLoad, RunnerView, ShardGroupView, ShardMove};
 use crate::metrics::ClusterMetrics;
 use crate::runtime_core::RuntimeCore;
 use crate::sharding::assignment::RendezvousAssignment;
@@ -150,6 +151,7 @@ impl ShardingImpl {
                 metrics,
                 message_storage,
                 shard_table: table,
+                shard_moves: Default::default(),
                 fences: Default::default(),
                 waiters: Arc::new(ReplyWaiters::default()),
                 in_flight: InFlight::default(),
@@ -355,6 +357,122 @@ impl ShardingImpl {
     /// Whether message storage failures detached this runner from its shards.
     pub fn is_detached(&self) -> bool {
         self.core.is_detached()
+    }
+
+    /// The runners of the cluster as this runner sees them: address, weight, how long each
+    /// has been a member and, with a health check configured, whether it answers. Sorted by
+    /// address.
+    ///
+    /// # Errors
+    /// Runner-storage errors (reading the registered weights).
+    pub async fn runners(&self) -> Result<Vec<RunnerView>, ClusterError> {
+        let me = &self.core.config.runner_address;
+        let weights: HashMap<RunnerAddress, u32> = match self.membership.runner_storage() {
+            Some(storage) => storage
+                .runners()
+                .await?
+                .into_iter()
+                .map(|runner| (runner.address, runner.weight))
+                .collect(),
+            None => HashMap::new(),
+        };
+        // Health checks of other runners run concurrently (each is bounded by the check).
+        let members = self.core.shard_table.runners_with_age();
+        let checks = members.iter().map(|(address, _)| async move {
+            match &self.runner_health {
+                Some(health) if address != me => Some(health.is_alive(address).await),
+                Some(_) => Some(!self.core.is_stopping()),
+                None => None,
+            }
+        });
+        let health = futures::future::join_all(checks).await;
+        let views = members
+            .into_iter()
+            .zip(health)
+            .map(|((address, known_for), healthy)| RunnerView {
+                weight: weights
+                    .get(&address)
+                    .copied()
+                    .unwrap_or(self.core.config.runner_weight),
+                is_self: address == *me,
+                address,
+                known_for,
+                healthy,
+            })
+            .collect();
+        Ok(views)
+    }
+
+    /// Whether [`ShardingImpl::start`] ran and the runner is not stopping.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire) && !self.core.is_stopping()
+    }
+
+    /// How many shards the current assignment gives this runner, and how many of those it
+    /// holds (equal once it serves its whole share).
+    pub fn assigned_and_held_shards(&self) -> (usize, usize) {
+        let assigned = self.core.shard_table.assigned_to_me();
+        let held = assigned
+            .iter()
+            .filter(|shard| self.core.shard_table.is_held(shard))
+            .count();
+        (assigned.len(), held)
+    }
+
+    /// The shard table: for every known shard group, the owner of each shard by the
+    /// current assignment and the shards this runner holds.
+    pub fn shard_groups(&self) -> Vec<ShardGroupView> {
+        self.core.shard_table.group_views()
+    }
+
+    /// The shards that moved to or from this runner lately (at most 256), oldest first.
+    pub fn recent_shard_moves(&self) -> Vec<ShardMove> {
+        self.core.shard_moves.recent()
+    }
+
+    /// The entities of this runner: per registered type its live instances and mailbox
+    /// depth, and the `busiest` instances with the most requests queued or running.
+    pub fn entity_load(&self, busiest: usize) -> EntityLoad {
+        let mut load = EntityLoad::default();
+        for manager in self.registry.all() {
+            let (type_load, busy) = manager.load();
+            load.types.push(type_load);
+            load.busiest.extend(busy);
+        }
+        load.types.sort_by(|a, b| a.entity_type.cmp(&b.entity_type));
+        load.busiest.sort_by(|a, b| {
+            b.pending
+                .cmp(&a.pending)
+                .then_with(|| a.address.to_string().cmp(&b.address.to_string()))
+        });
+        load.busiest.truncate(busiest);
+        load
+    }
+
+    /// Whether delivery on this runner makes progress: the requests waiting in its
+    /// mailboxes and, while some wait, how long no request finished. An operator's liveness
+    /// check compares [`DeliveryProgress::waiting_without_progress`] with a limit.
+    pub fn delivery_progress(&self) -> DeliveryProgress {
+        let mut pending_requests = 0;
+        let mut last_progress: Option<std::time::Instant> = None;
+        let mut earliest_busy: Option<std::time::Instant> = None;
+        for manager in self.registry.all() {
+            let (pending, progress, busy) = manager.progress();
+            pending_requests += pending;
+            last_progress = last_progress.max(progress);
+            earliest_busy = match (earliest_busy, busy) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let waiting_without_progress = match (pending_requests, earliest_busy) {
+            (0, _) | (_, None) => std::time::Duration::ZERO,
+            (_, Some(busy)) => last_progress.map_or(busy, |p| p.max(busy)).elapsed(),
+        };
+        DeliveryProgress {
+            pending_requests,
+            waiting_without_progress,
+        }
     }
 
     /// Runs one storage poll now (normally every `storage_poll_interval`).

@@ -242,6 +242,22 @@ pub(crate) mod portable {
     pub(crate) const CLEAR_ADDRESS_REQUESTS: &str = "\
         DELETE FROM cruster_messages WHERE entity_type = $1 AND entity_id = $2 AND shard = $3";
 
+    /// Pending (retrying ones with at least one attempt among them) and dead-lettered
+    /// requests per shard and entity type. Reads the pending rows through the partial
+    /// index `cruster_messages_poll` and the dead ones through
+    /// `cruster_messages_dead_letters`, never the processed history.
+    pub(crate) const MESSAGE_COUNTS: &str = "\
+        SELECT shard, entity_type, SUM(pending) AS pending, SUM(retrying) AS retrying, \
+            SUM(dead) AS dead \
+        FROM ( \
+            SELECT shard, entity_type, 1 AS pending, \
+                CASE WHEN attempts > 0 THEN 1 ELSE 0 END AS retrying, 0 AS dead \
+            FROM cruster_messages WHERE NOT processed AND NOT dead_lettered \
+            UNION ALL \
+            SELECT shard, entity_type, 0, 0, 1 FROM cruster_messages WHERE dead_lettered \
+        ) AS c \
+        GROUP BY shard, entity_type";
+
     // ---- workflow journal ----------------------------------------------------------------
 
     pub(crate) const JOURNAL_ENTRY: &str = "\

@@ -37,6 +37,26 @@ pub(crate) const RELEASE_ATTEMPTS: &str = concat!(
     pending!()
 );
 
+/// Takes back the dead letters among `$1` (a JSON array of ids): pending again (or processed, when a
+/// final reply was stored meanwhile) with zero attempts and no retry instant. Returns the
+/// rows taken back.
+pub(crate) const RETRY_DEAD_LETTERS: &str = "\
+    UPDATE cruster_messages SET dead_lettered = FALSE, attempts = 0, retry_at_ns = NULL, \
+        last_error = NULL, dead_lettered_at_ns = NULL \
+    WHERE request_id IN (SELECT value FROM json_each($1)) AND dead_lettered \
+    RETURNING request_id";
+
+/// Deletes the dead letters among `$1` (a JSON array of ids); returns the rows deleted.
+pub(crate) const PURGE_DEAD_LETTERS: &str = "\
+    DELETE FROM cruster_messages WHERE request_id IN (SELECT value FROM json_each($1)) AND dead_lettered \
+    RETURNING request_id";
+
+/// Deletes the replies of the dead letters among `$1` (run before `PURGE_DEAD_LETTERS`, in
+/// its transaction).
+pub(crate) const DELETE_DEAD_LETTER_REPLIES: &str = "\
+    DELETE FROM cruster_replies WHERE request_id IN ( \
+        SELECT request_id FROM cruster_messages WHERE request_id IN (SELECT value FROM json_each($1)) AND dead_lettered)";
+
 // ---- runner storage (see `runner_storage.rs`) --------------------------------------------
 
 super::runner_registry_statements!("CAST(unixepoch('subsec') * 1000 AS INTEGER)");

@@ -1,0 +1,123 @@
+//! `GET /api/workflows` (executions counted by workflow and status, and listed) and
+//! `GET /api/workflows/{id}` (one execution with its journal).
+//!
+//! Statuses are compared by `ExecutionStatus::name`, so statuses added to the workflow
+//! engine later are listed and filtered without a change here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use cruster_types::{ClusterError, ExitResult};
+use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus};
+use serde_json::{json, Value};
+
+use crate::admin::api_error::ApiError;
+use crate::admin::json::{instant, msgpack, ok};
+use crate::admin::query::QueryParams;
+use crate::admin::router::AdminState;
+
+/// The most executions one listing reads to count them.
+const COUNTED_AT_MOST: usize = 100_000;
+
+fn exit(result: &ExitResult) -> Value {
+    match result {
+        ExitResult::Success(bytes) => json!({ "ok": msgpack(bytes) }),
+        ExitResult::Failure(err) => {
+            json!({ "error": ClusterError::from(err.clone()).to_string() })
+        }
+    }
+}
+
+fn status(status: &ExecutionStatus) -> Value {
+    match status {
+        ExecutionStatus::Suspended { until: Some(until) } => {
+            json!({ "name": status.name(), "until": instant(*until) })
+        }
+        _ => json!({ "name": status.name() }),
+    }
+}
+
+fn execution(record: &ExecutionRecord) -> Value {
+    json!({
+        "execution_id": record.execution_id,
+        "workflow": record.workflow,
+        "status": status(&record.status),
+        "request": msgpack(&record.request),
+        "result": record.result.as_ref().map(exit),
+        "created_at": instant(record.created_at),
+        "updated_at": instant(record.updated_at),
+    })
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(raw.as_deref())?;
+    let limit = params.count("limit", 100, 10_000)?;
+    let wanted_status = params.get("status");
+    let filter = ExecutionFilter {
+        workflow: params.get("workflow").map(str::to_owned),
+        status: None,
+        limit: COUNTED_AT_MOST,
+    };
+    let mut records = crate::workflow::list_executions(&state.sharding, &filter).await?;
+    let mut counts: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    for record in &records {
+        *counts
+            .entry((record.workflow.clone(), record.status.name()))
+            .or_default() += 1;
+    }
+    records.retain(|r| wanted_status.is_none_or(|wanted| r.status.name() == wanted));
+    records.sort_by(|a, b| {
+        b.updated_at
+            .cmp(&a.updated_at)
+            .then_with(|| a.execution_id.cmp(&b.execution_id))
+    });
+    records.truncate(limit);
+    let counts: Vec<Value> = counts
+        .into_iter()
+        .map(|((workflow, status), count)| {
+            json!({ "workflow": workflow, "status": status, "count": count })
+        })
+        .collect();
+    let executions: Vec<Value> = records.iter().map(execution).collect();
+    Ok(ok(&json!({ "counts": counts, "executions": executions })))
+}
+
+pub(crate) async fn show(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let engine = state.sharding.workflow_engine().ok_or_else(|| {
+        ApiError::from(ClusterError::Unsupported {
+            operation: "inspecting workflows".into(),
+            backend: "this runner, which has no workflow engine".into(),
+        })
+    })?;
+    let Some(record) = engine.execution(&id).await? else {
+        return Err(ApiError::not_found(format!(
+            "no workflow execution `{id}`; list them with GET /api/workflows"
+        )));
+    };
+    let journal: Vec<Value> = crate::workflow::workflow_journal(&state.sharding, &id)
+        .await?
+        .iter()
+        .map(|entry| {
+            json!({
+                "activity": entry.key.name,
+                "sequence": entry.key.sequence,
+                "attempts": entry.attempts,
+                "result": exit(&entry.result),
+                "recorded_at": instant(entry.recorded_at),
+            })
+        })
+        .collect();
+    let mut body = execution(&record);
+    if let Value::Object(map) = &mut body {
+        map.insert("journal".into(), Value::Array(journal));
+    }
+    Ok(ok(&body))
+}
