@@ -116,7 +116,7 @@ pub fn fast_config() -> ShardingConfig {
 
 enum Runners {
     Single(SingleRunner),
-    Cluster(MemoryCluster),
+    Cluster(Box<MemoryCluster>),
 }
 
 /// A running application with its admin API.
@@ -178,7 +178,7 @@ impl Node {
         let switches = SwitchClient::new(sharding.clone());
         let shipments = cruster::workflow::WorkflowClient::<Shipment>::new(sharding.clone());
         Self::serve(
-            Runners::Cluster(cluster),
+            Runners::Cluster(Box::new(cluster)),
             sharding,
             state,
             switches,
