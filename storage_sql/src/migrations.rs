@@ -48,6 +48,11 @@ const POSTGRES: &[Embedded] = &[
         "redelivery backoff and fair poll",
         include_str!("../migrations/postgres/0004_redelivery_backoff_and_fair_poll.sql"),
     ),
+    (
+        5,
+        "journal unique by position",
+        include_str!("../migrations/postgres/0005_journal_unique_by_position.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]
@@ -71,6 +76,11 @@ const SQLITE: &[Embedded] = &[
         4,
         "redelivery backoff and fair poll",
         include_str!("../migrations/sqlite/0004_redelivery_backoff_and_fair_poll.sql"),
+    ),
+    (
+        5,
+        "journal unique by position",
+        include_str!("../migrations/sqlite/0005_journal_unique_by_position.sql"),
     ),
 ];
 

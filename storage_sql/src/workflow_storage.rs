@@ -221,11 +221,11 @@ impl ActivityTransaction for SqlActivityTransaction {
                 tx.commit().await.map_err(|e| failed(doing(), e))?;
                 return Ok(CommitOutcome::Committed);
             }
-            // Another runner recorded this activity first: apply nothing, return its entry.
-            let existing = sqlx::query(d::sql::JOURNAL_ENTRY)
+            // Another runner recorded this position first (this activity, or another one):
+            // apply nothing, return its entry.
+            let existing = sqlx::query(d::sql::JOURNAL_ENTRY_AT)
                 .bind(execution_id)
                 .bind(sequence)
-                .bind(activity)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| failed(doing(), e))?;

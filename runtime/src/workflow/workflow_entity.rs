@@ -158,12 +158,14 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
             RunOutcome::Done(Err(err)) => {
-                if matches!(err, ClusterError::PersistenceError { .. })
-                    && !ctx.is_recorded_failure(&err)
+                if ctx.is_engine_failure(&err)
+                    || (matches!(err, ClusterError::PersistenceError { .. })
+                        && !ctx.is_recorded_failure(&err))
                 {
-                    // Storage trouble of the engine itself is not the workflow's answer:
-                    // leave it running; the entity manager counts a failed delivery and
-                    // the storage poll redelivers the request, which replays it.
+                    // Trouble of the engine itself (storage, pool, routing; never journaled)
+                    // is not the workflow's answer: leave it running; the entity manager
+                    // counts a failed delivery and the storage poll redelivers the request,
+                    // which replays it.
                     return Err(err);
                 }
                 self.save(
