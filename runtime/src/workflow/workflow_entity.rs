@@ -165,8 +165,18 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                     // Trouble of the engine itself (storage, pool, routing; never journaled)
                     // is not the workflow's answer: leave it running; the entity manager
                     // counts a failed delivery and the storage poll redelivers the request,
-                    // which replays it.
-                    return Err(err);
+                    // which replays it. The delivery layer retries storage errors only, so
+                    // another engine error (a call's routing failure) travels as one.
+                    return Err(match err {
+                        err @ ClusterError::PersistenceError { .. } => err,
+                        other => ClusterError::PersistenceError {
+                            reason: format!(
+                                "workflow execution `{exec}` stopped on an engine error, not \
+                                 its own answer ({other}); it is retried"
+                            ),
+                            source: Some(Box::new(other)),
+                        },
+                    });
                 }
                 self.save(
                     &mut record,
