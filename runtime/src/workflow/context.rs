@@ -504,6 +504,53 @@ impl WorkflowContext {
     /// point without the marker (it started before the patch existed, and replays the old
     /// path). The first answer for a patch id holds for the rest of the run.
     ///
+    /// Inside `execute` the macros offer it as `self.patched(..)`:
+    ///
+    /// ```
+    /// use cruster::prelude::*;
+    ///
+    /// #[workflow]
+    /// #[derive(Clone)]
+    /// struct Checkout;
+    ///
+    /// #[workflow_impl(key = |order: &String| order.clone(), hash = false)]
+    /// impl Checkout {
+    ///     async fn execute(&self, order: String) -> Result<i64, ClusterError> {
+    ///         self.reserve(order.clone()).await?;
+    ///         // Executions that charged the old way before this deploy keep doing so.
+    ///         let price = if self.patched("new-pricing").await? {
+    ///             self.price_with_discounts(order).await?
+    ///         } else {
+    ///             self.price_flat(order).await?
+    ///         };
+    ///         Ok(price)
+    ///     }
+    ///
+    ///     #[activity]
+    ///     async fn reserve(&self, _order: String) -> Result<(), ClusterError> {
+    ///         Ok(())
+    ///     }
+    ///
+    ///     #[activity]
+    ///     async fn price_flat(&self, _order: String) -> Result<i64, ClusterError> {
+    ///         Ok(100)
+    ///     }
+    ///
+    ///     #[activity]
+    ///     async fn price_with_discounts(&self, _order: String) -> Result<i64, ClusterError> {
+    ///         Ok(90)
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let runner = SingleRunner::builder().build().await?;
+    /// let checkout = Checkout.register(runner.sharding().clone()).await?;
+    /// assert_eq!(checkout.execute(&"order-1".to_string()).await?, 90);
+    /// runner.shutdown().await?;
+    /// # Ok::<(), ClusterError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
     /// # Errors
     /// `InvalidConfig` for an empty patch id; storage errors while journaling the marker.
     pub async fn patched(&self, patch: &str) -> Result<bool, ClusterError> {
