@@ -649,9 +649,9 @@ impl WorkflowContext {
         // this position (a sleep's entry is always recorded before its timer): their sleeps
         // take no position.
         let legacy = stored.is_some()
-            && !self
+            && self
                 .entry_at(self.inner.next_sequence.load(Ordering::SeqCst))
-                .is_some_and(|entry| entry.key.name == step_names::SLEEP);
+                .is_none_or(|entry| entry.key.name != step_names::SLEEP);
         if !legacy {
             let (sequence, recorded) = self.next_step(step_names::SLEEP)?;
             if recorded.is_none() {
