@@ -178,17 +178,19 @@
 //! * Without `key`, the execution id is a hash of the serialized request. `hash = false`
 //!   uses the key as it is.
 //! * Inside `execute`, `self` is an execution scope that dereferences to the struct: each
-//!   activity method is a journaled call, and `self.sleep(d)`, `self.client::<C>()` (a
-//!   generated entity or workflow client whose calls are journaled) and
-//!   `self.workflow_context()` are available (unless the block defines methods of those
+//!   activity method is a journaled call, and `self.sleep(d)`, `self.patched("id")` /
+//!   `self.deprecate_patch("id")` (versioning a running workflow's code),
+//!   `self.client::<C>()` (a generated entity or workflow client whose calls are journaled)
+//!   and `self.workflow_context()` are available (unless the block defines methods of those
 //!   names).
 //! * Inside an activity, `self` dereferences to the struct too, and `self.tx` is the
 //!   `ActivityTx` committed atomically with the activity's journal entry.
 //! * `Self` in these methods still means the workflow struct. Other methods of the block
 //!   stay ordinary methods, reachable from both.
-//! * An activity's journal name is its method name; calls are matched to the journal by
-//!   position, so the body must call activities in a deterministic order (a replay that
-//!   differs is a `ClusterError::NonDeterminism`).
+//! * An activity's journal name is its method name; activities, calls to other entities
+//!   (by entity type and RPC), sleeps and patch markers are matched to the journal by
+//!   position, so the body must take its steps in a deterministic order (a replay that
+//!   differs is a `ClusterError::NonDeterminism`; guard a change with `self.patched`).
 //! * Activity options: `retries = N` (retried N times after the first attempt),
 //!   `backoff = "exponential"` (default; `base * 2^(n-1)`, capped at 60 s) or `"constant"`,
 //!   `backoff_base_ms = N` (default 100), `on_cancel = "finish"` (default: an activity

@@ -7,7 +7,8 @@
 //!
 //! * the **execution scope** (`self` inside `execute`): dereferences to the workflow struct,
 //!   and has one journaled method per activity (and, through the group traits, per group
-//!   activity), plus `sleep`, `client` and `workflow_context`;
+//!   activity), plus `sleep`, `patched`, `deprecate_patch`, `client` and
+//!   `workflow_context`;
 //! * the **activity scope** (`self` inside an activity): dereferences to the workflow
 //!   struct and has a `tx: ActivityTx` field.
 //!
@@ -389,6 +390,37 @@ fn generate(
             }
         }
     });
+    let patched = (!has("patched")).then(|| {
+        quote! {
+            /// Whether this execution takes the new path of patch `patch`: `true` for an
+            /// execution that reaches this point under code that has the patch (recorded in
+            /// its journal), `false` for one that started before the patch existed and
+            /// replays the old path. See `WorkflowContext::patched`.
+            fn patched<'a>(
+                &'a self,
+                patch: &'a str,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<bool, ::cruster::__private::types::ClusterError>,
+            > + Send + 'a {
+                self.context.patched(patch)
+            }
+        }
+    });
+    let deprecate_patch = (!has("deprecate_patch")).then(|| {
+        quote! {
+            /// Patch `patch`'s old path is deleted (no execution that started before it
+            /// remains); executions that recorded the patch still replay. See
+            /// `WorkflowContext::deprecate_patch`.
+            fn deprecate_patch<'a>(
+                &'a self,
+                patch: &'a str,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::cruster::__private::types::ClusterError>,
+            > + Send + 'a {
+                self.context.deprecate_patch(patch)
+            }
+        }
+    });
     let context_helper = (!has("workflow_context")).then(|| {
         quote! {
             /// The running execution (its id, the cluster).
@@ -450,6 +482,8 @@ fn generate(
                 #execute_method
                 #(#journaled)*
                 #sleep
+                #patched
+                #deprecate_patch
                 #client
                 #context_helper
             }

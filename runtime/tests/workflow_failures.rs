@@ -118,3 +118,85 @@ async fn a_caught_activity_failure_does_not_make_a_later_storage_error_terminal(
     );
     runner.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// An engine error of a journaled call is retried, never journaled as the call's result
+// ---------------------------------------------------------------------------------------
+
+#[entity]
+#[derive(Clone)]
+struct Pricer;
+
+#[entity_impl]
+impl Pricer {
+    #[rpc]
+    pub async fn price(&self) -> Result<i64, ClusterError> {
+        Ok(99)
+    }
+}
+
+#[workflow]
+#[derive(Clone)]
+struct QuoteWorkflow {
+    runs: Arc<AtomicUsize>,
+}
+
+#[workflow_impl(key = |id: &String| id.clone(), hash = false)]
+impl QuoteWorkflow {
+    async fn execute(&self, id: String) -> Result<i64, ClusterError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        self.client::<PricerClient>()
+            .price(&cruster::types::EntityId::new(&id))
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_call_that_fails_in_the_engine_is_retried_not_journaled() {
+    let runner = SingleRunner::builder()
+        .config(ShardingConfig {
+            storage_poll_interval: Duration::from_millis(20),
+            storage_retry_backoff_base: Duration::from_millis(20),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let client = QuoteWorkflow { runs: runs.clone() }
+        .register(runner.sharding().clone())
+        .await
+        .unwrap();
+    // `Pricer` is not registered yet: the call fails with `EntityNotRegistered`, an error of
+    // the engine (routing), not an answer of the entity.
+    let exec_id = client.start(&"quote-1".to_string()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runs.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the execution was not run again after its call failed (runs: {})",
+            runs.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        cruster::workflow::workflow_journal(runner.sharding(), &exec_id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the failed call is not journaled"
+    );
+
+    Pricer.register(runner.sharding().clone()).await.unwrap();
+    let price = tokio::time::timeout(Duration::from_secs(10), client.join(&exec_id))
+        .await
+        .expect("the retried execution completes")
+        .unwrap();
+    assert_eq!(price, 99);
+    let journal = cruster::workflow::workflow_journal(runner.sharding(), &exec_id)
+        .await
+        .unwrap();
+    let names: Vec<&str> = journal.iter().map(|e| e.key.name.as_str()).collect();
+    assert_eq!(names, ["cruster:call/Pricer.price"]);
+    runner.shutdown().await.unwrap();
+}

@@ -330,13 +330,24 @@ async fn replaying_a_journal_with_a_changed_activity_order_is_a_non_determinism_
     match &err {
         ClusterError::NonDeterminism {
             execution_id,
-            detail,
+            position,
+            recorded,
+            requested,
         } => {
             assert_eq!(execution_id, "order-1");
-            assert!(
-                detail.contains("`charge`") && detail.contains("`reserve`"),
-                "{detail}"
-            );
+            assert_eq!(*position, 0);
+            assert_eq!(recorded, "activity `reserve`");
+            assert_eq!(requested, "activity `charge`");
+            let message = err.to_string();
+            for part in [
+                "`order-1`",
+                "position 0",
+                "activity `reserve`",
+                "activity `charge`",
+                "self.patched(",
+            ] {
+                assert!(message.contains(part), "{part:?} missing from: {message}");
+            }
         }
         other => panic!("expected NonDeterminism, got {other:?}"),
     }

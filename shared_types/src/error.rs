@@ -141,17 +141,25 @@ pub enum ClusterError {
         request_id: Snowflake,
     },
 
-    /// A workflow replay called activities in a different order than its journal recorded.
+    /// A workflow replay asked for another step (activity, call, sleep, patch) than its
+    /// journal recorded at that position: the workflow's code changed while the execution
+    /// was in flight.
     #[error(
-        "non-deterministic workflow execution `{execution_id}`: {detail}. Workflow code must call \
-         the same activities in the same order on every replay; version the workflow instead \
-         of changing a running one"
+        "non-deterministic workflow execution `{execution_id}`: at journal position {position} \
+         the journal holds {recorded} but the code asked for {requested}. The workflow's code \
+         changed while this execution was in flight; keep the old path for executions that \
+         started before the change with a patch: `if self.patched(\"<change-id>\").await? {{ \
+         <new code> }} else {{ <old code> }}`"
     )]
     NonDeterminism {
         /// The workflow execution.
         execution_id: String,
-        /// What differed.
-        detail: String,
+        /// The journal position (from 0) where the code and the journal differ.
+        position: u32,
+        /// What the journal holds there (for example "activity `reserve`").
+        recorded: String,
+        /// What the code asked for there (for example "activity `charge`").
+        requested: String,
     },
 
     /// A backend does not support an optional operation.
@@ -387,7 +395,9 @@ pub enum WireError {
     },
     NonDeterminism {
         execution_id: String,
-        detail: String,
+        position: u32,
+        recorded: String,
+        requested: String,
     },
     Unsupported {
         operation: String,
@@ -482,10 +492,14 @@ impl From<&ClusterError> for WireError {
             },
             E::NonDeterminism {
                 execution_id,
-                detail,
+                position,
+                recorded,
+                requested,
             } => WireError::NonDeterminism {
                 execution_id: execution_id.clone(),
-                detail: detail.clone(),
+                position: *position,
+                recorded: recorded.clone(),
+                requested: requested.clone(),
             },
             E::Unsupported { operation, backend } => WireError::Unsupported {
                 operation: operation.clone(),
@@ -598,10 +612,14 @@ impl From<WireError> for ClusterError {
             WireError::Interrupted { request_id } => E::Interrupted { request_id },
             WireError::NonDeterminism {
                 execution_id,
-                detail,
+                position,
+                recorded,
+                requested,
             } => E::NonDeterminism {
                 execution_id,
-                detail,
+                position,
+                recorded,
+                requested,
             },
             WireError::Unsupported { operation, backend } => E::Unsupported { operation, backend },
             WireError::InvalidConfig { field, reason } => E::InvalidConfig { field, reason },
@@ -750,7 +768,9 @@ mod tests {
             },
             ClusterError::NonDeterminism {
                 execution_id: "e".into(),
-                detail: "d".into(),
+                position: 3,
+                recorded: "activity `a`".into(),
+                requested: "activity `b`".into(),
             },
             ClusterError::Unsupported {
                 operation: "o".into(),

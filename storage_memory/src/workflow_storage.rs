@@ -4,7 +4,7 @@
 //! This file owns the in-memory translation of `WorkflowStorage` and `ActivityTransaction`
 //! and nothing else (no replay or retry policy). An activity transaction stages its writes
 //! in its own [`MemoryStagedWrites`]; `commit` takes the one write lock, checks for an
-//! existing entry, and applies the entry and the writes together, so a reader sees both or
+//! existing entry at the same position (whatever its name), and applies the entry and the writes together, so a reader sees both or
 //! neither. It never holds a lock across an `.await`: every section is short and
 //! synchronous.
 
@@ -69,17 +69,14 @@ impl std::fmt::Debug for MemoryWorkflowStorage {
     }
 }
 
-/// Journal entries of one execution, by `(sequence, name)`.
-type Journal = BTreeMap<(u32, String), JournalEntry>;
+/// Journal entries of one execution, by sequence: one entry per position, whatever its
+/// activity's name.
+type Journal = BTreeMap<u32, JournalEntry>;
 
 #[derive(Default)]
 struct JournalState {
     journals: HashMap<String, Journal>,
     values: HashMap<String, Bytes>,
-}
-
-fn journal_key(key: &ActivityKey) -> (u32, String) {
-    (key.sequence, key.name.clone())
 }
 
 /// The writes an activity staged in a [`MemoryWorkflowStorage`] transaction; what
@@ -162,7 +159,7 @@ impl ActivityTransaction for MemoryActivityTransaction {
             .journals
             .entry(entry.execution_id.clone())
             .or_default();
-        match journal.entry(journal_key(&entry.key)) {
+        match journal.entry(entry.key.sequence) {
             std::collections::btree_map::Entry::Occupied(existing) => {
                 Ok(CommitOutcome::AlreadyRecorded(existing.get().clone()))
             }
@@ -191,7 +188,8 @@ impl WorkflowStorage for MemoryWorkflowStorage {
             .read()
             .journals
             .get(execution_id)
-            .and_then(|journal| journal.get(&journal_key(key)))
+            .and_then(|journal| journal.get(&key.sequence))
+            .filter(|entry| entry.key.name == key.name)
             .cloned())
     }
 

@@ -66,9 +66,13 @@ conformance_tests!(
         second_commit_of_same_key_returns_already_recorded_and_discards_writes,
         delete_journal_forgets_only_that_execution,
         key_value_writes_are_supported_or_refused_explicitly,
+        journal_is_unique_by_execution_and_sequence,
         random_transactions_match_a_model,
     ],
-    by_arc: [concurrent_commits_of_one_activity_have_exactly_one_winner],
+    by_arc: [
+        concurrent_commits_of_one_activity_have_exactly_one_winner,
+        concurrent_commits_of_different_activities_at_one_position_have_one_winner,
+    ],
 );
 
 conformance_tests!(

@@ -48,8 +48,11 @@ const POSTGRES: &[Embedded] = &[
         "redelivery backoff and fair poll",
         include_str!("../migrations/postgres/0004_redelivery_backoff_and_fair_poll.sql"),
     ),
-    // Version 5 belongs to another change; versions are applied by number, each once, so
-    // a database that has 6 applies 5 when a build that knows it runs the migrator.
+    (
+        5,
+        "journal unique by position",
+        include_str!("../migrations/postgres/0005_journal_unique_by_position.sql"),
+    ),
     (
         6,
         "workflow cancellation and parking",
@@ -79,8 +82,11 @@ const SQLITE: &[Embedded] = &[
         "redelivery backoff and fair poll",
         include_str!("../migrations/sqlite/0004_redelivery_backoff_and_fair_poll.sql"),
     ),
-    // Version 5 belongs to another change; versions are applied by number, each once, so
-    // a database that has 6 applies 5 when a build that knows it runs the migrator.
+    (
+        5,
+        "journal unique by position",
+        include_str!("../migrations/sqlite/0005_journal_unique_by_position.sql"),
+    ),
     (
         6,
         "workflow cancellation and parking",

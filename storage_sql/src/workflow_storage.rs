@@ -32,8 +32,11 @@ use crate::rows::{self, failed, nanos};
 /// answers from the staged writes, else from committed values. Staging keeps a SQLite
 /// activity that only uses key-value writes from holding the write lock while it runs.
 ///
-/// An open activity transaction holds one pooled connection: size the pool for the number
-/// of activities that run at once, plus the runtime's own queries. On SQLite the
+/// An open activity transaction holds one pooled connection. The runtime opens it only when
+/// an activity first writes through `self.tx` (or just to commit the journal entry), never
+/// while a call to another entity waits, so the pool needs room for the activities that are
+/// *writing* at once, plus the runtime's own queries. The journal is unique by
+/// `(execution_id, sequence)` (migration 5). On SQLite the
 /// transaction is deferred (`BEGIN`): it takes the database's single write lock at its first
 /// write and holds it to commit, and a transaction that read before another connection
 /// committed a write fails its own first write with "database is locked" (retryable).
@@ -221,11 +224,11 @@ impl ActivityTransaction for SqlActivityTransaction {
                 tx.commit().await.map_err(|e| failed(doing(), e))?;
                 return Ok(CommitOutcome::Committed);
             }
-            // Another runner recorded this activity first: apply nothing, return its entry.
-            let existing = sqlx::query(d::sql::JOURNAL_ENTRY)
+            // Another runner recorded this position first (this activity, or another one):
+            // apply nothing, return its entry.
+            let existing = sqlx::query(d::sql::JOURNAL_ENTRY_AT)
                 .bind(execution_id)
                 .bind(sequence)
-                .bind(activity)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| failed(doing(), e))?;

@@ -4,9 +4,10 @@
 //! Each `pub async fn` below checks one behaviour of the contract in the crate docs and is
 //! named for it. For the journal: entries come back exactly and sorted, a commit applies
 //! the entry and the staged writes together or (rolled back, dropped, beaten by another
-//! runner) not at all, and concurrent commits of one activity have one winner. For the
-//! engine: executions are upserted and listed by filter (parked and cancelled ones too),
-//! cancellation requests are recorded once and survive upserts, timers are due only once
+//! runner) not at all, the journal is unique by `(execution, sequence)`, and concurrent
+//! commits at one position have one winner. For the engine: executions are upserted and
+//! listed by filter (parked and cancelled ones too), cancellation requests are recorded
+//! once and survive upserts, timers are due only once
 //! `fire_at` has passed and keep their first schedule, deferred values are write-once.
 //! Both suites end with a property test against a simple model. A backend's test file
 //! calls every function, so a reader sees at a glance which behaviours it passes.
@@ -582,6 +583,103 @@ pub async fn concurrent_commits_of_one_activity_have_exactly_one_winner<
     }
 }
 
+/// The journal is unique by `(execution, sequence)`: committing another activity at an
+/// occupied position applies nothing (neither entry nor writes) and returns the entry that
+/// holds the position; `journal_entry` under the other name reads nothing; the same
+/// position of another execution is free.
+pub async fn journal_is_unique_by_execution_and_sequence<S: WorkflowStorage + ?Sized>(storage: &S) {
+    let first = entry("exec-unique", &key("reserve", 0), "reserved");
+    let mut tx = begin(storage, "exec-unique", &first.key).await;
+    let support = stage(&mut *tx, "unique/first", "1").await;
+    assert_eq!(tx.commit(&first).await.unwrap(), CommitOutcome::Committed);
+
+    let other = entry("exec-unique", &key("charge", 0), "charged");
+    let mut tx = begin(storage, "exec-unique", &other.key).await;
+    stage(&mut *tx, "unique/other", "2").await;
+    assert_eq!(
+        tx.commit(&other).await.unwrap(),
+        CommitOutcome::AlreadyRecorded(first.clone()),
+        "a second activity at an occupied position"
+    );
+    assert_eq!(
+        storage.journal("exec-unique").await.unwrap(),
+        vec![first.clone()]
+    );
+    assert_eq!(
+        storage
+            .journal_entry("exec-unique", &other.key)
+            .await
+            .unwrap(),
+        None,
+        "the position holds another name"
+    );
+    assert_eq!(
+        committed_value(storage, support, "unique/other").await,
+        None,
+        "the loser's writes are not applied"
+    );
+    if support == KeyValues::Supported {
+        assert_eq!(
+            committed_value(storage, support, "unique/first").await,
+            Some(bytes("1"))
+        );
+    }
+
+    let elsewhere = entry("exec-unique-2", &key("charge", 0), "charged");
+    commit_plain(storage, &elsewhere).await;
+    let next = entry("exec-unique", &key("charge", 1), "charged");
+    commit_plain(storage, &next).await;
+    assert_eq!(
+        storage.journal("exec-unique").await.unwrap(),
+        vec![first, next]
+    );
+}
+
+/// Transactions of *different* activities racing for one position: exactly one commits,
+/// every other gets `AlreadyRecorded` with the winner's entry (whose name differs from
+/// theirs), and the journal holds one entry there.
+pub async fn concurrent_commits_of_different_activities_at_one_position_have_one_winner<
+    S: WorkflowStorage + ?Sized,
+>(
+    storage: Arc<S>,
+) {
+    const RACERS: u32 = 8;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for racer in 0..RACERS {
+        let storage = Arc::clone(&storage);
+        let start = Arc::clone(&start);
+        tasks.spawn(async move {
+            start.wait().await;
+            let activity = key(&format!("activity-{racer}"), 0);
+            let tx = storage
+                .begin_activity("exec-position-race", &activity)
+                .await
+                .unwrap();
+            let mine = entry("exec-position-race", &activity, &format!("racer {racer}"));
+            let outcome = tx.commit(&mine).await.unwrap();
+            (mine, outcome)
+        });
+    }
+    let results = tasks.join_all().await;
+    let winners: Vec<&JournalEntry> = results
+        .iter()
+        .filter(|(_, outcome)| *outcome == CommitOutcome::Committed)
+        .map(|(mine, _)| mine)
+        .collect();
+    assert_eq!(winners.len(), 1, "outcomes: {results:?}");
+    let winner = winners[0].clone();
+    for (mine, outcome) in &results {
+        if *mine != winner {
+            assert_eq!(outcome, &CommitOutcome::AlreadyRecorded(winner.clone()));
+        }
+    }
+    assert_eq!(
+        storage.journal("exec-position-race").await.unwrap(),
+        vec![winner]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Journal property: random transactions against a model
 // ---------------------------------------------------------------------------------------
@@ -597,6 +695,7 @@ enum TxOp {
     Begin {
         execution: u8,
         sequence: u32,
+        name: u8,
     },
     Put {
         key: u8,
@@ -615,8 +714,8 @@ enum TxOp {
 
 fn tx_ops() -> impl Strategy<Value = Vec<TxOp>> {
     let op = prop_oneof![
-        3 => (0..2u8, 0..3u32)
-            .prop_map(|(execution, sequence)| TxOp::Begin { execution, sequence }),
+        3 => (0..2u8, 0..3u32, 0..2u8)
+            .prop_map(|(execution, sequence, name)| TxOp::Begin { execution, sequence, name }),
         4 => (0..TX_KEYS, any::<u8>()).prop_map(|(key, value)| TxOp::Put { key, value }),
         1 => (0..TX_KEYS).prop_map(|key| TxOp::Get { key }),
         3 => Just(TxOp::Commit),
@@ -635,7 +734,7 @@ struct OpenTx {
 
 #[derive(Debug, Default)]
 struct JournalModel {
-    journals: BTreeMap<String, BTreeMap<(u32, String), JournalEntry>>,
+    journals: BTreeMap<String, BTreeMap<u32, JournalEntry>>,
     values: BTreeMap<String, Bytes>,
 }
 
@@ -658,9 +757,10 @@ async fn run_tx_case<S: WorkflowStorage + ?Sized>(
             TxOp::Begin {
                 execution: n,
                 sequence,
+                name,
             } => {
                 drop(open.take());
-                let activity = key("activity", *sequence);
+                let activity = key(&format!("activity-{name}"), *sequence);
                 let tx = begin(storage, &execution(*n), &activity).await;
                 let mut recorded = entry(&execution(*n), &activity, &format!("step {step}"));
                 recorded.attempts = step as u32;
@@ -703,7 +803,7 @@ async fn run_tx_case<S: WorkflowStorage + ?Sized>(
                         .journals
                         .entry(open.entry.execution_id.clone())
                         .or_default();
-                    let journal_key = (open.entry.key.sequence, open.entry.key.name.clone());
+                    let journal_key = open.entry.key.sequence;
                     let want = match journal.get(&journal_key) {
                         Some(existing) => CommitOutcome::AlreadyRecorded(existing.clone()),
                         None => {
@@ -753,7 +853,7 @@ async fn run_tx_case<S: WorkflowStorage + ?Sized>(
 
 /// Random sequences of transactions (begin, put, get, commit, rollback, drop) and journal
 /// deletions agree with a model in which a commit applies its entry and writes together,
-/// the first commit of a key wins, and nothing else applies anything (32 generated
+/// the first commit at a position wins (whatever the names), and nothing else applies anything (32 generated
 /// cases).
 pub async fn random_transactions_match_a_model<S: WorkflowStorage + ?Sized>(storage: &S) {
     let probe_key = key("probe", 0);
@@ -1388,6 +1488,11 @@ where
     delete_journal_forgets_only_that_execution(&new_storage().await).await;
     key_value_writes_are_supported_or_refused_explicitly(&new_storage().await).await;
     concurrent_commits_of_one_activity_have_exactly_one_winner(Arc::new(new_storage().await)).await;
+    journal_is_unique_by_execution_and_sequence(&new_storage().await).await;
+    concurrent_commits_of_different_activities_at_one_position_have_one_winner(Arc::new(
+        new_storage().await,
+    ))
+    .await;
     random_transactions_match_a_model(&new_storage().await).await;
 }
 

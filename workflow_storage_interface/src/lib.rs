@@ -5,17 +5,26 @@
 //!
 //! **Journal.** Every activity call of a workflow execution is recorded as a
 //! [`JournalEntry`] under `(execution id, ActivityKey { name, sequence })`, where `sequence`
-//! counts activity calls within the execution from 0. Entries are immutable: once stored, an
-//! entry is returned byte for byte by [`WorkflowStorage::journal_entry`] and
+//! counts journaled steps within the execution from 0 (activity calls, calls to other
+//! entities, sleeps and patch markers each take one position). The journal is unique by
+//! `(execution id, sequence)`: one position holds at most one entry, whatever its name, so
+//! two different activities can never both be recorded at one position. Entries are
+//! immutable: once stored, an entry is returned byte for byte by
+//! [`WorkflowStorage::journal_entry`] (when both its name and sequence match the key) and
 //! [`WorkflowStorage::journal`] (sorted by sequence) until the journal is deleted.
 //!
 //! **Activity transactions.** [`WorkflowStorage::begin_activity`] opens an
 //! [`ActivityTransaction`]. The activity's own writes go through it (for SQL backends, the
 //! database transaction behind `self.tx`); [`ActivityTransaction::commit`] stores the journal
 //! entry *and* those writes atomically: both become visible, or neither does. If an entry
-//! for the same key already exists when committing (another runner finished the same
-//! activity first), nothing of this transaction is applied and
-//! [`CommitOutcome::AlreadyRecorded`] returns the existing entry. Dropping or rolling back a
+//! at the same position already exists when committing (another runner finished the same
+//! activity first, or recorded another one there), nothing of this transaction is applied
+//! and [`CommitOutcome::AlreadyRecorded`] returns the existing entry, which may carry
+//! another name than the one committed.
+//!
+//! Opening a transaction may take a database connection: callers open it as late as
+//! possible (the runtime opens it on the activity's first use of `self.tx`, or just to
+//! commit) and never keep one open across a wait on other work. Dropping or rolling back a
 //! transaction applies nothing.
 //!
 //! Key-value writes ([`ActivityTransaction::put`]) are an optional capability: a backend
@@ -52,7 +61,8 @@ pub use records::{
 /// The activity journal. Held as `Arc<dyn WorkflowStorage>`.
 #[async_trait]
 pub trait WorkflowStorage: Send + Sync + 'static {
-    /// The entry recorded for one activity call, if any.
+    /// The entry recorded for one activity call, if any: `None` when the position is empty
+    /// or holds an entry of another name.
     async fn journal_entry(
         &self,
         execution_id: &str,
@@ -95,7 +105,9 @@ pub trait ActivityTransaction: Send + 'static {
     /// Reads a key, seeing this transaction's own staged writes.
     async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClusterError>;
 
-    /// Stores `entry` and every staged write atomically.
+    /// Stores `entry` and every staged write atomically, unless an entry already exists at
+    /// `(entry.execution_id, entry.key.sequence)`: then nothing is applied and that entry is
+    /// returned in [`CommitOutcome::AlreadyRecorded`].
     async fn commit(self: Box<Self>, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError>;
 
     /// Discards every staged write.

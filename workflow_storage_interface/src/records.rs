@@ -34,7 +34,8 @@ pub struct JournalEntry {
 pub enum CommitOutcome {
     /// The entry and the staged writes were stored.
     Committed,
-    /// An entry for the key existed; nothing was applied. Here it is.
+    /// An entry at the key's position existed (of this name or another); nothing was
+    /// applied. Here it is.
     AlreadyRecorded(JournalEntry),
 }
 

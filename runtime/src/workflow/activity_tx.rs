@@ -5,23 +5,81 @@
 //! that become visible only if the activity's entry is committed. SQL backends add typed
 //! access to their database transaction. A backend without the capability answers
 //! `ClusterError::Unsupported`, never a silent non-transactional write.
+//!
+//! **Opened lazily.** The transaction (on SQL backends: a pooled connection and a database
+//! transaction) is opened by the activity's first use of `self.tx`, not when the activity
+//! starts; an activity that never writes through it holds nothing while it runs, and its
+//! journal entry is committed in a transaction opened just for that. So a slow activity, or
+//! a call to another entity, never pins a connection while it waits. An activity that writes
+//! through `self.tx` and then waits holds its transaction across that wait: do the slow part
+//! first.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cruster_types::ClusterError;
-use cruster_workflow_storage::ActivityTransaction;
-use tokio::sync::Mutex;
+use cruster_workflow_storage::{ActivityKey, ActivityTransaction, WorkflowStorage};
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The open transaction of an activity, locked for the guard's life (from
+/// [`ActivityTx::open_transaction`]).
+#[doc(hidden)]
+pub struct OpenTransaction<'a>(MutexGuard<'a, TxSlot>);
+
+impl OpenTransaction<'_> {
+    /// The backend's transaction.
+    ///
+    /// # Errors
+    /// `InvalidConfig` after the activity finished.
+    pub fn transaction(&mut self) -> Result<&mut dyn ActivityTransaction, ClusterError> {
+        match &mut self.0.state {
+            TxState::Open(tx) => Ok(tx.as_mut()),
+            TxState::Lazy(_) | TxState::Finished => Err(finished()),
+        }
+    }
+}
 
 /// The activity's transaction. Cheap to clone; all clones share the transaction.
 #[derive(Clone)]
 pub struct ActivityTx {
-    inner: Arc<Mutex<Option<Box<dyn ActivityTransaction>>>>,
+    inner: Arc<Mutex<TxSlot>>,
 }
 
 impl std::fmt::Debug for ActivityTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ActivityTx").finish_non_exhaustive()
+    }
+}
+
+struct TxSlot {
+    state: TxState,
+    /// Opening the transaction failed during this attempt (a pool or storage error): the
+    /// attempt's failure is the engine's, not the activity's.
+    open_failed: bool,
+}
+
+enum TxState {
+    /// Not opened yet: the first use opens it.
+    Lazy(Opener),
+    /// Open; its writes are staged until commit.
+    Open(Box<dyn ActivityTransaction>),
+    /// Committed, rolled back, or outside any activity.
+    Finished,
+}
+
+/// What opening the transaction needs.
+struct Opener {
+    storage: Arc<dyn WorkflowStorage>,
+    execution_id: String,
+    key: ActivityKey,
+}
+
+impl Opener {
+    async fn open(&self) -> Result<Box<dyn ActivityTransaction>, ClusterError> {
+        self.storage
+            .begin_activity(&self.execution_id, &self.key)
+            .await
     }
 }
 
@@ -35,51 +93,67 @@ fn finished() -> ClusterError {
 }
 
 impl ActivityTx {
-    pub(crate) fn new(tx: Box<dyn ActivityTransaction>) -> Self {
+    /// A transaction for one attempt of activity `key` of `execution_id`, opened on first
+    /// use.
+    pub(crate) fn lazy(
+        storage: Arc<dyn WorkflowStorage>,
+        execution_id: String,
+        key: ActivityKey,
+    ) -> Self {
         ActivityTx {
-            inner: Arc::new(Mutex::new(Some(tx))),
+            inner: Arc::new(Mutex::new(TxSlot {
+                state: TxState::Lazy(Opener {
+                    storage,
+                    execution_id,
+                    key,
+                }),
+                open_failed: false,
+            })),
         }
     }
 
     /// A transaction that is not open (outside activities); every use is an error.
     pub fn detached() -> Self {
         ActivityTx {
-            inner: Arc::new(Mutex::new(None)),
+            inner: Arc::new(Mutex::new(TxSlot {
+                state: TxState::Finished,
+                open_failed: false,
+            })),
         }
     }
 
     /// Stages a key-value write, applied only if the activity succeeds.
     ///
     /// # Errors
-    /// `Unsupported` on backends without key-value writes.
+    /// `Unsupported` on backends without key-value writes; `PersistenceError` when the
+    /// transaction cannot be opened.
     pub async fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<(), ClusterError> {
-        let mut guard = self.inner.lock().await;
-        let tx = guard.as_mut().ok_or_else(finished)?;
-        tx.put(key, value.into()).await
+        let mut open = self.open_transaction().await?;
+        open.transaction()?.put(key, value.into()).await
     }
 
     /// Reads a key, seeing this activity's own staged writes.
     ///
     /// # Errors
-    /// `Unsupported` on backends without key-value writes.
+    /// `Unsupported` on backends without key-value writes; `PersistenceError` when the
+    /// transaction cannot be opened.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, ClusterError> {
-        let mut guard = self.inner.lock().await;
-        let tx = guard.as_mut().ok_or_else(finished)?;
-        tx.get(key).await
+        let mut open = self.open_transaction().await?;
+        open.transaction()?.get(key).await
     }
 
     /// Runs `f` on the backend's own transaction object (for SQL backends, the database
-    /// transaction), downcast to `T`.
+    /// transaction), downcast to `T`. Opens the transaction if it is not open yet.
     ///
     /// # Errors
-    /// `Unsupported` if the backend's transaction is not a `T`.
+    /// `Unsupported` if the backend's transaction is not a `T`; `PersistenceError` when the
+    /// transaction cannot be opened.
     pub async fn with_backend<T: 'static, R>(
         &self,
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, ClusterError> {
-        let mut guard = self.inner.lock().await;
-        let tx = guard.as_mut().ok_or_else(finished)?;
-        match tx.backend_mut().downcast_mut::<T>() {
+        let mut open = self.open_transaction().await?;
+        match open.transaction()?.backend_mut().downcast_mut::<T>() {
             Some(backend) => Ok(f(backend)),
             None => Err(ClusterError::Unsupported {
                 operation: format!("self.tx as {}", std::any::type_name::<T>()),
@@ -88,14 +162,63 @@ impl ActivityTx {
         }
     }
 
-    /// The shared transaction slot (for backend integrations).
+    /// The open transaction, opened now if this is its first use; held locked until the
+    /// guard is dropped (for backend integrations such as the SQL executors).
+    ///
+    /// # Errors
+    /// `InvalidConfig` after the activity finished; the storage's error when opening fails
+    /// (the attempt then counts as an engine failure, not the activity's).
     #[doc(hidden)]
-    pub fn slot(&self) -> &Arc<Mutex<Option<Box<dyn ActivityTransaction>>>> {
-        &self.inner
+    pub fn open_transaction(&self) -> BoxFuture<'_, Result<OpenTransaction<'_>, ClusterError>> {
+        // Boxed (not an `async fn`): the SQL executors need a future that is `Send` for
+        // every lifetime of the borrow, which the compiler cannot prove for the unboxed one.
+        Box::pin(self.open_now())
     }
 
-    /// Takes the transaction out (to commit or roll it back).
-    pub(crate) async fn take(&self) -> Option<Box<dyn ActivityTransaction>> {
-        self.inner.lock().await.take()
+    async fn open_now(&self) -> Result<OpenTransaction<'_>, ClusterError> {
+        let mut slot = self.inner.lock().await;
+        let opened = match &slot.state {
+            TxState::Lazy(opener) => Some(opener.open().await),
+            TxState::Open(_) | TxState::Finished => None,
+        };
+        match opened {
+            Some(Ok(tx)) => slot.state = TxState::Open(tx),
+            Some(Err(err)) => {
+                slot.open_failed = true;
+                return Err(err);
+            }
+            None => {}
+        }
+        match slot.state {
+            TxState::Open(_) => Ok(OpenTransaction(slot)),
+            TxState::Lazy(_) | TxState::Finished => Err(finished()),
+        }
+    }
+
+    /// Ends the attempt for a commit: the open transaction, or one opened now if the
+    /// activity never used `self.tx` (so the entry is committed on a short transaction).
+    pub(crate) async fn take_for_commit(
+        &self,
+    ) -> Result<Box<dyn ActivityTransaction>, ClusterError> {
+        let state = std::mem::replace(&mut self.inner.lock().await.state, TxState::Finished);
+        match state {
+            TxState::Open(tx) => Ok(tx),
+            TxState::Lazy(opener) => opener.open().await,
+            TxState::Finished => Err(finished()),
+        }
+    }
+
+    /// Ends the attempt without committing: the open transaction to roll back, if any.
+    pub(crate) async fn take_open(&self) -> Option<Box<dyn ActivityTransaction>> {
+        let state = std::mem::replace(&mut self.inner.lock().await.state, TxState::Finished);
+        match state {
+            TxState::Open(tx) => Some(tx),
+            TxState::Lazy(_) | TxState::Finished => None,
+        }
+    }
+
+    /// Whether opening the transaction failed during this attempt.
+    pub(crate) async fn open_failed(&self) -> bool {
+        self.inner.lock().await.open_failed
     }
 }

@@ -1,9 +1,13 @@
 //! A `Sharding` that journals the calls a workflow makes to other entities and workflows,
 //! so a replay returns the recorded replies instead of calling again.
 //!
-//! Owns nothing but a workflow context and the inner sharding. Persisted sends get a
-//! de-duplication key derived from the execution and call position, so a call re-sent after
-//! a crash (before its reply was journaled) is recognised as a duplicate by storage.
+//! Owns nothing but a workflow context and the inner sharding. A call is journaled under its
+//! kind, target entity type and RPC (`cruster:persisted-call/Counter.increment`), so a
+//! replay that calls something else at that position is detected. No transaction is open
+//! while the call waits for its answer; an error of the call itself (routing, storage, the
+//! runner shutting down) is never journaled. Persisted sends get a de-duplication key
+//! derived from the execution and call position, so a call re-sent after a crash (before its
+//! reply was journaled) is recognised as a duplicate by storage.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use cruster_types::{
 };
 
 use super::client_from_sharding::ClientFromSharding;
-use super::context::{ActivityOptions, WorkflowContext};
+use super::context::WorkflowContext;
 
 impl WorkflowContext {
     /// A typed client of another entity or workflow whose calls are journaled: on replay a
@@ -39,21 +43,26 @@ impl JournalingSharding {
         self.ctx.sharding()
     }
 
-    fn keyed(&self, mut envelope: EnvelopeRequest) -> EnvelopeRequest {
+    /// A persisted call's de-duplication key: the execution and the call's position, so a
+    /// call re-sent by a replay after a crash is a duplicate in storage.
+    fn keyed(&self, mut envelope: EnvelopeRequest, position: u32) -> EnvelopeRequest {
         if envelope.persisted && envelope.dedupe_key.is_none() {
             envelope.dedupe_key = Some(format!(
-                "workflow-call/{}/{}",
-                self.ctx.execution_id(),
-                self.ctx.next_call_sequence()
+                "workflow-call/{}/{position}",
+                self.ctx.execution_id()
             ));
         }
         envelope
     }
 }
 
-fn call_name(envelope: &EnvelopeRequest) -> &'static str {
-    // Journal names must be 'static; the entity type and tag are checked through the
-    // recorded reply's position instead, so one name per kind of call is enough.
+/// The journal name of a call: its kind, the target entity type and the RPC, so a replay
+/// that calls another entity or RPC at a position is detected.
+fn call_name(kind: &str, envelope: &EnvelopeRequest) -> String {
+    format!("{kind}/{}.{}", envelope.address.entity_type, envelope.tag)
+}
+
+fn send_kind(envelope: &EnvelopeRequest) -> &'static str {
     if envelope.persisted {
         "cruster:persisted-call"
     } else {
@@ -72,13 +81,11 @@ impl Sharding for JournalingSharding {
     }
 
     async fn send(&self, envelope: EnvelopeRequest) -> Result<ReplyWithExit, ClusterError> {
-        let envelope = self.keyed(envelope);
-        let name = call_name(&envelope);
+        let name = call_name(send_kind(&envelope), &envelope);
         let inner = self.inner().clone();
         self.ctx
-            .activity(name, ActivityOptions::default(), move |_tx| {
-                let inner = inner.clone();
-                let envelope = envelope.clone();
+            .journaled_call(&name, |position| {
+                let envelope = self.keyed(envelope, position);
                 async move { inner.send(envelope).await }
             })
             .await
@@ -92,12 +99,11 @@ impl Sharding for JournalingSharding {
     }
 
     async fn notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
-        let envelope = self.keyed(envelope);
+        let name = call_name("cruster:notify", &envelope);
         let inner = self.inner().clone();
         self.ctx
-            .activity("cruster:notify", ActivityOptions::default(), move |_tx| {
-                let inner = inner.clone();
-                let envelope = envelope.clone();
+            .journaled_call(&name, |position| {
+                let envelope = self.keyed(envelope, position);
                 async move { inner.notify(envelope).await }
             })
             .await

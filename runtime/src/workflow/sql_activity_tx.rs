@@ -11,8 +11,8 @@
 //!   an `Executor<Database = Sqlite>`: `query(..).execute(self.tx.sqlite())`.
 //!
 //! Each call locks the activity's transaction for its duration (concurrent calls from one
-//! activity run one after the other) and runs the statement on the open
-//! `sqlx::Transaction` of [`SqlWorkflowStorage`](crate::storage::sql_workflow::SqlWorkflowStorage).
+//! activity run one after the other), opening it at the activity's first statement (see
+//! [`ActivityTx`]), and runs the statement on the open `sqlx::Transaction` of [`SqlWorkflowStorage`](crate::storage::sql_workflow::SqlWorkflowStorage).
 //! Rows a query returns are read to the end before the lock is released, so
 //! `fetch`/`fetch_many` buffer their results.
 //!
@@ -29,14 +29,11 @@
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use sqlx::Either;
-use tokio::sync::MutexGuard;
 
 use cruster_types::ClusterError;
 use cruster_workflow_storage::ActivityTransaction;
 
 use crate::workflow::ActivityTx;
-
-type Slot<'a> = MutexGuard<'a, Option<Box<dyn ActivityTransaction>>>;
 
 /// The activity's transaction has been committed or rolled back already.
 fn finished() -> sqlx::Error {
@@ -106,8 +103,9 @@ macro_rules! activity_executor {
                 let $this = self;
                 let tx: &ActivityTx = $tx;
                 let all = async move {
-                    let mut slot = tx.slot().lock().await;
-                    let conn = open::<$db>(&mut slot, $name, $downcast)?;
+                    let mut slot = tx.open_transaction().await.map_err(not_opened)?;
+                    let conn =
+                        open::<$db>(slot.transaction().map_err(not_opened)?, $name, $downcast)?;
                     let items: Vec<_> = conn.fetch_many(query).collect().await;
                     Ok::<_, sqlx::Error>(items)
                 };
@@ -130,8 +128,8 @@ macro_rules! activity_executor {
                 let $this = self;
                 let tx: &ActivityTx = $tx;
                 Box::pin(async move {
-                    let mut slot = tx.slot().lock().await;
-                    open::<$db>(&mut slot, $name, $downcast)?
+                    let mut slot = tx.open_transaction().await.map_err(not_opened)?;
+                    open::<$db>(slot.transaction().map_err(not_opened)?, $name, $downcast)?
                         .execute(query)
                         .await
                 })
@@ -148,8 +146,8 @@ macro_rules! activity_executor {
                 let $this = self;
                 let tx: &ActivityTx = $tx;
                 Box::pin(async move {
-                    let mut slot = tx.slot().lock().await;
-                    open::<$db>(&mut slot, $name, $downcast)?
+                    let mut slot = tx.open_transaction().await.map_err(not_opened)?;
+                    open::<$db>(slot.transaction().map_err(not_opened)?, $name, $downcast)?
                         .fetch_all(query)
                         .await
                 })
@@ -166,8 +164,8 @@ macro_rules! activity_executor {
                 let $this = self;
                 let tx: &ActivityTx = $tx;
                 Box::pin(async move {
-                    let mut slot = tx.slot().lock().await;
-                    open::<$db>(&mut slot, $name, $downcast)?
+                    let mut slot = tx.open_transaction().await.map_err(not_opened)?;
+                    open::<$db>(slot.transaction().map_err(not_opened)?, $name, $downcast)?
                         .fetch_optional(query)
                         .await
                 })
@@ -184,8 +182,8 @@ macro_rules! activity_executor {
                 let $this = self;
                 let tx: &ActivityTx = $tx;
                 Box::pin(async move {
-                    let mut slot = tx.slot().lock().await;
-                    open::<$db>(&mut slot, $name, $downcast)?
+                    let mut slot = tx.open_transaction().await.map_err(not_opened)?;
+                    open::<$db>(slot.transaction().map_err(not_opened)?, $name, $downcast)?
                         .prepare_with(sql, parameters)
                         .await
                 })
@@ -202,8 +200,8 @@ macro_rules! activity_executor {
                 let $this = self;
                 let tx: &ActivityTx = $tx;
                 Box::pin(async move {
-                    let mut slot = tx.slot().lock().await;
-                    open::<$db>(&mut slot, $name, $downcast)?
+                    let mut slot = tx.open_transaction().await.map_err(not_opened)?;
+                    open::<$db>(slot.transaction().map_err(not_opened)?, $name, $downcast)?
                         .describe(sql)
                         .await
                 })
@@ -212,13 +210,18 @@ macro_rules! activity_executor {
     };
 }
 
-/// The open database transaction in the slot, as a connection of `DB`.
+/// The activity's transaction could not be opened (finished, or a pool or storage error);
+/// `?` in an activity turns it back into the `ClusterError`.
+fn not_opened(err: ClusterError) -> sqlx::Error {
+    sqlx::Error::Configuration(Box::new(err))
+}
+
+/// The open database transaction, as a connection of `DB`.
 fn open<'s, DB: sqlx::Database>(
-    slot: &'s mut Slot<'_>,
+    tx: &'s mut dyn ActivityTransaction,
     name: &str,
     downcast: fn(&mut dyn ActivityTransaction) -> Option<&mut sqlx::Transaction<'static, DB>>,
 ) -> Result<&'s mut DB::Connection, sqlx::Error> {
-    let tx: &mut dyn ActivityTransaction = (**slot).as_deref_mut().ok_or_else(finished)?;
     // Probe first, then borrow again: the error path needs `tx` back, which the borrow
     // returned on the success path would not allow.
     if downcast(tx).is_none() {

@@ -308,19 +308,31 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
             RunOutcome::Done(Err(err)) => {
-                if matches!(err, ClusterError::PersistenceError { .. })
-                    && !ctx.is_recorded_failure(&err)
+                if ctx.is_engine_failure(&err)
+                    || (matches!(err, ClusterError::PersistenceError { .. })
+                        && !ctx.is_recorded_failure(&err))
                 {
-                    // Storage trouble of the engine itself is not the workflow's answer:
-                    // leave it running; the entity manager counts a failed delivery and
-                    // the storage poll redelivers the request, which replays it. The
-                    // attempt is given back (if storage lets us): an outage parks nothing.
+                    // Trouble of the engine itself (storage, pool, routing; never journaled)
+                    // is not the workflow's answer: leave it running; the entity manager
+                    // counts a failed delivery and the storage poll redelivers the request,
+                    // which replays it. The attempt is given back (if storage lets us): an
+                    // outage parks nothing. The delivery layer retries storage errors only,
+                    // so another engine error (a call's routing failure) travels as one.
                     record.attempts = record.attempts.saturating_sub(1);
                     if let Err(save) = self.save(&mut record, ExecutionStatus::Running, None).await
                     {
                         tracing::debug!(execution_id = %exec, %save, "could not give the attempt back");
                     }
-                    return Err(err);
+                    return Err(match err {
+                        err @ ClusterError::PersistenceError { .. } => err,
+                        other => ClusterError::PersistenceError {
+                            reason: format!(
+                                "workflow execution `{exec}` stopped on an engine error, not \
+                                 its own answer ({other}); it is retried"
+                            ),
+                            source: Some(Box::new(other)),
+                        },
+                    });
                 }
                 self.save_progress(
                     &mut record,

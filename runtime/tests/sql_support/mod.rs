@@ -69,6 +69,19 @@ impl PgTestDb {
             .unwrap()
     }
 
+    /// A new pool on this schema with at most `max_connections` connections (10 is what
+    /// `PgPool::connect` gives, as in the contract's production example).
+    pub async fn pool_with_max_connections(&self, max_connections: u32) -> PgPool {
+        let options = PgConnectOptions::from_str(&self.url)
+            .unwrap()
+            .options([("search_path", self.schema.as_str())]);
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
     /// The URL of this database (for child processes), and the schema to use in it.
     pub fn url(&self) -> &str {
         &self.url

@@ -264,11 +264,16 @@ pub(crate) mod portable {
         SELECT execution_id, sequence, activity, result, attempts, recorded_at_ns \
         FROM cruster_journal WHERE execution_id = $1 AND sequence = $2 AND activity = $3";
 
+    /// The entry at one position, whatever its name.
+    pub(crate) const JOURNAL_ENTRY_AT: &str = "\
+        SELECT execution_id, sequence, activity, result, attempts, recorded_at_ns \
+        FROM cruster_journal WHERE execution_id = $1 AND sequence = $2";
+
     pub(crate) const JOURNAL: &str = "\
         SELECT execution_id, sequence, activity, result, attempts, recorded_at_ns \
-        FROM cruster_journal WHERE execution_id = $1 ORDER BY sequence, activity";
+        FROM cruster_journal WHERE execution_id = $1 ORDER BY sequence";
 
-    /// Stores an entry unless one exists for the key (zero rows affected then).
+    /// Stores an entry unless one exists at its position (zero rows affected then).
     pub(crate) const INSERT_JOURNAL_ENTRY: &str = "\
         INSERT INTO cruster_journal (execution_id, sequence, activity, result, attempts, \
             recorded_at_ns) \

@@ -332,9 +332,13 @@ macro_rules! sql_backend_tests {
                     second_commit_of_same_key_returns_already_recorded_and_discards_writes,
                     delete_journal_forgets_only_that_execution,
                     key_value_writes_are_supported_or_refused_explicitly,
+                    journal_is_unique_by_execution_and_sequence,
                     random_transactions_match_a_model,
                 ],
-                by_arc: [concurrent_commits_of_one_activity_have_exactly_one_winner],
+                by_arc: [
+                    concurrent_commits_of_one_activity_have_exactly_one_winner,
+                    concurrent_commits_of_different_activities_at_one_position_have_one_winner,
+                ],
             );
         }
 
@@ -502,6 +506,7 @@ macro_rules! sql_backend_tests {
                 $fresh,
                 everything_written_survives_reopening_the_database,
                 migrating_twice_changes_nothing,
+                migrating_a_journal_with_two_entries_at_one_position_keeps_the_first,
                 schema_from_a_newer_version_is_refused,
                 undecodable_pending_row_is_dead_lettered_and_the_rest_still_served,
                 undecodable_rows_read_by_id_are_malformed_not_panics,

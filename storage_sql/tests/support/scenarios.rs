@@ -271,10 +271,101 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
     assert_eq!(
         db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
             .await,
-        4,
-        "each of the four migration files applied once"
+        6,
+        "each of the six migration files applied once"
     );
     assert_eq!(pending_ids(&messages).await, vec![1]);
+    pool.close().await;
+}
+
+/// Migration 5 (journal unique by position) on a journal that holds two entries at one
+/// position, as version 4 allowed: the entry recorded first stays, the other is moved to
+/// `cruster_journal_displaced`, and the position is unique from then on.
+pub async fn migrating_a_journal_with_two_entries_at_one_position_keeps_the_first(
+    db: &TestDatabase,
+) {
+    let pool = db.migrated().await;
+    // Back to the version-4 journal (keyed by execution, sequence and activity).
+    let back_to_version_4 = match db.dialect {
+        Dialect::Postgres => {
+            "DROP TABLE cruster_journal_displaced; \
+             ALTER TABLE cruster_journal DROP CONSTRAINT cruster_journal_pkey; \
+             ALTER TABLE cruster_journal ADD PRIMARY KEY (execution_id, sequence, activity); \
+             DELETE FROM _cruster_migrations WHERE version = 5;"
+        }
+        Dialect::Sqlite => {
+            "DROP TABLE cruster_journal_displaced; \
+             DROP TABLE cruster_journal; \
+             CREATE TABLE cruster_journal (execution_id TEXT NOT NULL, sequence INTEGER NOT NULL, \
+                 activity TEXT NOT NULL, result BLOB NOT NULL, attempts INTEGER NOT NULL, \
+                 recorded_at_ns INTEGER NOT NULL, \
+                 PRIMARY KEY (execution_id, sequence, activity)) STRICT; \
+             DELETE FROM _cruster_migrations WHERE version = 5;"
+        }
+    };
+    db.execute(&pool, back_to_version_4).await;
+    let journal = SqlWorkflowStorage::from_pool(pool.clone());
+    let first = JournalEntry {
+        execution_id: "exec-dup".into(),
+        key: ActivityKey {
+            name: "reserve".into(),
+            sequence: 0,
+        },
+        result: ExitResult::Success(Bytes::from_static(b"first")),
+        attempts: 1,
+        recorded_at: t0(),
+    };
+    let later = JournalEntry {
+        key: ActivityKey {
+            name: "charge".into(),
+            sequence: 0,
+        },
+        result: ExitResult::Success(Bytes::from_static(b"later")),
+        recorded_at: t0() + Duration::seconds(1),
+        ..first.clone()
+    };
+    let next = JournalEntry {
+        key: ActivityKey {
+            name: "ship".into(),
+            sequence: 1,
+        },
+        recorded_at: t0() + Duration::seconds(2),
+        ..first.clone()
+    };
+    // Recorded later, committed first: age decides, not commit order.
+    for entry in [&later, &first, &next] {
+        let tx = journal
+            .begin_activity(&entry.execution_id, &entry.key)
+            .await
+            .unwrap();
+        assert_eq!(tx.commit(entry).await.unwrap(), CommitOutcome::Committed);
+    }
+    assert_eq!(journal.journal("exec-dup").await.unwrap().len(), 3);
+
+    pool.migrate().await.unwrap();
+    assert_eq!(
+        journal.journal("exec-dup").await.unwrap(),
+        vec![first.clone(), next]
+    );
+    assert_eq!(
+        db.fetch_i64(
+            &pool,
+            "SELECT COUNT(*) FROM cruster_journal_displaced \
+             WHERE execution_id = 'exec-dup' AND sequence = 0 AND activity = 'charge'"
+        )
+        .await,
+        1,
+        "the displaced entry is kept for inspection"
+    );
+    let tx = journal
+        .begin_activity(&later.execution_id, &later.key)
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.commit(&later).await.unwrap(),
+        CommitOutcome::AlreadyRecorded(first),
+        "the position is unique after the migration"
+    );
     pool.close().await;
 }
 
