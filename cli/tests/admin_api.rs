@@ -13,6 +13,19 @@ use cruster::prelude::*;
 use serde_json::Value;
 use support::{eventually, Node, ShipRequest, Work};
 
+/// A workflow that sleeps an hour: it is still running when the test cancels it.
+#[workflow]
+#[derive(Clone)]
+struct Nap;
+
+#[workflow_impl(key = |name: &String| name.clone(), hash = false)]
+impl Nap {
+    async fn execute(&self, name: String) -> Result<String, ClusterError> {
+        self.sleep(Duration::from_secs(3600)).await?;
+        Ok(format!("{name} woke up"))
+    }
+}
+
 fn acting() -> AdminOptions {
     AdminOptions::default().allow_actions(true)
 }
@@ -465,4 +478,64 @@ mod postgres {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_workflow_is_cancelled_and_resume_refuses_one_that_is_not_parked() {
+    let node = Node::single(acting()).await;
+    let naps = Nap.register(node.sharding.clone()).await.unwrap();
+    let id = naps.start(&"cat".to_string()).await.unwrap();
+    // Known to the engine once its first run recorded it.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let node = &node;
+            let id = id.clone();
+            async move { node.get(&format!("/api/workflows/{id}")).await.0 == 200 }
+        })
+        .await,
+        "the execution was never recorded"
+    );
+    let (status, body) = node.post(&format!("/api/workflows/{id}/cancel")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cancelled"], true, "{body}");
+    let joined = tokio::time::timeout(Duration::from_secs(20), naps.join(&id))
+        .await
+        .expect("the hour-long sleep was cut short by the cancellation");
+    assert!(
+        matches!(joined, Err(ClusterError::WorkflowCancelled { .. })),
+        "{joined:?}"
+    );
+    let (_, shown) = node.get(&format!("/api/workflows/{id}")).await;
+    assert_eq!(shown["status"]["name"], "cancelled", "{shown}");
+
+    // Again: nothing changes, and the answer says it had finished.
+    let (status, body) = node.post(&format!("/api/workflows/{id}/cancel")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cancelled"], false, "{body}");
+    assert_eq!(body["status"]["name"], "cancelled", "{body}");
+
+    // Resume is for parked executions only; unknown ids are 404s.
+    let (status, body) = node.post(&format!("/api/workflows/{id}/resume")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cancelled"),
+        "{body}"
+    );
+    for action in ["cancel", "resume"] {
+        let (status, body) = node
+            .post(&format!("/api/workflows/no-such-execution/{action}"))
+            .await;
+        assert_eq!(status, 404, "{action}: {body}");
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_actions_are_refused_read_only() {
+    let node = Node::single(AdminOptions::default()).await;
+    for action in ["cancel", "resume"] {
+        let (status, body) = node.post(&format!("/api/workflows/any/{action}")).await;
+        assert_eq!(status, 403, "{action}: {body}");
+    }
+    node.shutdown().await;
 }

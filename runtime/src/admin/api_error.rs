@@ -52,6 +52,8 @@ impl From<ClusterError> for ApiError {
             ClusterError::PersistenceError { .. } | ClusterError::Timeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ClusterError::WorkflowNotFound { .. } => StatusCode::NOT_FOUND,
+            ClusterError::WorkflowNotParked { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {

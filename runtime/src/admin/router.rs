@@ -53,6 +53,8 @@ pub fn router(sharding: Arc<ShardingImpl>, options: AdminOptions) -> Router {
         )
         .route("/api/workflows", get(workflows::list))
         .route("/api/workflows/{id}", get(workflows::show))
+        .route("/api/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/api/workflows/{id}/resume", post(workflows::resume))
         .fallback(console::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

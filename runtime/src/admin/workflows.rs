@@ -1,5 +1,6 @@
-//! `GET /api/workflows` (executions counted by workflow and status, and listed) and
-//! `GET /api/workflows/{id}` (one execution with its journal).
+//! `GET /api/workflows` (executions counted by workflow and status, and listed),
+//! `GET /api/workflows/{id}` (one execution with its journal), and the actions
+//! `POST /api/workflows/{id}/cancel` and `POST /api/workflows/{id}/resume` (a parked one).
 //!
 //! Statuses are compared by `ExecutionStatus::name`, so statuses added to the workflow
 //! engine later are listed and filtered without a change here.
@@ -14,6 +15,7 @@ use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus
 use serde_json::{json, Value};
 
 use crate::admin::api_error::ApiError;
+use crate::admin::auth::check_actions;
 use crate::admin::json::{instant, msgpack, ok};
 use crate::admin::query::QueryParams;
 use crate::admin::router::AdminState;
@@ -120,4 +122,39 @@ pub(crate) async fn show(
         map.insert("journal".into(), Value::Array(journal));
     }
     Ok(ok(&body))
+}
+
+/// `POST /api/workflows/{id}/cancel`: the execution stops at its next suspension point.
+/// Idempotent: a second cancel answers the first request's instant; a finished execution
+/// is left as it is and says so.
+pub(crate) async fn cancel(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_actions(&state)?;
+    let outcome = crate::workflow::cancel_execution(&state.sharding, &id).await?;
+    let body = match outcome {
+        crate::workflow::CancelOutcome::Requested { requested_at } => json!({
+            "execution_id": id,
+            "cancelled": true,
+            "requested_at": instant(requested_at),
+        }),
+        crate::workflow::CancelOutcome::AlreadyFinished { status: finished } => json!({
+            "execution_id": id,
+            "cancelled": false,
+            "status": status(&finished),
+        }),
+    };
+    Ok(ok(&body))
+}
+
+/// `POST /api/workflows/{id}/resume`: a parked execution runs again from its journal.
+/// Resuming one that is not parked changes nothing and answers 409 with its status.
+pub(crate) async fn resume(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_actions(&state)?;
+    crate::workflow::resume_parked_execution(&state.sharding, &id).await?;
+    Ok(ok(&json!({ "execution_id": id, "resumed": true })))
 }

@@ -4,16 +4,16 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use cruster_sharding::{EntityClient, IntoSharding, Sharding};
-use cruster_types::{wire, ClusterError, EntityAddress, EntityId, EntityType, ExitResult};
+use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
 use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
 
+use super::cancel_execution::cancel_by_id;
 use super::cancellation::CancelOutcome;
 use super::client_from_sharding::ClientFromSharding;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
-use super::workflow_entity::{parked_error, send_resume, WorkflowEntity};
+use super::workflow_entity::{parked_error, WorkflowEntity};
 use crate::sharding_impl::ShardingImpl;
 
 /// A client of one workflow type. Cheap to clone.
@@ -184,49 +184,13 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// `WorkflowNotFound` for an id that no execution of this workflow has; storage errors.
     pub async fn cancel(&self, execution_id: &str) -> Result<CancelOutcome, ClusterError> {
         let engine = engine_of(self.entity.sharding())?;
-        let not_found = || ClusterError::WorkflowNotFound {
-            workflow: W::NAME.to_string(),
-            execution_id: execution_id.to_string(),
-        };
-        match engine.execution(execution_id).await? {
-            Some(record) if record.workflow == W::NAME => {}
-            _ => return Err(not_found()),
-        }
-        let record = engine
-            .request_cancellation(execution_id, Utc::now())
-            .await?
-            .ok_or_else(not_found)?;
-        match record.cancel_requested_at {
-            Some(requested_at) if !record.status.is_finished() => {
-                // Wake the execution if it is suspended (a long sleep, a retry backoff, a
-                // parked execution); if it is running, the wake-up waits behind it and finds
-                // it cancelled. One wake-up per execution, however often cancel is called.
-                let address = EntityAddress {
-                    shard_id: self
-                        .entity
-                        .sharding()
-                        .shard_id(&EntityType::new(W::NAME), &EntityId::new(execution_id)),
-                    entity_type: EntityType::new(W::NAME),
-                    entity_id: EntityId::new(execution_id),
-                };
-                send_resume(
-                    self.entity.sharding().as_ref(),
-                    address,
-                    None,
-                    Some("cancel".to_string()),
-                )
-                .await?;
-                tracing::info!(
-                    execution_id,
-                    workflow = W::NAME,
-                    "workflow cancellation requested"
-                );
-                Ok(CancelOutcome::Requested { requested_at })
-            }
-            _ => Ok(CancelOutcome::AlreadyFinished {
-                status: record.status,
-            }),
-        }
+        cancel_by_id(
+            self.entity.sharding().as_ref(),
+            engine.as_ref(),
+            Some(W::NAME),
+            execution_id,
+        )
+        .await
     }
 
     /// Waits for the result of an execution (or until it is cancelled or parked).

@@ -22,6 +22,7 @@
 //! [`WorkflowContext::activity`] for every activity.
 
 mod activity_tx;
+mod cancel_execution;
 mod cancellation;
 mod client;
 mod client_from_sharding;
@@ -37,6 +38,7 @@ pub(crate) mod sql_activity_tx;
 mod workflow_entity;
 
 pub use activity_tx::ActivityTx;
+pub use cancel_execution::cancel_execution;
 pub use cancellation::{CancelOutcome, OnCancel};
 pub use client::{register_workflow, WorkflowClient};
 pub use client_from_sharding::ClientFromSharding;
