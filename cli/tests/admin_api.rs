@@ -495,6 +495,19 @@ async fn a_running_workflow_is_cancelled_and_resume_refuses_one_that_is_not_park
         .await,
         "the execution was never recorded"
     );
+    // Its journal view shows the hour-long sleep's timer, not fired yet.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let node = &node;
+            let id = id.clone();
+            async move {
+                let (_, shown) = node.get(&format!("/api/workflows/{id}")).await;
+                shown["timers"][0]["timer"] == "sleep/0" && shown["timers"][0]["fired"] == false
+            }
+        })
+        .await,
+        "the sleep's timer is not shown"
+    );
     let (status, body) = node.post(&format!("/api/workflows/{id}/cancel")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["cancelled"], true, "{body}");

@@ -1,5 +1,5 @@
 //! `GET /api/workflows` (executions counted by workflow and status, and listed),
-//! `GET /api/workflows/{id}` (one execution with its journal), and the actions
+//! `GET /api/workflows/{id}` (one execution with its journal and timers), and the actions
 //! `POST /api/workflows/{id}/cancel` and `POST /api/workflows/{id}/resume` (a parked one).
 //!
 //! Statuses are compared by `ExecutionStatus::name`, so statuses added to the workflow
@@ -117,9 +117,21 @@ pub(crate) async fn show(
             })
         })
         .collect();
+    let timers: Vec<Value> = crate::workflow::workflow_timers(&state.sharding, &id)
+        .await?
+        .iter()
+        .map(|timer| {
+            json!({
+                "timer": timer.timer_key,
+                "fire_at": instant(timer.fire_at),
+                "fired": timer.completed,
+            })
+        })
+        .collect();
     let mut body = execution(&record);
     if let Value::Object(map) = &mut body {
         map.insert("journal".into(), Value::Array(journal));
+        map.insert("timers".into(), Value::Array(timers));
     }
     Ok(ok(&body))
 }

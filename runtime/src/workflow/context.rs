@@ -701,7 +701,7 @@ impl WorkflowContext {
     pub async fn sleep(&self, duration: Duration) -> Result<(), ClusterError> {
         self.inner.cancel.check().await?;
         let n = self.inner.next_sleep.fetch_add(1, Ordering::SeqCst);
-        let timer_key = format!("sleep/{n}");
+        let timer_key = sleep_timer_key(n);
         let exec = &self.inner.execution_id;
         let stored = self
             .inner
@@ -806,6 +806,11 @@ impl WorkflowContext {
             self.inner.suspended.notified().await;
         }
     }
+}
+
+/// The durable timer key of the `n`-th `self.sleep` of an execution (from 0).
+pub(crate) fn sleep_timer_key(n: u32) -> String {
+    format!("sleep/{n}")
 }
 
 /// Rolls back an attempt's transaction, if the attempt opened one and did not take it.

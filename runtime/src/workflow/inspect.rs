@@ -1,7 +1,10 @@
-//! Inspecting workflow state: executions with their status, and their journals.
+//! Inspecting workflow state: executions with their status, their journals and their
+//! durable timers.
 
 use cruster_types::ClusterError;
-use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, JournalEntry};
+use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, JournalEntry};
+
+use super::context::sleep_timer_key;
 
 use crate::sharding_impl::ShardingImpl;
 
@@ -38,4 +41,31 @@ pub async fn workflow_journal(
         .workflow_storage()
         .ok_or_else(|| unsupported("workflow storage"))?;
     storage.journal(execution_id).await
+}
+
+/// The most sleeps of one execution [`workflow_timers`] reads.
+const TIMERS_AT_MOST: u32 = 10_000;
+
+/// The durable timers of an execution's sleeps, in the order its code reached them (fired
+/// ones with `completed` set).
+///
+/// # Errors
+/// `Unsupported` without a workflow engine; storage errors.
+pub async fn workflow_timers(
+    sharding: &ShardingImpl,
+    execution_id: &str,
+) -> Result<Vec<DurableTimer>, ClusterError> {
+    let engine = sharding
+        .workflow_engine()
+        .ok_or_else(|| unsupported("workflow engine"))?;
+    let mut timers = Vec::new();
+    for n in 0..TIMERS_AT_MOST {
+        // Sleeps are numbered from 0 in the order the code reaches them: the first missing
+        // number is past the last sleep reached so far.
+        match engine.timer(execution_id, &sleep_timer_key(n)).await? {
+            Some(timer) => timers.push(timer),
+            None => break,
+        }
+    }
+    Ok(timers)
 }

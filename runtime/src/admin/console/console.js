@@ -155,6 +155,8 @@ async function drawJournal() {
   fill($("journal-entries"), execution.journal.map((j) =>
     el("tr", {}, el("td", {}, j.sequence), el("td", {}, j.activity), el("td", {}, j.attempts),
       el("td", {}, result(j.result)), el("td", {}, j.recorded_at))));
+  fill($("journal-timers"), (execution.timers || []).map((t) =>
+    el("tr", {}, el("td", {}, t.timer), el("td", {}, t.fire_at), el("td", {}, t.fired ? "yes" : "no"))));
   $("journal").hidden = false;
 }
 
