@@ -13,8 +13,8 @@
 //! own, dropped at the end. Every pool, the driver's and each runner's, has 10 connections
 //! (sqlx's default).
 //!
-//! This process is the driver: a client-only runner (it reads the membership but never
-//! registers, so it owns no shard) sending `LoadTarget::echo`, a persisted RPC whose
+//! This process is the driver: a client-only runner (`runner_weight: 0`: it is in the
+//! membership, so replies are pushed to it, but owns no shard) sending `LoadTarget::echo`, a persisted RPC whose
 //! handler only answers, so what is measured is the delivery path: the request saved by
 //! the driver, sent over gRPC to the shard's owner, handled, its reply stored, answered.
 //!
