@@ -9,4 +9,5 @@ pub const WRITTEN_NOT_COMMITTED: &str = "WRITTEN-NOT-COMMITTED";
 /// The line a child runner prints when its workflow completed.
 pub const WORKFLOW_DONE: &str = "WORKFLOW-DONE";
 
+pub mod client_driver;
 pub mod node_app;

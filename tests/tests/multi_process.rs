@@ -79,13 +79,9 @@ use cruster::sqlx::{self, AssertSqlSafe, Connection, PgConnection, PgPool};
 use cruster::storage::etcd_runner::EtcdRunnerStorage;
 use cruster::storage::sql_message::SqlMessageStorage;
 use cruster::storage::sql_runner::SqlRunnerStorage;
-use cruster::storage::sql_workflow::SqlWorkflowStorage;
-use cruster::storage::sql_workflow_engine::SqlWorkflowEngine;
-use cruster::tonic::transport::server::TcpIncoming;
-use cruster::tonic::transport::Server;
-use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::{EntityId, RunnerAddress, ShardId};
 use cruster::workflow::WorkflowClient;
+use cruster_tests::client_driver::ClientDriver;
 use cruster_tests::node_app::{CounterClient, Increment, ThreeStepWorkflow, Touch, APP_TABLES};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -485,55 +481,37 @@ impl Drop for ProcessCluster {
 // The driver
 // ---------------------------------------------------------------------------------------
 
-/// A client-only runner in this process, with a gRPC server for pushed replies.
+/// The driver: a client-only runner in this process (see `ClientDriver`).
 struct Driver {
     sharding: Arc<ShardingImpl>,
-    server: tokio::task::JoinHandle<()>,
+    inner: ClientDriver,
 }
 
 impl Driver {
     async fn start(schema: &TestSchema, membership: Arc<dyn RunnerStorage>) -> Driver {
         let port = free_port();
-        let address = RunnerAddress::new("127.0.0.1", port);
-        let grpc = Arc::new(GrpcRunners::new());
-        let pool = schema.pool(8).await;
-        let sharding = ShardingImpl::builder()
-            .config(ShardingConfig {
-                runner_address: address,
-                shards_per_group: SHARDS,
-                runner_lock_ttl: LOCK_TTL,
-                storage_poll_interval: POLL_INTERVAL,
-                // Client-only: in the membership (replies are pushed to it), owning no shard.
-                runner_weight: 0,
-                ..Default::default()
-            })
-            .runners(grpc.clone())
-            .runner_storage(membership)
-            .runner_health(Arc::new(GrpcRunnerHealth::new(grpc)))
-            .message_storage(Arc::new(SqlMessageStorage::new(pool.clone())))
-            // For `WorkflowClient::poll`, which reads the execution's record.
-            .workflow_storage(Arc::new(SqlWorkflowStorage::new(pool.clone())))
-            .workflow_engine(Arc::new(SqlWorkflowEngine::new(pool)))
-            .build()
-            .unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        let service = GrpcRunnerServer::new(sharding.clone()).into_service();
-        let server = tokio::spawn(async move {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let _ = Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
-        });
-        sharding.start().await.unwrap();
-        Driver { sharding, server }
+        let pool = schema.pool(8).await;
+        let config = ShardingConfig {
+            shards_per_group: SHARDS,
+            runner_lock_ttl: LOCK_TTL,
+            storage_poll_interval: POLL_INTERVAL,
+            ..Default::default()
+        };
+        // With workflow storage: `WorkflowClient::poll` reads the execution's record.
+        let inner = ClientDriver::start(listener, config, membership, &pool, true)
+            .await
+            .unwrap();
+        Driver {
+            sharding: inner.sharding.clone(),
+            inner,
+        }
     }
 
     async fn stop(self) {
-        self.sharding.shutdown().await.unwrap();
-        self.server.abort();
+        self.inner.stop().await.unwrap();
     }
 }
 

@@ -34,13 +34,10 @@ use cruster::ports::runner_storage::RunnerStorage;
 use cruster::prelude::*;
 use cruster::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use cruster::sqlx::{self, AssertSqlSafe, PgPool};
-use cruster::storage::sql_message::SqlMessageStorage;
 use cruster::storage::sql_runner::SqlRunnerStorage;
-use cruster::tonic::transport::server::TcpIncoming;
-use cruster::tonic::transport::Server;
-use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::{EntityId, RunnerAddress, ShardId};
 use cruster_benches::node_cluster::{node_binary, NodeCluster};
+use cruster_tests::client_driver::ClientDriver;
 use cruster_tests::node_app::LoadTargetClient;
 
 const RUNNERS: usize = 3;
@@ -146,38 +143,15 @@ async fn wait_for_spread(
 }
 
 /// The driver: a client-only runner with a gRPC server for pushed replies.
-async fn driver(
-    pool: &PgPool,
-    membership: Arc<dyn RunnerStorage>,
-) -> anyhow::Result<(Arc<ShardingImpl>, tokio::task::JoinHandle<()>)> {
+async fn driver(pool: &PgPool, membership: Arc<dyn RunnerStorage>) -> anyhow::Result<ClientDriver> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let grpc = Arc::new(GrpcRunners::new());
-    let sharding = ShardingImpl::builder()
-        .config(ShardingConfig {
-            runner_address: RunnerAddress::new("127.0.0.1", port),
-            shards_per_group: SHARDS,
-            runner_lock_ttl: LOCK_TTL,
-            storage_poll_interval: POLL_INTERVAL,
-            // Client-only: in the membership (replies are pushed to it), owning no shard.
-            runner_weight: 0,
-            ..Default::default()
-        })
-        .runners(grpc.clone())
-        .runner_storage(membership)
-        .runner_health(Arc::new(GrpcRunnerHealth::new(grpc)))
-        .message_storage(Arc::new(SqlMessageStorage::new(pool.clone())))
-        .build()?;
-    let service = GrpcRunnerServer::new(sharding.clone()).into_service();
-    let server = tokio::spawn(async move {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    sharding.start().await?;
-    Ok((sharding, server))
+    let config = ShardingConfig {
+        shards_per_group: SHARDS,
+        runner_lock_ttl: LOCK_TTL,
+        storage_poll_interval: POLL_INTERVAL,
+        ..Default::default()
+    };
+    Ok(ClientDriver::start(listener, config, membership, pool, false).await?)
 }
 
 /// What a throughput run counted.
@@ -262,8 +236,8 @@ async fn bench(url: &str, schema: &str, callers: usize, seconds: u64) -> anyhow:
     }
     let membership: Arc<dyn RunnerStorage> = Arc::new(SqlRunnerStorage::new(pool.clone()));
     wait_for_spread(&*membership, &cluster, Duration::from_secs(60)).await?;
-    let (sharding, server) = driver(&pool, membership.clone()).await?;
-    let client = LoadTargetClient::new(sharding.clone());
+    let driver = driver(&pool, membership.clone()).await?;
+    let client = LoadTargetClient::new(driver.sharding.clone());
 
     // Warm-up: every runner's sessions and pools, and the entities.
     let stop = Arc::new(AtomicBool::new(false));
@@ -379,8 +353,7 @@ async fn bench(url: &str, schema: &str, callers: usize, seconds: u64) -> anyhow:
         }
     }
 
-    sharding.shutdown().await?;
-    server.abort();
+    driver.stop().await?;
     cluster.stop().await;
     pool.close().await;
     let _ = std::fs::remove_dir_all(&log_dir);

@@ -8,11 +8,11 @@
 
 use chrono::Utc;
 use cruster_sharding::Sharding;
-use cruster_types::{ClusterError, EntityAddress, EntityId, EntityType};
+use cruster_types::ClusterError;
 use cruster_workflow_storage::WorkflowEngine;
 
 use super::cancellation::CancelOutcome;
-use super::workflow_entity::send_resume;
+use super::workflow_entity::{execution_address, send_resume};
 use crate::sharding_impl::ShardingImpl;
 
 /// Cancels execution `execution_id`; when `workflow` is given the execution must be one of
@@ -41,13 +41,7 @@ pub(crate) async fn cancel_by_id(
     match record.cancel_requested_at {
         Some(requested_at) if !record.status.is_finished() => {
             // One wake-up per execution, however often cancel is called (its dedupe key).
-            let entity_type = EntityType::new(record.workflow.as_str());
-            let entity_id = EntityId::new(execution_id);
-            let address = EntityAddress {
-                shard_id: sharding.shard_id(&entity_type, &entity_id),
-                entity_type,
-                entity_id,
-            };
+            let address = execution_address(sharding, &record.workflow, execution_id);
             send_resume(sharding, address, None, Some("cancel".to_string())).await?;
             tracing::info!(
                 execution_id,

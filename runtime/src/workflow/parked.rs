@@ -7,11 +7,10 @@
 //! execution, which replays its journal and goes on where it stopped.
 
 use chrono::Utc;
-use cruster_sharding::Sharding;
-use cruster_types::{ClusterError, EntityAddress, EntityId, EntityType};
+use cruster_types::ClusterError;
 use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus};
 
-use super::workflow_entity::send_resume;
+use super::workflow_entity::{execution_address, send_resume};
 use crate::sharding_impl::ShardingImpl;
 
 fn no_engine() -> ClusterError {
@@ -80,13 +79,7 @@ pub async fn resume_parked_execution(
     record.last_error = None;
     record.updated_at = Utc::now();
     engine.upsert_execution(&record).await?;
-    let entity_type = EntityType::new(record.workflow.as_str());
-    let entity_id = EntityId::new(execution_id);
-    let address = EntityAddress {
-        shard_id: sharding.shard_id(&entity_type, &entity_id),
-        entity_type,
-        entity_id,
-    };
+    let address = execution_address(sharding, &record.workflow, execution_id);
     send_resume(sharding, address, None, None).await?;
     tracing::info!(execution_id, workflow = %record.workflow, "parked workflow execution resumed");
     Ok(())

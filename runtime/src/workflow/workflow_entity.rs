@@ -17,7 +17,7 @@ use cruster_sharding::{
     Entity, EntityContext, EntityHandler, EntityOptions, IncomingRequest, Sharding,
 };
 use cruster_types::{
-    wire, ClusterError, EntityAddress, EntityType, EnvelopeRequest, ExitResult, WireError,
+    wire, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult, WireError,
 };
 use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine, WorkflowStorage};
 
@@ -372,6 +372,21 @@ pub(crate) fn parked_error(record: &ExecutionRecord) -> ClusterError {
 
 /// Sends a workflow execution's hidden entity a persisted `resume` (a wake-up), due at
 /// `deliver_at` (at once when `None`); `dedupe_key` makes repeated sends one message.
+/// The address of execution `execution_id`'s hidden entity (of workflow `workflow`).
+pub(crate) fn execution_address(
+    sharding: &dyn Sharding,
+    workflow: &str,
+    execution_id: &str,
+) -> EntityAddress {
+    let entity_type = EntityType::new(workflow);
+    let entity_id = EntityId::new(execution_id);
+    EntityAddress {
+        shard_id: sharding.shard_id(&entity_type, &entity_id),
+        entity_type,
+        entity_id,
+    }
+}
+
 pub(crate) async fn send_resume(
     sharding: &dyn Sharding,
     address: EntityAddress,
