@@ -94,10 +94,10 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let engine = state.sharding.workflow_engine().ok_or_else(|| {
-        ApiError::from(ClusterError::Unsupported {
-            operation: "inspecting workflows".into(),
-            backend: "this runner, which has no workflow engine".into(),
-        })
+        ApiError::from(crate::workflow::missing_part(
+            "inspecting workflows",
+            "workflow engine",
+        ))
     })?;
     let Some(record) = engine.execution(&id).await? else {
         return Err(ApiError::not_found(format!(

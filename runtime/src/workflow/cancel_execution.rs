@@ -12,6 +12,7 @@ use cruster_types::ClusterError;
 use cruster_workflow_storage::WorkflowEngine;
 
 use super::cancellation::CancelOutcome;
+use super::inspect::missing_part;
 use super::workflow_entity::{execution_address, send_resume};
 use crate::sharding_impl::ShardingImpl;
 
@@ -69,9 +70,6 @@ pub async fn cancel_execution(
 ) -> Result<CancelOutcome, ClusterError> {
     let engine = sharding
         .workflow_engine()
-        .ok_or_else(|| ClusterError::Unsupported {
-            operation: "cancelling workflow executions".into(),
-            backend: "this runner, which has no workflow engine storage".into(),
-        })?;
+        .ok_or_else(|| missing_part("cancelling workflow executions", "workflow engine storage"))?;
     cancel_by_id(sharding, engine.as_ref(), None, execution_id).await
 }

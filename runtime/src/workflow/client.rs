@@ -13,6 +13,7 @@ use super::cancellation::CancelOutcome;
 use super::client_from_sharding::ClientFromSharding;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
+use super::inspect::missing_part;
 use super::workflow_entity::{parked_error, WorkflowEntity};
 use crate::sharding_impl::ShardingImpl;
 
@@ -68,10 +69,7 @@ fn engine_of(sharding: &Arc<dyn Sharding>) -> Result<Arc<dyn WorkflowEngine>, Cl
         .as_any()
         .downcast_ref::<ShardingImpl>()
         .and_then(|s| s.workflow_engine().cloned())
-        .ok_or_else(|| ClusterError::Unsupported {
-            operation: "workflows".into(),
-            backend: "this runner, which has no workflow engine storage".into(),
-        })
+        .ok_or_else(|| missing_part("workflows", "workflow engine storage"))
 }
 
 impl<W: WorkflowDefinition> WorkflowClient<W> {

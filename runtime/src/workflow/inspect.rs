@@ -8,11 +8,17 @@ use super::context::sleep_timer_key;
 
 use crate::sharding_impl::ShardingImpl;
 
-fn unsupported(what: &str) -> ClusterError {
+/// `Unsupported` for `operation` on a runner built without `part` (its workflow engine,
+/// its workflow storage).
+pub(crate) fn missing_part(operation: &str, part: &str) -> ClusterError {
     ClusterError::Unsupported {
-        operation: "inspecting workflows".into(),
-        backend: format!("this runner, which has no {what}"),
+        operation: operation.into(),
+        backend: format!("this runner, which has no {part}"),
     }
+}
+
+fn unsupported(part: &str) -> ClusterError {
+    missing_part("inspecting workflows", part)
 }
 
 /// Executions matching `filter` (status: running, suspended until T, completed, failed).

@@ -10,14 +10,12 @@ use chrono::Utc;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus};
 
+use super::inspect::missing_part;
 use super::workflow_entity::{execution_address, send_resume};
 use crate::sharding_impl::ShardingImpl;
 
 fn no_engine() -> ClusterError {
-    ClusterError::Unsupported {
-        operation: "parked workflow executions".into(),
-        backend: "this runner, which has no workflow engine storage".into(),
-    }
+    missing_part("parked workflow executions", "workflow engine storage")
 }
 
 /// Parked executions, oldest first: of `workflow` only when given, at most `limit` (0 = no
