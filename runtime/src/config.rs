@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use cruster_types::{ClusterError, RunnerAddress};
 
+use crate::clock::Clock;
+
 /// Runtime configuration of one runner.
 ///
 /// ```
@@ -81,6 +83,12 @@ pub struct ShardingConfig {
     /// whether its execution was cancelled (default 500 ms). Other activities finish and
     /// the execution stops at its next suspension point.
     pub workflow_cancel_poll_interval: Duration,
+    /// Where business time is read (default [`Clock::system`]): due `deliver_at`, cron,
+    /// workflow sleeps, retry and restart backoff, idle eviction. Tests pass a
+    /// [`VirtualClock`](crate::clock::VirtualClock) here (or to the builders' `clock`) to
+    /// move hours of timers in milliseconds. Leases, heartbeats and call deadlines stay on
+    /// real time; see [`crate::clock`].
+    pub clock: Clock,
 }
 
 impl Default for ShardingConfig {
@@ -107,6 +115,7 @@ impl Default for ShardingConfig {
             shutdown_timeout: Duration::from_secs(10),
             workflow_max_failed_attempts: 5,
             workflow_cancel_poll_interval: Duration::from_millis(500),
+            clock: Clock::system(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! * [`sharding_impl::ShardingImpl`]: a runner of a multi-runner cluster.
 //! * [`testing::MemoryCluster`]: several runners in one process, for tests.
 //! * [`singleton`], [`cron`]: cluster-wide unique tasks and distributed cron.
+//! * [`clock`]: where business time is read; [`clock::VirtualClock`] moves it in tests.
 //! * [`prelude`]: what entity and workflow code needs, including the macros.
 //! * `admin` (feature `admin`): the operator HTTP API, Prometheus metrics, health checks
 //!   and web console; [`inspection`]: what a runner reports about itself.
@@ -14,6 +15,7 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod cron;
 pub mod inspection;

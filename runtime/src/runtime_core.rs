@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
-use chrono::Utc;
 use cruster_message_storage::{AttemptFailure, FailedAttempt, MessageStorage};
 use cruster_sharding::Sharding;
 use cruster_types::{ClusterError, Reply, ReplyWithExit, Snowflake, SnowflakeGenerator};
@@ -162,7 +161,9 @@ impl RuntimeCore {
         // At most a year, so an absurd configured cap stays a storable instant.
         let year = chrono::Duration::days(365);
         let wait = self.config.storage_retry_backoff(attempt);
-        let retry_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(year).min(year);
+        let retry_at =
+            self.config.clock.now() + chrono::Duration::from_std(wait).unwrap_or(year).min(year);
+        self.config.clock.due_at(retry_at);
         let failure = AttemptFailure {
             reason,
             max_attempts: self.config.storage_message_max_retries,

@@ -31,6 +31,8 @@ use cruster_storage_memory::{
 use cruster_types::{ClusterError, RunnerAddress};
 use parking_lot::Mutex;
 
+use crate::clock::Clock;
+pub use crate::clock::VirtualClock;
 use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
 use crate::sharding_impl::ShardingImpl;
@@ -73,6 +75,7 @@ impl MemoryCluster {
                 shutdown_timeout: Duration::from_secs(2),
                 ..Default::default()
             },
+            clock: None,
             setup: Arc::new(|_| Box::pin(async { Ok(()) })),
         }
     }
@@ -256,6 +259,7 @@ impl MemoryCluster {
 pub struct MemoryClusterBuilder {
     runners: usize,
     config: ShardingConfig,
+    clock: Option<Clock>,
     setup: SetupFn,
 }
 
@@ -269,6 +273,13 @@ impl MemoryClusterBuilder {
     /// The configuration every runner uses (its `runner_address` is replaced per runner).
     pub fn config(mut self, config: ShardingConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The clock every runner reads business time from (default: the configuration's).
+    /// One [`VirtualClock`] shared by all runners moves the whole cluster's timers.
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = Some(clock.into());
         self
     }
 
@@ -288,8 +299,12 @@ impl MemoryClusterBuilder {
     /// # Errors
     /// Errors of the setup callback or of starting a runner.
     pub async fn build(self) -> Result<MemoryCluster, ClusterError> {
+        let mut config = self.config;
+        if let Some(clock) = self.clock {
+            config.clock = clock;
+        }
         let cluster = MemoryCluster {
-            config: self.config,
+            config,
             network: InProcessNetwork::new(),
             message_storage: Arc::new(MemoryMessageStorage::new()),
             workflow_storage: Arc::new(MemoryWorkflowStorage::new()),

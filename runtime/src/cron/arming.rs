@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use cruster_sharding::{EntityClient, SingletonContext};
 use cruster_types::ClusterError;
 
@@ -59,7 +58,8 @@ pub(crate) async fn arm_until_cancelled(
 }
 
 async fn arm_once(spec: &CronSpec, client: &EntityClient) -> Result<(), ClusterError> {
-    match spec.policy.arm(&spec.schedule, Utc::now()) {
+    let now = crate::clock::clock_of(client.sharding().as_ref()).now();
+    match spec.policy.arm(&spec.schedule, now) {
         Some(next) => {
             save_run_with_retries(client, next).await?;
             tracing::debug!(cron = %spec.name, next = %next, "cron armed");
@@ -73,7 +73,7 @@ async fn arm_once(spec: &CronSpec, client: &EntityClient) -> Result<(), ClusterE
 mod tests {
     use std::sync::atomic::AtomicBool;
 
-    use chrono::TimeDelta;
+    use chrono::{TimeDelta, Utc};
     use tokio_util::sync::CancellationToken;
 
     use super::super::cron_entity::{run_dedupe_key, CronRun};

@@ -166,7 +166,8 @@ impl CronEntityHandler {
             outcome = tracing::field::Empty,
         );
         async {
-            let plan = spec.policy.plan(&spec.schedule, scheduled_time, Utc::now());
+            let now = crate::clock::clock_of(self.client.sharding().as_ref()).now();
+            let plan = spec.policy.plan(&spec.schedule, scheduled_time, now);
 
             // The next run is saved before the handler starts, so a handler that hangs,
             // panics or takes its runner down with it cannot break the chain.

@@ -111,6 +111,14 @@ impl InFlight {
         self.entries.contains_key(&request_id)
     }
 
+    /// How many requests are in flight (entered and not completed).
+    pub(crate) fn active(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|entry| entry.completed_at.is_none())
+            .count()
+    }
+
     /// Drops completed entries older than `poll_started` (no later poll can return them).
     pub(crate) fn prune_completed_before(&self, poll_started: Instant) {
         self.entries

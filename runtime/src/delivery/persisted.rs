@@ -13,7 +13,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use cruster_message_storage::SaveResult;
 use cruster_types::{ClusterError, EntityType, EnvelopeRequest, Reply, ReplyWithExit, Snowflake};
 use parking_lot::Mutex;
@@ -81,7 +80,7 @@ impl PersistedDelivery {
             SaveOutcome::New => {}
         }
         let request_id = envelope.request_id;
-        if !envelope.is_due(Utc::now()) {
+        if !self.is_due(&envelope) {
             return self.join_reply(request_id).await;
         }
         match self.deliver_now(envelope, true).await {
@@ -93,11 +92,22 @@ impl PersistedDelivery {
     /// `notify_persisted` / `notify_at`: saves and delivers; `Ok` once stored.
     pub(crate) async fn notify(&self, envelope: EnvelopeRequest) -> Result<(), ClusterError> {
         if let SaveOutcome::New = self.save(&envelope).await? {
-            if envelope.is_due(Utc::now()) {
+            if self.is_due(&envelope) {
                 let _ = self.deliver_now(envelope, false).await;
             }
         }
         Ok(())
+    }
+
+    /// Whether a stored request is due now (on the runner's clock). One that is not is
+    /// left to the storage poll; the clock is told when it becomes due.
+    fn is_due(&self, envelope: &EnvelopeRequest) -> bool {
+        let clock = &self.core.config.clock;
+        let due = envelope.is_due(clock.now());
+        if let (false, Some(at)) = (due, envelope.deliver_at) {
+            clock.due_at(at);
+        }
+        due
     }
 
     /// Delivers a stored request at once. `Some(reply)` when its final reply was stored

@@ -28,7 +28,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use cruster_message_storage::{AttemptStart, PollQuery, StoredRequest};
 use cruster_types::{ClusterError, EntityAddress, EntityId, EntityType, Snowflake};
 use parking_lot::Mutex;
@@ -91,10 +90,19 @@ impl StoragePoller {
     /// of handlers the drain stopped.
     pub(crate) async fn run(self) {
         let interval = self.core.config.storage_poll_interval;
+        // The poll keeps its real cadence and also runs whenever a virtual clock moves; the
+        // clock waits until the deliveries it handed over have finished.
+        let in_flight_core = self.core.clone();
+        let mut clock_ticks = self
+            .core
+            .config
+            .clock
+            .ticks(Some(Arc::new(move || in_flight_core.in_flight.active())));
         // Give a freshly started runner one interval to register its entity types.
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = self.wake.notified() => {}
+            _ = clock_ticks.next() => {}
             _ = self.core.stopping.cancelled() => return,
         }
         loop {
@@ -104,9 +112,11 @@ impl StoragePoller {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.wake.notified() => {}
+                _ = clock_ticks.next() => {}
                 _ = self.core.stopping.cancelled() => break,
             }
         }
+        drop(clock_ticks);
         loop {
             self.give_back_attempts().await;
             tokio::select! {
@@ -155,7 +165,7 @@ impl StoragePoller {
             (state.cursor, state.saturated.clone())
         };
         let limit = self.core.config.storage_poll_batch_size;
-        let query = PollQuery::new(&shards, Utc::now(), limit)
+        let query = PollQuery::new(&shards, self.core.config.clock.now(), limit)
             .after(after)
             .skipping(&skipped);
         let result = storage.poll_unprocessed(&query).await;

@@ -86,7 +86,7 @@ impl EntityManager {
                 .concurrency
                 .unwrap_or(config.entity_max_concurrent_requests),
             active_gauge: core.metrics.active_entities.with_label_values(&label),
-            epoch: Instant::now(),
+            epoch: core.config.clock.instant(),
         });
         Ok(Arc::new(EntityManager {
             mailbox_gauge: core.metrics.mailbox_depth.with_label_values(&label),

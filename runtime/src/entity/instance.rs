@@ -142,7 +142,8 @@ impl Instance {
 impl InstanceRuntime {
     /// Milliseconds since this entity type was registered (the clock of idle times).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        let now = self.core.config.clock.instant();
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// The instance's task: starts the handler, reads the mailbox until stopped, refuses

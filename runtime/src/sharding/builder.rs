@@ -9,6 +9,7 @@ use cruster_transport::Runners;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{WorkflowEngine, WorkflowStorage};
 
+use crate::clock::Clock;
 use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
 use crate::sharding::assignment::RendezvousAssignment;
@@ -31,6 +32,7 @@ use crate::sharding::sharding_impl::ShardingImpl;
 #[derive(Default)]
 pub struct ShardingImplBuilder {
     config: Option<ShardingConfig>,
+    clock: Option<Clock>,
     runners: Option<Arc<dyn Runners>>,
     runner_storage: Option<Arc<dyn RunnerStorage>>,
     runner_health: Option<Arc<dyn RunnerHealth>>,
@@ -52,6 +54,13 @@ impl ShardingImplBuilder {
     /// The configuration (default `ShardingConfig::default()`).
     pub fn config(mut self, config: ShardingConfig) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// The clock business time is read from (default: the configuration's, which is the
+    /// system clock unless set). Pass a [`VirtualClock`](crate::clock::VirtualClock) in tests.
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = Some(clock.into());
         self
     }
 
@@ -134,8 +143,12 @@ impl ShardingImplBuilder {
             field: "runners".into(),
             reason: "a ShardingImpl needs a transport: call .runners(..) or .memory()".into(),
         })?;
+        let mut config = self.config.unwrap_or_default();
+        if let Some(clock) = self.clock {
+            config.clock = clock;
+        }
         ShardingImpl::with_assignment(
-            Arc::new(self.config.unwrap_or_default()),
+            Arc::new(config),
             runners,
             self.runner_storage,
             self.runner_health,

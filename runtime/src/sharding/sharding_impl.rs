@@ -240,11 +240,14 @@ impl ShardingImpl {
 
     fn spawn_reaper(&self, manager: Arc<EntityManager>) {
         let stopping = self.core.stopping.clone();
+        // Real cadence, and at once whenever a virtual clock moves.
+        let mut clock_ticks = self.core.config.clock.ticks(None);
         self.core.spawn(async move {
             let interval = manager.reap_interval();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => { manager.evict_idle(); }
+                    _ = clock_ticks.next() => { manager.evict_idle(); }
                     _ = stopping.cancelled() => return,
                 }
             }
@@ -298,6 +301,11 @@ impl ShardingImpl {
     /// This runner's configuration.
     pub fn config(&self) -> &Arc<ShardingConfig> {
         &self.core.config
+    }
+
+    /// The clock this runner reads business time from (`ShardingConfig::clock`).
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.core.config.clock
     }
 
     /// This runner's metrics.

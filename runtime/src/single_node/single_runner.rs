@@ -56,6 +56,7 @@ use cruster_storage_memory::InProcessNetwork;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{WorkflowEngine, WorkflowStorage};
 
+use crate::clock::Clock;
 use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
 use crate::sharding_impl::ShardingImpl;
@@ -119,6 +120,7 @@ impl SingleRunner {
 #[derive(Default)]
 pub struct SingleRunnerBuilder {
     config: Option<ShardingConfig>,
+    clock: Option<Clock>,
     message_storage: Option<Arc<dyn MessageStorage>>,
     workflow_storage: Option<Arc<dyn WorkflowStorage>>,
     workflow_engine: Option<Arc<dyn WorkflowEngine>>,
@@ -172,6 +174,14 @@ impl SingleRunnerBuilder {
         self
     }
 
+    /// The clock business time is read from (default: the configuration's, which is the
+    /// system clock unless set). Pass a [`VirtualClock`](crate::clock::VirtualClock) to
+    /// test timers, cron and backoff in milliseconds; see the README's testing section.
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = Some(clock.into());
+        self
+    }
+
     /// Sets the configuration (default: `ShardingConfig::default()`).
     pub fn config(mut self, config: ShardingConfig) -> Self {
         self.config = Some(config);
@@ -212,7 +222,11 @@ impl SingleRunnerBuilder {
     // Without the SQL features the error paths below are plain `?`s.
     #[allow(unused_mut, clippy::question_mark)]
     pub async fn build(mut self) -> Result<SingleRunner, ClusterError> {
-        let config = Arc::new(self.config.take().unwrap_or_default());
+        let mut config = self.config.take().unwrap_or_default();
+        if let Some(clock) = self.clock.take() {
+            config.clock = clock;
+        }
+        let config = Arc::new(config);
         config.validate()?;
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
         let mut lease = match self.sql.take() {

@@ -221,7 +221,7 @@ async fn run_with_restarts(
             "singleton failed; restarting after backoff"
         );
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = core.config.clock.sleep(backoff) => {}
             _ = stop.cancelled() => return,
         }
     }

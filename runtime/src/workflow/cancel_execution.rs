@@ -6,7 +6,6 @@
 //! backoff, a parked one) sees it at once; a running one finds it at its next suspension
 //! point.
 
-use chrono::Utc;
 use cruster_sharding::Sharding;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::WorkflowEngine;
@@ -36,7 +35,7 @@ pub(crate) async fn cancel_by_id(
         return Err(not_found());
     }
     let record = engine
-        .request_cancellation(execution_id, Utc::now())
+        .request_cancellation(execution_id, crate::clock::clock_of(sharding).now())
         .await?
         .ok_or_else(not_found)?;
     match record.cancel_requested_at {

@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use super::activity_tx::ActivityTx;
 use super::cancellation::{CancelWatch, OnCancel};
 use super::run_fault::{panic_message, RunFault};
+use crate::clock::Clock;
 use crate::metrics::ClusterMetrics;
 
 /// How a failed activity is retried.
@@ -175,6 +176,8 @@ pub(crate) struct ContextInner {
     pub(crate) engine: Arc<dyn WorkflowEngine>,
     pub(crate) sharding: Arc<dyn Sharding>,
     pub(crate) metrics: Arc<ClusterMetrics>,
+    /// Where the run reads time (journal instants, sleeps, retry backoff).
+    clock: Clock,
     journal: Vec<JournalEntry>,
     next_sequence: AtomicU32,
     next_sleep: AtomicU32,
@@ -221,6 +224,7 @@ impl WorkflowContext {
         metrics: Arc<ClusterMetrics>,
         mut journal: Vec<JournalEntry>,
         cancel: CancelWatch,
+        clock: Clock,
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
         WorkflowContext {
@@ -232,6 +236,7 @@ impl WorkflowContext {
                 engine,
                 sharding,
                 metrics,
+                clock,
                 journal,
                 next_sequence: AtomicU32::new(0),
                 next_sleep: AtomicU32::new(0),
@@ -386,7 +391,7 @@ impl WorkflowContext {
             key,
             result,
             attempts,
-            recorded_at: Utc::now(),
+            recorded_at: self.inner.clock.now(),
         };
         let transaction = self
             .inner
@@ -478,7 +483,7 @@ impl WorkflowContext {
                         key: key.clone(),
                         result: ExitResult::Success(wire::encode(&value)?),
                         attempts: attempt,
-                        recorded_at: Utc::now(),
+                        recorded_at: self.inner.clock.now(),
                     };
                     let transaction = tx
                         .take_for_commit()
@@ -508,7 +513,7 @@ impl WorkflowContext {
                     }
                     if attempt <= options.retries {
                         tracing::debug!(activity = name, attempt, %err, "activity failed; retrying");
-                        tokio::time::sleep(options.delay_after(attempt)).await;
+                        self.inner.clock.sleep(options.delay_after(attempt)).await;
                         continue;
                     }
                     return match self
@@ -728,7 +733,7 @@ impl WorkflowContext {
                 }
             }
         }
-        let now = Utc::now();
+        let now = self.inner.clock.now();
         let timer = match stored {
             Some(timer) => timer,
             None => {
@@ -763,7 +768,7 @@ impl WorkflowContext {
         if timer.completed {
             return Ok(());
         }
-        if timer.fire_at <= Utc::now() {
+        if timer.fire_at <= self.inner.clock.now() {
             self.inner
                 .engine
                 .complete_timer(exec, &timer_key)

@@ -6,7 +6,6 @@
 //! record keeps the attempts and the last error. Resuming clears the count and wakes the
 //! execution, which replays its journal and goes on where it stopped.
 
-use chrono::Utc;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{ExecutionFilter, ExecutionRecord, ExecutionStatus};
 
@@ -75,7 +74,7 @@ pub async fn resume_parked_execution(
     record.result = None;
     record.attempts = 0;
     record.last_error = None;
-    record.updated_at = Utc::now();
+    record.updated_at = sharding.clock().now();
     engine.upsert_execution(&record).await?;
     let address = execution_address(sharding, &record.workflow, execution_id);
     send_resume(sharding, address, None, None).await?;

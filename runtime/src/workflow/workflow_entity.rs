@@ -96,7 +96,7 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
     ) -> Result<(), ClusterError> {
         record.status = status;
         record.result = result;
-        record.updated_at = Utc::now();
+        record.updated_at = self.config.clock.now();
         self.engine.upsert_execution(record).await
     }
 
@@ -152,7 +152,10 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         let backoff =
             chrono::Duration::from_std(self.config.storage_retry_backoff(record.attempts))
                 .unwrap_or(chrono::Duration::MAX);
-        let retry_at = Utc::now()
+        let retry_at = self
+            .config
+            .clock
+            .now()
             .checked_add_signed(backoff)
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
         self.save(
@@ -197,9 +200,12 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             Some(record) => record,
             // Saved below, with its first attempt counted.
             None => match start {
-                Some(request) => {
-                    ExecutionRecord::new(exec.clone(), Self::workflow_name(), request, Utc::now())
-                }
+                Some(request) => ExecutionRecord::new(
+                    exec.clone(),
+                    Self::workflow_name(),
+                    request,
+                    self.config.clock.now(),
+                ),
                 None => {
                     tracing::warn!(execution_id = %exec, "wake-up for an unknown execution ignored");
                     return wire::encode(&WorkflowReply::Suspended);
@@ -275,6 +281,7 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                 exec.clone(),
                 self.config.workflow_cancel_poll_interval,
             ),
+            self.config.clock.clone(),
         );
         let body = AssertUnwindSafe(self.body.clone().execute(ctx.clone(), request)).catch_unwind();
         let outcome = tokio::select! {
