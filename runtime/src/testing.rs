@@ -1,5 +1,6 @@
-//! [`MemoryCluster`]: several runners in one process, over shared memory storage and the
-//! in-process transport, for tests of multi-runner behaviour.
+//! Test support: [`MemoryCluster`] (several runners in one process, over shared memory
+//! storage and the in-process transport, for tests of multi-runner behaviour) and
+//! [`VirtualClock`] (business time that moves only when the test says so).
 //!
 //! ```
 //! use cruster::prelude::*;
@@ -18,6 +19,50 @@
 //! cluster.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Testing with a virtual clock
+//!
+//! Build a runner (or a whole `MemoryCluster`) with a [`VirtualClock`]; then
+//! [`VirtualClock::advance`] fires everything due on the way — workflow sleeps,
+//! `send_at`/`notify_at`, cron runs, activity and singleton retry backoff, redelivery
+//! backoff, idle eviction — in order of its instant, and returns once the work each one
+//! caused has settled. A day of timers takes milliseconds:
+//!
+//! ```
+//! use std::time::Duration;
+//! use chrono::TimeZone;
+//! use cruster::cron::{ClusterCron, CronSchedule};
+//! use cruster::prelude::*;
+//! use cruster::testing::VirtualClock;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), ClusterError> {
+//! let start = chrono::Utc.with_ymd_and_hms(2030, 1, 1, 0, 30, 0).unwrap();
+//! let clock = VirtualClock::starting_at(start);
+//! let runner = SingleRunner::builder().clock(clock.clone()).build().await?;
+//!
+//! let runs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+//! let seen = runs.clone();
+//! ClusterCron::new("hourly", CronSchedule::parse("0 0 * * * *")?, move |scheduled| {
+//!     seen.lock().unwrap().push(scheduled);
+//!     Box::pin(async { Ok(()) })
+//! })
+//! .register(runner.sharding().as_ref())
+//! .await?;
+//! // Wait (in real time) until the cron has armed its first run, then move a day ahead.
+//! let first = chrono::Utc.with_ymd_and_hms(2030, 1, 1, 1, 0, 0).unwrap();
+//! while !clock.timers().contains(&first) {
+//!     tokio::time::sleep(Duration::from_millis(5)).await;
+//! }
+//! clock.advance(Duration::from_secs(24 * 3600)).await;
+//! assert_eq!(runs.lock().unwrap().len(), 24); // 01:00 on the first day .. 00:00 on the next
+//! runner.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Leases, membership heartbeats, call deadlines and the poll's own cadence stay on real
+//! time (see [`crate::clock`]): a virtual clock changes when business events are due,
+//! never whether a runner looks alive.
 
 use std::future::Future;
 use std::pin::Pin;

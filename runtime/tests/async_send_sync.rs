@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use cruster::clock::Clock;
 use cruster::prelude::*;
-use cruster::testing::MemoryCluster;
+use cruster::testing::{MemoryCluster, VirtualClock};
 use cruster::types::{EntityId, Snowflake};
 
 fn send_sync<T: Send + Sync>(_: &T) {}
@@ -19,6 +20,8 @@ fn handles_are_send_and_sync(
     metrics: ClusterMetrics,
     config: ShardingConfig,
     error: ClusterError,
+    clock: Clock,
+    virtual_clock: VirtualClock,
 ) {
     send_sync(&sharding);
     send_sync(&client);
@@ -27,6 +30,15 @@ fn handles_are_send_and_sync(
     send_sync(&metrics);
     send_sync(&config);
     send_sync(&error);
+    send_sync(&clock);
+    send_sync(&virtual_clock);
+}
+
+fn clock_futures_are_send(clock: Clock, virtual_clock: VirtualClock) {
+    send(&clock.sleep(std::time::Duration::from_secs(1)));
+    send(&clock.sleep_until(chrono::Utc::now()));
+    send(&virtual_clock.advance(std::time::Duration::from_secs(1)));
+    send(&virtual_clock.advance_to(chrono::Utc::now()));
 }
 
 async fn futures_are_send(sharding: Arc<ShardingImpl>, client: EntityClient, runner: SingleRunner) {
@@ -54,4 +66,5 @@ fn the_pins_compile() {
     // The checks above are compile-time; this test exists so the file is built and run.
     let _ = handles_are_send_and_sync;
     let _ = futures_are_send;
+    let _ = clock_futures_are_send;
 }

@@ -4,13 +4,15 @@
 //! **Business time** goes through the clock: the instant a persisted message is due
 //! (`send_at`, `notify_at`, cron runs, workflow sleep wake-ups, workflow retry backoff,
 //! redelivery backoff after a failure), the instants journaled and stored by workflows
-//! and cron, the wait of activity retry backoff, of singleton restart backoff and of
-//! routing retries, and the idle time that evicts entity instances.
+//! and cron, the wait of activity retry backoff and of singleton restart backoff, and the
+//! idle time that evicts entity instances.
 //!
 //! **Infrastructure time stays real**, by design: shard-lock leases and their renewals,
 //! runner membership heartbeats and health checks, transport and storage call deadlines,
-//! `shutdown_timeout`, and the cadence of the storage poll and of the idle-instance
-//! reaper. These guard against real failures (a runner that stops answering must lose its
+//! `shutdown_timeout`, routing retries during a rebalance, the instants of the shard-move
+//! log, the waits of callers polling storage for a reply, and the cadence of the storage
+//! poll and of the idle-instance reaper. Storage backends stamp their own bookkeeping
+//! instants (when a message was dead-lettered). These guard against real failures (a runner that stops answering must lose its
 //! shards in real seconds, whatever a test's clock says). The poll and the reaper keep
 //! their real cadence but read due-ness through the clock, and a virtual clock also wakes
 //! them at each instant it moves to, so what became due runs at once.
@@ -155,15 +157,4 @@ impl fmt::Debug for Clock {
             Source::Virtual(clock) => write!(f, "Clock::Virtual({})", clock.now()),
         }
     }
-}
-
-/// The clock of the runner behind `sharding`: its configured clock when it is a
-/// [`ShardingImpl`](crate::sharding_impl::ShardingImpl), the system clock otherwise (test
-/// doubles of `Sharding`).
-pub(crate) fn clock_of(sharding: &dyn cruster_sharding::Sharding) -> Clock {
-    sharding
-        .as_any()
-        .downcast_ref::<crate::sharding_impl::ShardingImpl>()
-        .map(|runner| runner.clock().clone())
-        .unwrap_or_default()
 }

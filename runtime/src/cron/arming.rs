@@ -58,7 +58,7 @@ pub(crate) async fn arm_until_cancelled(
 }
 
 async fn arm_once(spec: &CronSpec, client: &EntityClient) -> Result<(), ClusterError> {
-    let now = crate::clock::clock_of(client.sharding().as_ref()).now();
+    let now = crate::sharding_impl::clock_of(client.sharding().as_ref()).now();
     match spec.policy.arm(&spec.schedule, now) {
         Some(next) => {
             save_run_with_retries(client, next).await?;

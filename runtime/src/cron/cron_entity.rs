@@ -166,7 +166,7 @@ impl CronEntityHandler {
             outcome = tracing::field::Empty,
         );
         async {
-            let now = crate::clock::clock_of(self.client.sharding().as_ref()).now();
+            let now = crate::sharding_impl::clock_of(self.client.sharding().as_ref()).now();
             let plan = spec.policy.plan(&spec.schedule, scheduled_time, now);
 
             // The next run is saved before the handler starts, so a handler that hangs,

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::config::ShardingConfig;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::inbound::Inbound;
@@ -304,7 +305,7 @@ impl ShardingImpl {
     }
 
     /// The clock this runner reads business time from (`ShardingConfig::clock`).
-    pub fn clock(&self) -> &crate::clock::Clock {
+    pub fn clock(&self) -> &Clock {
         &self.core.config.clock
     }
 
@@ -666,4 +667,14 @@ fn persisted_stream_refused(envelope: &EnvelopeRequest) -> ClusterError {
                   stream its stored result"
             .into(),
     }
+}
+
+/// The clock of the runner behind `sharding`: its configured clock when it is a
+/// [`ShardingImpl`], the system clock otherwise (test doubles of `Sharding`).
+pub(crate) fn clock_of(sharding: &dyn Sharding) -> Clock {
+    sharding
+        .as_any()
+        .downcast_ref::<ShardingImpl>()
+        .map(|runner| runner.clock().clone())
+        .unwrap_or_default()
 }

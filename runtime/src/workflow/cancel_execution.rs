@@ -35,7 +35,7 @@ pub(crate) async fn cancel_by_id(
         return Err(not_found());
     }
     let record = engine
-        .request_cancellation(execution_id, crate::clock::clock_of(sharding).now())
+        .request_cancellation(execution_id, crate::sharding_impl::clock_of(sharding).now())
         .await?
         .ok_or_else(not_found)?;
     match record.cancel_requested_at {
