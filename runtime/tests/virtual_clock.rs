@@ -412,3 +412,79 @@ async fn idle_entities_are_evicted_when_the_virtual_clock_passes_their_idle_time
     assert_eq!(active(), 0, "not evicted after 11 idle minutes");
     runner.shutdown().await.unwrap();
 }
+
+#[entity]
+#[derive(Clone)]
+struct Ledger {
+    events: Events,
+    attempts: Arc<AtomicU32>,
+}
+
+#[entity_impl]
+impl Ledger {
+    /// Its storage fails on the first attempt: the message is redelivered after the
+    /// redelivery backoff (`storage_retry_backoff_base`).
+    #[rpc(persisted)]
+    pub async fn post(&self, entry: String) -> Result<(), ClusterError> {
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        self.events
+            .record(format!("post {entry} attempt {attempt}"));
+        if attempt == 1 {
+            return Err(ClusterError::PersistenceError {
+                reason: "the ledger database is restarting".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_persisted_delivery_is_redelivered_when_the_virtual_clock_passes_its_backoff() {
+    let clock = VirtualClock::starting_at(start());
+    let events = Events::new(&clock);
+    let runner = SingleRunner::builder()
+        .clock(clock.clone())
+        .config(ShardingConfig {
+            storage_retry_backoff_base: Duration::from_secs(600),
+            storage_retry_backoff_max: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let ledger = Ledger {
+        events: events.clone(),
+        attempts: attempts.clone(),
+    }
+    .register(runner.sharding().clone())
+    .await
+    .unwrap();
+    let t0 = start();
+    ledger
+        .entity_client()
+        .notify_persisted(&EntityId::new("l-1"), "post", &"rent".to_string())
+        .await
+        .unwrap();
+    let retry_at = t0 + TimeDelta::minutes(10);
+    wait_until("the failed first attempt and its retry instant", || {
+        clock.timers().contains(&retry_at)
+    })
+    .await;
+    clock.advance(Duration::from_secs(9 * 60)).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "redelivered before its backoff"
+    );
+    clock.advance(Duration::from_secs(60)).await;
+    assert_eq!(
+        events.all(),
+        [
+            ("post rent attempt 1".to_string(), t0),
+            ("post rent attempt 2".to_string(), retry_at)
+        ]
+    );
+    runner.shutdown().await.unwrap();
+}
