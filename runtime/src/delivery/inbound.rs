@@ -111,6 +111,6 @@ impl Inbound {
             .replies_pushed
             .with_label_values(&["received"])
             .inc();
-        self.core.waiters.complete(reply);
+        self.core.waiters.reply_stored(reply);
     }
 }

@@ -2,11 +2,10 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cruster_sharding::{EntityClient, IntoSharding, Sharding};
 use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
-use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
+use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine};
 
 use super::cancel_execution::cancel_by_id;
 use super::cancellation::CancelOutcome;
@@ -70,6 +69,23 @@ fn engine_of(sharding: &Arc<dyn Sharding>) -> Result<Arc<dyn WorkflowEngine>, Cl
         .downcast_ref::<ShardingImpl>()
         .and_then(|s| s.workflow_engine().cloned())
         .ok_or_else(|| missing_part("workflows", "workflow engine storage"))
+}
+
+/// The result of an execution as its record tells it: `None` while it has not stopped.
+fn result_of<W: WorkflowDefinition>(
+    record: &ExecutionRecord,
+) -> Result<Option<W::Response>, ClusterError> {
+    match (&record.status, &record.result) {
+        (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
+            wire::decode(bytes).map(Some)
+        }
+        (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.clone().into()),
+        (ExecutionStatus::Cancelled, _) => Err(ClusterError::WorkflowCancelled {
+            execution_id: record.execution_id.clone(),
+        }),
+        (ExecutionStatus::Parked, _) => Err(parked_error(record)),
+        _ => Ok(None),
+    }
 }
 
 impl<W: WorkflowDefinition> WorkflowClient<W> {
@@ -144,19 +160,9 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// `WorkflowParked` while it is parked; `MalformedMessage` if the result does not decode.
     pub async fn poll(&self, execution_id: &str) -> Result<Option<W::Response>, ClusterError> {
         let engine = engine_of(self.entity.sharding())?;
-        let Some(record) = engine.execution(execution_id).await? else {
-            return Ok(None);
-        };
-        match (&record.status, &record.result) {
-            (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
-                wire::decode(bytes).map(Some)
-            }
-            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.clone().into()),
-            (ExecutionStatus::Cancelled, _) => Err(ClusterError::WorkflowCancelled {
-                execution_id: record.execution_id,
-            }),
-            (ExecutionStatus::Parked, _) => Err(parked_error(&record)),
-            _ => Ok(None),
+        match engine.execution(execution_id).await? {
+            Some(record) => result_of::<W>(&record),
+            None => Ok(None),
         }
     }
 
@@ -193,16 +199,39 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
 
     /// Waits for the result of an execution (or until it is cancelled or parked).
     ///
+    /// The execution is read once when the wait begins. Afterwards the caller is woken when
+    /// the execution stops on this runner, or by this runner's fallback check, which reads
+    /// the executions of all its waiting callers in one batched read every
+    /// `waiter_fallback_interval` (the wait for an execution that stops on another runner;
+    /// see the README, "Waiting costs"). A waiting caller costs no reads of its own: an
+    /// execution that sleeps an hour costs nothing per caller while it sleeps.
+    ///
     /// # Errors
-    /// As [`WorkflowClient::poll`].
+    /// As [`WorkflowClient::poll`]; `ShuttingDown` when this runner stops meanwhile.
     pub async fn join(&self, execution_id: &str) -> Result<W::Response, ClusterError> {
-        let mut wait = Duration::from_millis(2);
+        let runner = self
+            .entity
+            .sharding()
+            .as_any()
+            .downcast_ref::<ShardingImpl>()
+            .ok_or_else(|| missing_part("workflows", "cruster runtime"))?;
+        let core = runner.core().clone();
+        let mut waiter = core.execution_waiters.wait(execution_id.to_string());
+        if let Some(result) = self.poll(execution_id).await? {
+            return Ok(result);
+        }
         loop {
-            if let Some(result) = self.poll(execution_id).await? {
-                return Ok(result);
+            tokio::select! {
+                stopped = &mut waiter.rx => {
+                    if let Ok(record) = stopped {
+                        if let Some(result) = result_of::<W>(&record)? {
+                            return Ok(result);
+                        }
+                    }
+                    waiter = core.execution_waiters.wait(execution_id.to_string());
+                }
+                _ = core.killed.cancelled() => return Err(ClusterError::ShuttingDown),
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -246,6 +275,7 @@ pub async fn register_workflow<B: WorkflowBody>(
     }
     let metrics = runner.metrics().clone();
     let config = runner.config().clone();
+    let stopped = runner.core().execution_waiters.clone();
     sharding
         .register_entity(Arc::new(WorkflowEntity {
             body: Arc::new(body),
@@ -253,6 +283,7 @@ pub async fn register_workflow<B: WorkflowBody>(
             engine,
             metrics,
             config,
+            stopped,
         }))
         .await?;
     Ok(WorkflowClient::from_sharding(sharding))

@@ -28,6 +28,7 @@ use super::context::WorkflowContext;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::run_fault::panic_message;
 use crate::config::ShardingConfig;
+use crate::delivery::waiter_registry::ExecutionWaiters;
 use crate::metrics::ClusterMetrics;
 
 pub(crate) struct WorkflowEntity<B: WorkflowBody> {
@@ -36,6 +37,8 @@ pub(crate) struct WorkflowEntity<B: WorkflowBody> {
     pub(crate) engine: Arc<dyn WorkflowEngine>,
     pub(crate) metrics: Arc<ClusterMetrics>,
     pub(crate) config: Arc<ShardingConfig>,
+    /// The callers waiting on this runner for executions to stop.
+    pub(crate) stopped: Arc<ExecutionWaiters>,
 }
 
 struct WorkflowInstance<B: WorkflowBody> {
@@ -46,6 +49,7 @@ struct WorkflowInstance<B: WorkflowBody> {
     config: Arc<ShardingConfig>,
     address: EntityAddress,
     sharding: Arc<dyn Sharding>,
+    stopped: Arc<ExecutionWaiters>,
 }
 
 #[async_trait]
@@ -70,6 +74,7 @@ impl<B: WorkflowBody> Entity for WorkflowEntity<B> {
             config: self.config.clone(),
             address: ctx.address,
             sharding: ctx.sharding,
+            stopped: self.stopped.clone(),
         }))
     }
 }
@@ -97,7 +102,12 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         record.status = status;
         record.result = result;
         record.updated_at = Utc::now();
-        self.engine.upsert_execution(record).await
+        self.engine.upsert_execution(record).await?;
+        if record.status.is_finished() || record.status == ExecutionStatus::Parked {
+            // Its callers on this runner learn it at once, without reading storage.
+            self.stopped.complete(&record.execution_id, record);
+        }
+        Ok(())
     }
 
     /// Saves an outcome that is progress: the count of attempts without progress restarts.
