@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ShardingConfig;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::reply_push::ReplyPush;
-use crate::delivery::waiter_registry::{ExecutionWaiters, ReplyWaiters};
+use crate::delivery::waiter_registry::{ExecutionWaiters, PushedResultWaiters, ReplyWaiters};
 use crate::metrics::ClusterMetrics;
 use crate::sharding::shard_fences::ShardFences;
 use crate::sharding::shard_moves::ShardMoves;
@@ -37,6 +37,9 @@ pub(crate) struct RuntimeCore {
     pub(crate) waiters: Arc<ReplyWaiters>,
     /// Callers waiting here for workflow executions to stop (finish or park).
     pub(crate) execution_waiters: Arc<ExecutionWaiters>,
+    /// Callers of a workflow's `execute` waiting here for an answer pushed by the runner
+    /// where the execution stops, by `execute` request id.
+    pub(crate) pushed_results: Arc<PushedResultWaiters>,
     /// Pushes stored replies to the runner of their caller (and knows the runners by
     /// machine id).
     pub(crate) reply_push: ReplyPush,

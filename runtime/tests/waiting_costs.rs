@@ -22,7 +22,9 @@ use cruster::ports::workflow_storage::{
 };
 use cruster::prelude::*;
 use cruster::storage::memory::{MemoryMessageStorage, MemoryWorkflowEngine, MemoryWorkflowStorage};
+use cruster::testing::MemoryCluster;
 use cruster::types::{wire, EntityId, EntityType, ExitResult};
+use cruster::workflow::{WorkflowClient, WorkflowDefinition};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -507,4 +509,123 @@ async fn callers_waiting_on_join_reply_cost_no_reads_each() {
     let few = join_reply_reads(10).await;
     let many = join_reply_reads(1_000).await;
     assert_not_more_than_with_few(&many, &few, "persisted replies");
+}
+// ---------------------------------------------------------------------------------------
+// Two runners
+// ---------------------------------------------------------------------------------------
+
+/// The caller waits on one runner while the execution sleeps and finishes on the other;
+/// the fallback check is made too slow to matter (an hour), so the caller can only be
+/// woken by the runner that finishes the execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_on_another_runner_is_woken_when_the_execution_finishes() {
+    let cluster = MemoryCluster::builder()
+        .runners(2)
+        .config(ShardingConfig {
+            shards_per_group: 16,
+            runner_lock_ttl: Duration::from_secs(1),
+            storage_poll_interval: Duration::from_millis(50),
+            shutdown_timeout: Duration::from_secs(2),
+            waiter_fallback_interval: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .setup(|sharding| async move {
+            Napper.register(sharding).await?;
+            Ok(())
+        })
+        .build()
+        .await
+        .unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let caller = cluster.runner(0);
+    let client = WorkflowClient::<Napper>::new(caller.clone());
+    // Executions owned by runner 1, so they run (and finish) there.
+    let remote: Vec<String> = (0..200)
+        .map(|i| format!("remote-{i}"))
+        .filter(|id| {
+            let shard = caller.shard_id(&EntityType::new(Napper::NAME), &EntityId::new(id));
+            cluster.runner(1).owned_shards().contains(&shard)
+        })
+        .take(5)
+        .collect();
+    assert_eq!(remote.len(), 5, "runner 1 owns some of 200 execution ids");
+    let callers: Vec<_> = remote
+        .iter()
+        .map(|id| {
+            let client = client.clone();
+            let nap = Nap {
+                id: id.clone(),
+                millis: 300,
+            };
+            tokio::spawn(async move { (nap.id.clone(), client.execute(&nap).await) })
+        })
+        .collect();
+    for caller in callers {
+        let (id, answer) = tokio::time::timeout(Duration::from_secs(30), caller)
+            .await
+            .expect("the caller on runner 0 is woken within 30 s (no fallback round runs)")
+            .unwrap();
+        assert_eq!(answer.unwrap(), format!("{id} woke up"));
+    }
+    assert_eq!(
+        cluster.runner(0).metrics().waiter_fallback_rounds.get(),
+        0,
+        "no fallback round ran: the caller was woken by the finishing runner"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+/// `join` from a runner that made no `execute` request has no push to wait for: the
+/// runner's fallback check answers it, in one batched read for all its callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_another_runner_is_answered_by_the_fallback_check() {
+    let cluster = MemoryCluster::builder()
+        .runners(2)
+        .config(ShardingConfig {
+            shards_per_group: 16,
+            runner_lock_ttl: Duration::from_secs(1),
+            storage_poll_interval: Duration::from_millis(50),
+            shutdown_timeout: Duration::from_secs(2),
+            waiter_fallback_interval: Duration::from_millis(50),
+            ..Default::default()
+        })
+        .setup(|sharding| async move {
+            Napper.register(sharding).await?;
+            Ok(())
+        })
+        .build()
+        .await
+        .unwrap();
+    cluster
+        .wait_until_balanced(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let joiner = cluster.runner(0);
+    let owner = cluster.runner(1);
+    let id = (0..200)
+        .map(|i| format!("joined-{i}"))
+        .find(|id| {
+            let shard = joiner.shard_id(&EntityType::new(Napper::NAME), &EntityId::new(id));
+            owner.owned_shards().contains(&shard)
+        })
+        .expect("runner 1 owns one of 200 execution ids");
+    // Started from the owner, so no push goes to the joiner's runner.
+    WorkflowClient::<Napper>::new(owner.clone())
+        .start(&Nap {
+            id: id.clone(),
+            millis: 200,
+        })
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        WorkflowClient::<Napper>::new(joiner.clone()).join(&id),
+    )
+    .await
+    .expect("the join on runner 0 is answered within 30 s");
+    assert_eq!(answer.unwrap(), format!("{id} woke up"));
+    cluster.shutdown().await.unwrap();
 }

@@ -35,13 +35,19 @@ pub(crate) type ReplyWaiters = WaiterRegistry<Snowflake, ReplyOutcome>;
 /// with its record.
 pub(crate) type ExecutionWaiters = WaiterRegistry<String, ExecutionRecord>;
 
+/// Callers of a workflow's `execute`, by the request id of their `execute` request, woken by
+/// the final answer another runner pushes when the execution stops there (see
+/// `workflow/result_push.rs`). Each of them waits in [`ExecutionWaiters`] too, which counts
+/// them.
+pub(crate) type PushedResultWaiters = WaiterRegistry<Snowflake, ReplyWithExit>;
+
 type Senders<V> = Vec<(u64, oneshot::Sender<V>)>;
 
 pub(crate) struct WaiterRegistry<K: Eq + Hash, V> {
     waiters: DashMap<K, Senders<V>>,
     next_token: AtomicU64,
-    /// Registered waiters (`cruster_callers_waiting`).
-    gauge: IntGauge,
+    /// Registered waiters (`cruster_callers_waiting`), when this registry is counted.
+    gauge: Option<IntGauge>,
 }
 
 /// A registration; removes itself from the map when dropped.
@@ -60,7 +66,9 @@ impl<K: Eq + Hash + Clone, V> Drop for Waiter<K, V> {
             let removed = before - entry.len();
             let empty = entry.is_empty();
             drop(entry);
-            self.owner.gauge.sub(removed as i64);
+            if let Some(gauge) = &self.owner.gauge {
+                gauge.sub(removed as i64);
+            }
             if empty {
                 self.owner
                     .waiters
@@ -71,8 +79,8 @@ impl<K: Eq + Hash + Clone, V> Drop for Waiter<K, V> {
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> WaiterRegistry<K, V> {
-    /// An empty registry counting its waiters in `gauge`.
-    pub(crate) fn new(gauge: IntGauge) -> Self {
+    /// An empty registry counting its waiters in `gauge` (if any).
+    pub(crate) fn new(gauge: Option<IntGauge>) -> Self {
         WaiterRegistry {
             waiters: DashMap::new(),
             next_token: AtomicU64::new(0),
@@ -88,7 +96,9 @@ impl<K: Eq + Hash + Clone, V: Clone> WaiterRegistry<K, V> {
             .entry(key.clone())
             .or_default()
             .push((token, tx));
-        self.gauge.inc();
+        if let Some(gauge) = &self.gauge {
+            gauge.inc();
+        }
         Waiter {
             owner: self.clone(),
             key,
@@ -100,7 +110,9 @@ impl<K: Eq + Hash + Clone, V: Clone> WaiterRegistry<K, V> {
     /// Wakes every waiter of `key` with `outcome`.
     pub(crate) fn complete(&self, key: &K, outcome: &V) {
         if let Some((_, list)) = self.waiters.remove(key) {
-            self.gauge.sub(list.len() as i64);
+            if let Some(gauge) = &self.gauge {
+                gauge.sub(list.len() as i64);
+            }
             for (_, tx) in list {
                 let _ = tx.send(outcome.clone());
             }
@@ -134,9 +146,9 @@ mod tests {
     use cruster_types::ExitResult;
 
     fn registry() -> Arc<ReplyWaiters> {
-        Arc::new(ReplyWaiters::new(
+        Arc::new(ReplyWaiters::new(Some(
             IntGauge::new("waiting", "waiting").unwrap(),
-        ))
+        )))
     }
 
     #[tokio::test]
@@ -148,7 +160,7 @@ mod tests {
         let c = waiters.wait(Snowflake(2));
         drop(c);
         assert_eq!(waiters.len(), 1);
-        assert_eq!(waiters.gauge.get(), 1);
+        assert_eq!(waiters.gauge.as_ref().unwrap().get(), 1);
         assert_eq!(waiters.keys(), vec![Snowflake(1)]);
         let reply = ReplyWithExit {
             request_id: Snowflake(1),
@@ -158,7 +170,11 @@ mod tests {
         assert_eq!((&mut a.rx).await.unwrap(), ReplyOutcome::Reply(reply));
         assert_eq!(waiters.len(), 0);
         drop(a);
-        assert_eq!(waiters.gauge.get(), 0, "a woken waiter is counted once");
+        assert_eq!(
+            waiters.gauge.as_ref().unwrap().get(),
+            0,
+            "a woken waiter is counted once"
+        );
     }
 
     #[tokio::test]
@@ -175,8 +191,8 @@ mod tests {
             );
         }
         assert_eq!(waiters.keys(), vec![Snowflake(8)]);
-        assert_eq!(waiters.gauge.get(), 1);
+        assert_eq!(waiters.gauge.as_ref().unwrap().get(), 1);
         drop(other);
-        assert_eq!(waiters.gauge.get(), 0);
+        assert_eq!(waiters.gauge.as_ref().unwrap().get(), 0);
     }
 }

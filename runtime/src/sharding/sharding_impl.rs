@@ -35,7 +35,7 @@ use crate::delivery::reply_push::ReplyPush;
 use crate::delivery::router::Router;
 use crate::delivery::storage_poller::StoragePoller;
 use crate::delivery::waiter_fallback::WaiterFallback;
-use crate::delivery::waiter_registry::{ExecutionWaiters, ReplyWaiters};
+use crate::delivery::waiter_registry::{ExecutionWaiters, PushedResultWaiters, ReplyWaiters};
 use crate::entity::entity_manager::EntityManager;
 use crate::entity::registry::EntityRegistry;
 use crate::inspection::{DeliveryProgress, EntityLoad, RunnerView, ShardGroupView, ShardMove};
@@ -149,12 +149,13 @@ impl ShardingImpl {
             let core = Arc::new(RuntimeCore {
                 config: config.clone(),
                 reply_push: ReplyPush::new(runners.clone(), metrics.clone()),
-                waiters: Arc::new(ReplyWaiters::new(
+                waiters: Arc::new(ReplyWaiters::new(Some(
                     metrics.callers_waiting.with_label_values(&["reply"]),
-                )),
-                execution_waiters: Arc::new(ExecutionWaiters::new(
+                ))),
+                execution_waiters: Arc::new(ExecutionWaiters::new(Some(
                     metrics.callers_waiting.with_label_values(&["workflow"]),
-                )),
+                ))),
+                pushed_results: Arc::new(PushedResultWaiters::new(None)),
                 metrics,
                 message_storage,
                 shard_table: table,

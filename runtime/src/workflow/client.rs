@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cruster_sharding::{EntityClient, IntoSharding, Sharding};
-use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
+use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult, Snowflake};
 use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine};
 
 use super::cancel_execution::cancel_by_id;
@@ -13,6 +13,7 @@ use super::client_from_sharding::ClientFromSharding;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
 use super::inspect::missing_part;
+use super::result_push::ResultPush;
 use super::workflow_entity::{parked_error, WorkflowEntity};
 use crate::sharding_impl::ShardingImpl;
 
@@ -69,6 +70,23 @@ fn engine_of(sharding: &Arc<dyn Sharding>) -> Result<Arc<dyn WorkflowEngine>, Cl
         .downcast_ref::<ShardingImpl>()
         .and_then(|s| s.workflow_engine().cloned())
         .ok_or_else(|| missing_part("workflows", "workflow engine storage"))
+}
+
+/// The result an answer of the workflow's hidden entity gives: `None` when the execution
+/// suspended.
+fn answer_of<W: WorkflowDefinition>(
+    execution_id: &str,
+    exit: &ExitResult,
+) -> Result<Option<Result<W::Response, ClusterError>>, ClusterError> {
+    let bytes = exit.clone().into_result()?;
+    Ok(match wire::decode::<WorkflowReply>(&bytes)? {
+        WorkflowReply::Completed(bytes) => Some(wire::decode(&bytes)),
+        WorkflowReply::Suspended => None,
+        WorkflowReply::Failed(err) | WorkflowReply::Parked(err) => Some(Err(err.into())),
+        WorkflowReply::Cancelled => Some(Err(ClusterError::WorkflowCancelled {
+            execution_id: execution_id.to_string(),
+        })),
+    })
 }
 
 /// The result of an execution as its record tells it: `None` while it has not stopped.
@@ -129,15 +147,19 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// The workflow's error; storage errors.
     pub async fn execute(&self, request: &W::Request) -> Result<W::Response, ClusterError> {
         let id = self.execution_id(request)?;
-        let reply: WorkflowReply = self
-            .entity
-            .send_persisted_with_key(&EntityId::new(&id), "execute", request, "execute", false)
-            .await?;
-        match reply {
-            WorkflowReply::Completed(bytes) => wire::decode(&bytes),
-            WorkflowReply::Suspended => self.join(&id).await,
-            WorkflowReply::Failed(err) | WorkflowReply::Parked(err) => Err(err.into()),
-            WorkflowReply::Cancelled => Err(ClusterError::WorkflowCancelled { execution_id: id }),
+        let envelope = self.entity.persisted_envelope_with_key(
+            &EntityId::new(&id),
+            "execute",
+            request,
+            "execute",
+            false,
+        )?;
+        let request_id = envelope.request_id;
+        let reply = self.entity.sharding().send(envelope).await?;
+        match answer_of::<W>(&id, &reply.exit)? {
+            Some(result) => result,
+            // Suspended: the runner where the execution stops answers this request again.
+            None => self.wait(&id, Some(request_id)).await,
         }
     }
 
@@ -209,6 +231,16 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// # Errors
     /// As [`WorkflowClient::poll`]; `ShuttingDown` when this runner stops meanwhile.
     pub async fn join(&self, execution_id: &str) -> Result<W::Response, ClusterError> {
+        self.wait(execution_id, None).await
+    }
+
+    /// Waits for an execution to stop; for the caller of `execute` request `request_id`,
+    /// also for the answer the runner where it stops pushes to this one.
+    async fn wait(
+        &self,
+        execution_id: &str,
+        request_id: Option<Snowflake>,
+    ) -> Result<W::Response, ClusterError> {
         let runner = self
             .entity
             .sharding()
@@ -217,10 +249,17 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
             .ok_or_else(|| missing_part("workflows", "cruster runtime"))?;
         let core = runner.core().clone();
         let mut waiter = core.execution_waiters.wait(execution_id.to_string());
+        let mut pushed = request_id.map(|id| core.pushed_results.wait(id));
         if let Some(result) = self.poll(execution_id).await? {
             return Ok(result);
         }
         loop {
+            let pushed_answer = async {
+                match pushed.as_mut() {
+                    Some(pushed) => (&mut pushed.rx).await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 stopped = &mut waiter.rx => {
                     if let Ok(record) = stopped {
@@ -229,6 +268,14 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
                         }
                     }
                     waiter = core.execution_waiters.wait(execution_id.to_string());
+                }
+                answer = pushed_answer => {
+                    if let Some(answer) = answer {
+                        if let Some(result) = answer_of::<W>(execution_id, &answer.exit)? {
+                            return result;
+                        }
+                    }
+                    pushed = request_id.map(|id| core.pushed_results.wait(id));
                 }
                 _ = core.killed.cancelled() => return Err(ClusterError::ShuttingDown),
             }
@@ -275,7 +322,7 @@ pub async fn register_workflow<B: WorkflowBody>(
     }
     let metrics = runner.metrics().clone();
     let config = runner.config().clone();
-    let stopped = runner.core().execution_waiters.clone();
+    let results = Arc::new(ResultPush::new(runner.core().clone()));
     sharding
         .register_entity(Arc::new(WorkflowEntity {
             body: Arc::new(body),
@@ -283,7 +330,7 @@ pub async fn register_workflow<B: WorkflowBody>(
             engine,
             metrics,
             config,
-            stopped,
+            results,
         }))
         .await?;
     Ok(WorkflowClient::from_sharding(sharding))

@@ -26,9 +26,9 @@ use futures::FutureExt;
 use super::cancellation::CancelWatch;
 use super::context::WorkflowContext;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::result_push::ResultPush;
 use super::run_fault::panic_message;
 use crate::config::ShardingConfig;
-use crate::delivery::waiter_registry::ExecutionWaiters;
 use crate::metrics::ClusterMetrics;
 
 pub(crate) struct WorkflowEntity<B: WorkflowBody> {
@@ -37,8 +37,8 @@ pub(crate) struct WorkflowEntity<B: WorkflowBody> {
     pub(crate) engine: Arc<dyn WorkflowEngine>,
     pub(crate) metrics: Arc<ClusterMetrics>,
     pub(crate) config: Arc<ShardingConfig>,
-    /// The callers waiting on this runner for executions to stop.
-    pub(crate) stopped: Arc<ExecutionWaiters>,
+    /// Tells the callers of executions that stopped here.
+    pub(crate) results: Arc<ResultPush>,
 }
 
 struct WorkflowInstance<B: WorkflowBody> {
@@ -49,7 +49,7 @@ struct WorkflowInstance<B: WorkflowBody> {
     config: Arc<ShardingConfig>,
     address: EntityAddress,
     sharding: Arc<dyn Sharding>,
-    stopped: Arc<ExecutionWaiters>,
+    results: Arc<ResultPush>,
 }
 
 #[async_trait]
@@ -74,7 +74,7 @@ impl<B: WorkflowBody> Entity for WorkflowEntity<B> {
             config: self.config.clone(),
             address: ctx.address,
             sharding: ctx.sharding,
-            stopped: self.stopped.clone(),
+            results: self.results.clone(),
         }))
     }
 }
@@ -104,8 +104,8 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         record.updated_at = Utc::now();
         self.engine.upsert_execution(record).await?;
         if record.status.is_finished() || record.status == ExecutionStatus::Parked {
-            // Its callers on this runner learn it at once, without reading storage.
-            self.stopped.complete(&record.execution_id, record);
+            // Its callers learn it at once, without reading storage.
+            self.results.stopped(record);
         }
         Ok(())
     }
@@ -423,7 +423,13 @@ impl<B: WorkflowBody> EntityHandler for WorkflowInstance<B> {
             "execute" => {
                 // Validate the request before recording the execution.
                 request.decode::<<B::Workflow as WorkflowDefinition>::Request>()?;
-                self.run(Some(request.envelope.payload.clone())).await
+                let answer = self.run(Some(request.envelope.payload.clone())).await?;
+                if let Ok(WorkflowReply::Suspended) = wire::decode::<WorkflowReply>(&answer) {
+                    // Its caller waits for the execution to stop: tell it when it does.
+                    self.results
+                        .suspended(self.execution_id(), request.envelope.request_id);
+                }
+                Ok(answer)
             }
             "resume" => self.run(None).await,
             other => Err(ClusterError::UnknownTag {
