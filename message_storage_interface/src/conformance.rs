@@ -85,8 +85,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
 use crate::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
-    PollQuery, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
+    MessageStorage, PollQuery, SaveResult, StoredRequest,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1862,6 +1862,56 @@ pub async fn message_counts_are_per_shard_and_entity_type<S: MessageStorage + ?S
     assert_eq!(counts, expected);
 }
 
+/// `finished_requests` answers, in one call and in the order asked, the final reply of each
+/// answered request and the attempts of each dead letter; pending, notified (processed
+/// without a reply) and unknown ids are left out, and chunks are not final replies.
+pub async fn finished_requests_answers_replies_and_dead_letters<S: MessageStorage + ?Sized>(
+    storage: &S,
+) {
+    let mut notify = request(4, address("e-1", 0));
+    notify.expects_reply = false;
+    let mut streaming = request(5, address("e-1", 0));
+    streaming.streaming = true;
+    save_all(
+        storage,
+        &[
+            request(1, address("e-1", 0)),
+            request(2, address("e-2", 0)),
+            request(3, address("e-3", 1)),
+            notify,
+            streaming,
+        ],
+    )
+    .await;
+    let answer = failure(1, "no stock");
+    reply(storage, Reply::WithExit(answer.clone())).await;
+    let early = success(9, "saved before its request");
+    reply(storage, Reply::WithExit(early.clone())).await;
+    assert_eq!(
+        fail(storage, 3, "poison", 1).await,
+        FailedAttempt::DeadLettered { attempts: 1 }
+    );
+    storage.mark_processed(Snowflake(4)).await.unwrap();
+    reply(storage, Reply::Chunk(chunk(5, 0))).await;
+
+    let asked = [9, 2, 3, 4, 5, 77, 1].map(Snowflake);
+    let finished = storage.finished_requests(&asked).await.unwrap();
+    assert_eq!(
+        finished,
+        vec![
+            FinishedRequest::Answered(early),
+            FinishedRequest::DeadLettered {
+                request_id: Snowflake(3),
+                attempts: 1
+            },
+            FinishedRequest::Answered(answer),
+        ],
+        "asked {asked:?}: pending 2, notified 4, streaming 5 (a chunk only) and unknown 77 \
+         must be left out"
+    );
+    assert!(storage.finished_requests(&[]).await.unwrap().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------
 // Everything
 // ---------------------------------------------------------------------------------------
@@ -1902,6 +1952,7 @@ where
     retried_dead_letter_with_a_reply_is_processed(&new_storage().await).await;
     purged_dead_letter_is_gone(&new_storage().await).await;
     message_counts_are_per_shard_and_entity_type(&new_storage().await).await;
+    finished_requests_answers_replies_and_dead_letters(&new_storage().await).await;
     concurrent_saves_of_one_request_store_it_once(Arc::new(new_storage().await)).await;
     concurrent_saves_of_one_dedupe_key_have_one_winner(Arc::new(new_storage().await)).await;
     concurrent_writers_do_not_corrupt_state(Arc::new(new_storage().await)).await;

@@ -52,6 +52,14 @@
 //! between the cursor and the page's end, not the whole backlog. Backends should serve the
 //! query from an index ordered by request id over the pending requests only.
 //!
+//! # Waiting for replies
+//!
+//! A caller waiting for a persisted request's final reply is woken by the runner that
+//! stores it (in-process, or by a push over the transport). Only what those wake-ups
+//! missed is read from storage: each runner asks [`MessageStorage::finished_requests`]
+//! once per fallback interval for *all* of its waiting callers, so the reads follow the
+//! number of runners, not of callers.
+//!
 //! # Implementing a backend
 //!
 //! Implement [`MessageStorage`] in your crate, then add a test file that calls every
@@ -77,8 +85,8 @@ use chrono::{DateTime, Utc};
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
 pub use stored::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, PollQuery, SaveResult,
-    StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
+    PollQuery, SaveResult, StoredRequest,
 };
 
 /// Persisted requests and replies. See the crate docs for the contract.
@@ -106,6 +114,23 @@ pub trait MessageStorage: Send + Sync + 'static {
 
     /// The stored request with this id, whatever its state.
     async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError>;
+
+    /// Which of `request_ids` have finished, in one read: those with a stored final reply
+    /// ([`FinishedRequest::Answered`]) and those dead-lettered without one
+    /// ([`FinishedRequest::DeadLettered`]), in the order of `request_ids`. Ids that are
+    /// pending, processed without a reply (a notify) or unknown are left out.
+    ///
+    /// The runtime asks it for every caller waiting on one runner at once (its slow
+    /// fallback when a reply was stored elsewhere and the push was lost), so backends
+    /// should answer it with one query however many ids it gets (contract, "Waiting for
+    /// replies").
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be read.
+    async fn finished_requests(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<FinishedRequest>, ClusterError>;
 
     /// One page of the unprocessed, due, not dead-lettered requests of `query.shards`,
     /// oldest first: at most `query.limit`, with an id after `query.after`, none addressed

@@ -197,3 +197,37 @@ pub struct MessageCounts {
     /// Dead letters.
     pub dead_lettered: u64,
 }
+
+/// Where a request that callers wait for ended, as
+/// [`crate::MessageStorage::finished_requests`] answers it.
+///
+/// ```
+/// use cruster_message_storage::FinishedRequest;
+/// use cruster_types::Snowflake;
+///
+/// let finished = FinishedRequest::DeadLettered { request_id: Snowflake(7), attempts: 10 };
+/// assert_eq!(finished.request_id(), Snowflake(7));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishedRequest {
+    /// Its final reply is stored.
+    Answered(ReplyWithExit),
+    /// It was dead-lettered (and has no final reply): it will not run again unless an
+    /// operator retries it.
+    DeadLettered {
+        /// The request.
+        request_id: Snowflake,
+        /// The attempts it used.
+        attempts: u32,
+    },
+}
+
+impl FinishedRequest {
+    /// The request this answer is about.
+    pub fn request_id(&self) -> Snowflake {
+        match self {
+            FinishedRequest::Answered(reply) => reply.request_id,
+            FinishedRequest::DeadLettered { request_id, .. } => *request_id,
+        }
+    }
+}

@@ -89,6 +89,14 @@ pub struct ShardingConfig {
     /// move hours of timers in milliseconds. Leases, heartbeats and call deadlines stay on
     /// real time; see [`crate::clock`].
     pub clock: Clock,
+    /// How often a runner checks storage for its waiting callers whose wake-up was missed
+    /// (default 1 s): callers of `send_persisted`, of a workflow's `execute` and `join`.
+    /// They are woken at once when their reply is stored or their execution stops, on this
+    /// runner or by a push from another one; this slow fallback only covers a lost push (a
+    /// crash, a timeout, an execution that moved). Each round reads storage once for all
+    /// callers of replies and once for all callers of workflow results (per 5,000
+    /// callers), so the reads do not grow with the number of callers.
+    pub waiter_fallback_interval: Duration,
 }
 
 impl Default for ShardingConfig {
@@ -116,6 +124,7 @@ impl Default for ShardingConfig {
             workflow_max_failed_attempts: 5,
             workflow_cancel_poll_interval: Duration::from_millis(500),
             clock: Clock::system(),
+            waiter_fallback_interval: Duration::from_secs(1),
         }
     }
 }
@@ -185,6 +194,9 @@ impl ShardingConfig {
         }
         if self.workflow_cancel_poll_interval.is_zero() {
             return bad("workflow_cancel_poll_interval", "must be more than zero");
+        }
+        if self.waiter_fallback_interval.is_zero() {
+            return bad("waiter_fallback_interval", "must be more than zero");
         }
         if self.shard_groups.iter().any(|g| g.is_empty()) {
             return bad("shard_groups", "a shard group name cannot be empty");

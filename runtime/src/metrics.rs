@@ -50,6 +50,12 @@ pub struct ClusterMetrics {
     /// runner took it; `failed`: the caller falls back to reading storage; `received`: a
     /// push from another runner arrived here).
     pub replies_pushed: IntCounterVec,
+    /// Callers waiting on this runner, by what they wait `for` (`reply`: the stored reply
+    /// of a persisted request; `workflow`: the result of a workflow execution).
+    pub callers_waiting: IntGaugeVec,
+    /// Rounds of the waiters' fallback check (one batched storage read per kind of waiter
+    /// that has callers, every `waiter_fallback_interval`).
+    pub waiter_fallback_rounds: IntCounter,
 }
 
 fn metric_error(err: prometheus::Error) -> ClusterError {
@@ -135,6 +141,17 @@ impl ClusterMetrics {
                 ),
                 &["outcome"],
             )?,
+            callers_waiting: IntGaugeVec::new(
+                Opts::new(
+                    "cruster_callers_waiting",
+                    "Callers waiting on this runner for a stored reply or a workflow result",
+                ),
+                &["for"],
+            )?,
+            waiter_fallback_rounds: IntCounter::new(
+                "cruster_waiter_fallback_rounds_total",
+                "Rounds of the waiters' batched fallback check of storage",
+            )?,
         })
     }
 
@@ -187,6 +204,8 @@ impl ClusterMetrics {
         registry.register(Box::new(self.storage_errors.clone()))?;
         registry.register(Box::new(self.cron_runs.clone()))?;
         registry.register(Box::new(self.replies_pushed.clone()))?;
+        registry.register(Box::new(self.callers_waiting.clone()))?;
+        registry.register(Box::new(self.waiter_fallback_rounds.clone()))?;
         Ok(())
     }
 }

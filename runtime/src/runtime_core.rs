@@ -1,5 +1,5 @@
 //! The services every part of one runner shares: configuration, metrics, storage ports,
-//! the shard table, reply waiters, the in-flight set and the lifecycle tokens.
+//! the shard table, the waiting callers, the in-flight set and the lifecycle tokens.
 //!
 //! Owns no task. It is a bag of `Arc`s handed to the entity managers, the poller, the
 //! membership loop and the singleton supervisor, so none of them needs the others.
@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ShardingConfig;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::reply_push::ReplyPush;
-use crate::delivery::reply_waiters::ReplyWaiters;
+use crate::delivery::waiter_registry::{ExecutionWaiters, PushedResultWaiters, ReplyWaiters};
 use crate::metrics::ClusterMetrics;
 use crate::sharding::shard_fences::ShardFences;
 use crate::sharding::shard_moves::ShardMoves;
@@ -32,7 +32,13 @@ pub(crate) struct RuntimeCore {
     pub(crate) shard_moves: ShardMoves,
     /// One token per shard, fired when the shard is lost (see `ShardFences`).
     pub(crate) fences: ShardFences,
+    /// Callers waiting here for the final replies of persisted requests.
     pub(crate) waiters: Arc<ReplyWaiters>,
+    /// Callers waiting here for workflow executions to stop (finish or park).
+    pub(crate) execution_waiters: Arc<ExecutionWaiters>,
+    /// Callers of a workflow's `execute` waiting here for an answer pushed by the runner
+    /// where the execution stops, by `execute` request id.
+    pub(crate) pushed_results: Arc<PushedResultWaiters>,
     /// Pushes stored replies to the runner of their caller (and knows the runners by
     /// machine id).
     pub(crate) reply_push: ReplyPush,
@@ -129,7 +135,7 @@ impl RuntimeCore {
         self.storage_result(&result);
         result?;
         self.in_flight.complete(reply.request_id);
-        self.waiters.complete(reply);
+        self.waiters.reply_stored(reply);
         if push {
             if let Some(push) = self.reply_push.push(reply, self.snowflakes.machine_id()) {
                 self.spawn(push);

@@ -282,6 +282,12 @@ impl MessageStorage for ReplyStoreFails {
     async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError> {
         self.inner.request(request_id).await
     }
+    async fn finished_requests(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<cruster::ports::message_storage::FinishedRequest>, ClusterError> {
+        self.inner.finished_requests(request_ids).await
+    }
     async fn poll_unprocessed(
         &self,
         query: &PollQuery<'_>,

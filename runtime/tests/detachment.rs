@@ -55,6 +55,13 @@ impl MessageStorage for FlakyStorage {
         self.check()?;
         self.inner.request(request_id).await
     }
+    async fn finished_requests(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<cruster::ports::message_storage::FinishedRequest>, ClusterError> {
+        self.check()?;
+        self.inner.finished_requests(request_ids).await
+    }
     async fn poll_unprocessed(
         &self,
         query: &PollQuery<'_>,

@@ -133,11 +133,29 @@ impl EntityClient {
         key: &str,
         uninterruptible: bool,
     ) -> Result<Res, ClusterError> {
+        let envelope =
+            self.persisted_envelope_with_key(entity_id, tag, request, key, uninterruptible)?;
+        decode_exit(self.sharding.send(envelope).await?)
+    }
+
+    /// The envelope [`EntityClient::send_persisted_with_key`] sends, for callers that need
+    /// its request id (the workflow client waits for later answers under it).
+    ///
+    /// # Errors
+    /// `MalformedMessage` if the request cannot be encoded.
+    pub fn persisted_envelope_with_key<Req: Serialize + ?Sized>(
+        &self,
+        entity_id: &EntityId,
+        tag: impl Into<Cow<'static, str>>,
+        request: &Req,
+        key: &str,
+        uninterruptible: bool,
+    ) -> Result<EnvelopeRequest, ClusterError> {
         let mut envelope = self.envelope(entity_id, tag, request)?;
         envelope.persisted = true;
         envelope.uninterruptible = uninterruptible;
         envelope.dedupe_key = Some(dedupe_key(&envelope.tag, key));
-        decode_exit(self.sharding.send(envelope).await?)
+        Ok(envelope)
     }
 
     /// Best-effort fire-and-forget.

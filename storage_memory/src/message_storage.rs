@@ -28,8 +28,8 @@ use std::hash::{BuildHasher, RandomState};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
-    PollQuery, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
+    MessageStorage, PollQuery, SaveResult, StoredRequest,
 };
 use cruster_types::{
     ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, Reply, ReplyChunk,
@@ -570,6 +570,31 @@ impl MessageStorage for MemoryMessageStorage {
             .requests
             .get(&request_id)
             .map(RequestRecord::to_stored))
+    }
+
+    async fn finished_requests(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<FinishedRequest>, ClusterError> {
+        let mut finished = Vec::new();
+        for &request_id in request_ids {
+            let partition = self.partition(request_id).lock();
+            let reply = partition
+                .replies
+                .get(&request_id)
+                .and_then(|replies| replies.final_reply.clone());
+            if let Some(reply) = reply {
+                finished.push(FinishedRequest::Answered(reply));
+            } else if let Some(record) = partition.requests.get(&request_id) {
+                if record.state == RequestState::Dead {
+                    finished.push(FinishedRequest::DeadLettered {
+                        request_id,
+                        attempts: record.attempts,
+                    });
+                }
+            }
+        }
+        Ok(finished)
     }
 
     async fn poll_unprocessed(

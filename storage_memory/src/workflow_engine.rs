@@ -13,7 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_types::{ClusterError, ExitResult};
-use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, WorkflowEngine};
+use cruster_workflow_storage::{
+    DurableTimer, ExecutionFilter, ExecutionRecord, ExecutionStatus, WorkflowEngine,
+};
 use parking_lot::{Mutex, RwLock};
 
 /// `WorkflowEngine` in process memory. Cloning is cheap and shares the state.
@@ -119,6 +121,21 @@ impl WorkflowEngine for MemoryWorkflowEngine {
 
     async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError> {
         Ok(self.inner.executions.read().get(execution_id).cloned())
+    }
+
+    async fn stopped_executions(
+        &self,
+        execution_ids: &[String],
+    ) -> Result<Vec<ExecutionRecord>, ClusterError> {
+        let executions = self.inner.executions.read();
+        Ok(execution_ids
+            .iter()
+            .filter_map(|id| executions.get(id))
+            .filter(|record| {
+                record.status.is_finished() || record.status == ExecutionStatus::Parked
+            })
+            .cloned()
+            .collect())
     }
 
     async fn list_executions(

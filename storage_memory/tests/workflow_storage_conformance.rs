@@ -80,6 +80,7 @@ conformance_tests!(
     by_ref: [
         executions_upsert_and_list_by_filter,
         parked_and_cancelled_executions_round_trip,
+        stopped_executions_are_answered_in_one_read,
         cancellation_is_recorded_once_and_kept_by_upserts,
         timers_are_due_only_after_fire_at,
         scheduling_a_timer_twice_keeps_the_first,

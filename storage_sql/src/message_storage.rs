@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use cruster_message_storage::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
-    PollQuery, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
+    MessageStorage, PollQuery, SaveResult, StoredRequest,
 };
 use cruster_types::{
     ClusterError, EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake,
@@ -252,6 +252,42 @@ impl MessageStorage for SqlMessageStorage {
                 .map_err(|e| failed(format_args!("reading request {request_id}"), e))?;
             row.map(|row| rows::stored_request(&row)).transpose()
         })
+    }
+
+    async fn finished_requests(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<FinishedRequest>, ClusterError> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Option<Vec<u8>>, i64)> =
+            per_dialect!(&self.pool, SqlPool, |pool, d| {
+                sqlx::query_as(d::sql::FINISHED_REQUESTS)
+                    .bind(d::id_list(request_ids)?)
+                    .fetch_all(pool)
+                    .await
+            })
+            .map_err(|e| failed("reading the finished requests of waiting callers", e))?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for (id, body, attempts) in rows {
+            let request_id = Snowflake(id);
+            let finished = match body {
+                Some(body) => match rows::reply(request_id, &body)? {
+                    Reply::WithExit(reply) => FinishedRequest::Answered(reply),
+                    Reply::Chunk(_) => continue,
+                },
+                None => FinishedRequest::DeadLettered {
+                    request_id,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                },
+            };
+            found.entry(id).or_insert(finished);
+        }
+        Ok(request_ids
+            .iter()
+            .filter_map(|id| found.remove(&id.0))
+            .collect())
     }
 
     async fn poll_unprocessed(

@@ -66,6 +66,29 @@ impl WorkflowEngine for SqlWorkflowEngine {
         })
     }
 
+    async fn stopped_executions(
+        &self,
+        execution_ids: &[String],
+    ) -> Result<Vec<ExecutionRecord>, ClusterError> {
+        if execution_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut stopped = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let rows = sqlx::query(d::sql::STOPPED_EXECUTIONS)
+                .bind(d::text_list(execution_ids)?)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| failed("reading the stopped executions of waiting callers", e))?;
+            rows.iter()
+                .map(|row| rows::execution(row).map(|record| (record.execution_id.clone(), record)))
+                .collect::<Result<std::collections::HashMap<_, _>, ClusterError>>()
+        })?;
+        Ok(execution_ids
+            .iter()
+            .filter_map(|id| stopped.remove(id))
+            .collect())
+    }
+
     async fn request_cancellation(
         &self,
         execution_id: &str,

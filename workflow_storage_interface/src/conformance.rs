@@ -1037,6 +1037,50 @@ pub async fn parked_and_cancelled_executions_round_trip<E: WorkflowEngine + ?Siz
     assert!(list("parked").await.is_empty());
 }
 
+/// `stopped_executions` answers, in one call and in the order asked, the executions that
+/// stopped running (completed, failed, cancelled, parked) exactly as stored; running,
+/// suspended and unknown ids are left out.
+pub async fn stopped_executions_are_answered_in_one_read<E: WorkflowEngine + ?Sized>(engine: &E) {
+    let mut completed = execution("done", "order", ExecutionStatus::Completed, 1);
+    completed.result = Some(ExitResult::Success(Bytes::from_static(b"42")));
+    let mut failed = execution("failed", "order", ExecutionStatus::Failed, 2);
+    failed.result = Some(ExitResult::failure(&ClusterError::handler("out of stock")));
+    let cancelled = execution("cancelled", "order", ExecutionStatus::Cancelled, 3);
+    let parked = execution("parked", "order", ExecutionStatus::Parked, 4);
+    let running = execution("running", "order", ExecutionStatus::Running, 5);
+    let suspended = execution(
+        "sleeping",
+        "order",
+        ExecutionStatus::Suspended {
+            until: Some(t0() + Duration::hours(1)),
+        },
+        6,
+    );
+    for record in [
+        &completed, &failed, &cancelled, &parked, &running, &suspended,
+    ] {
+        engine.upsert_execution(record).await.unwrap();
+    }
+    let asked: Vec<String> = [
+        "parked",
+        "running",
+        "done",
+        "unknown",
+        "sleeping",
+        "cancelled",
+        "failed",
+    ]
+    .map(String::from)
+    .to_vec();
+    let stopped = engine.stopped_executions(&asked).await.unwrap();
+    assert_eq!(
+        stopped,
+        vec![parked, completed, cancelled, failed],
+        "asked {asked:?}: running, suspended and unknown executions must be left out"
+    );
+    assert!(engine.stopped_executions(&[]).await.unwrap().is_empty());
+}
+
 /// A cancellation request is recorded once on an unfinished execution (the first instant
 /// is kept), survives every later upsert of the record, is not recorded on a finished
 /// execution, and is `None` for an unknown one.
@@ -1507,6 +1551,7 @@ where
 {
     executions_upsert_and_list_by_filter(&new_engine().await).await;
     parked_and_cancelled_executions_round_trip(&new_engine().await).await;
+    stopped_executions_are_answered_in_one_read(&new_engine().await).await;
     cancellation_is_recorded_once_and_kept_by_upserts(&new_engine().await).await;
     timers_are_due_only_after_fire_at(&new_engine().await).await;
     scheduling_a_timer_twice_keeps_the_first(&new_engine().await).await;

@@ -124,6 +124,21 @@ pub trait WorkflowEngine: Send + Sync + 'static {
     /// One execution.
     async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError>;
 
+    /// The executions among `execution_ids` that stopped running — finished (completed,
+    /// failed, cancelled) or parked —, in the order of `execution_ids`, in one read.
+    /// Running, suspended and unknown ids are left out.
+    ///
+    /// The runtime asks it for every caller waiting on one runner for a workflow result at
+    /// once (its slow fallback when the execution stopped on another runner), so backends
+    /// should answer it with one query however many ids it gets.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn stopped_executions(
+        &self,
+        execution_ids: &[String],
+    ) -> Result<Vec<ExecutionRecord>, ClusterError>;
+
     /// Records that cancellation of an execution was requested at `requested_at`, unless
     /// the execution has finished (completed, failed or cancelled) or a request is already
     /// recorded (the first instant is kept: repeating it is harmless). Returns the record as

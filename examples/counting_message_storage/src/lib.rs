@@ -34,8 +34,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cruster_message_storage::{
-    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, MessageCounts, MessageStorage,
-    PollQuery, SaveResult, StoredRequest,
+    AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
+    MessageStorage, PollQuery, SaveResult, StoredRequest,
 };
 use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
 
@@ -101,6 +101,7 @@ pub struct CallCounters {
     save_reply: AtomicU64,
     replies_for: AtomicU64,
     request: AtomicU64,
+    finished_requests: AtomicU64,
     poll_unprocessed: AtomicU64,
     unprocessed: AtomicU64,
     mark_processed: AtomicU64,
@@ -124,6 +125,7 @@ impl CallCounters {
             save_reply: read(&self.save_reply),
             replies_for: read(&self.replies_for),
             request: read(&self.request),
+            finished_requests: read(&self.finished_requests),
             poll_unprocessed: read(&self.poll_unprocessed),
             unprocessed: read(&self.unprocessed),
             mark_processed: read(&self.mark_processed),
@@ -151,6 +153,8 @@ pub struct CallCounts {
     pub replies_for: u64,
     /// Calls to [`MessageStorage::request`].
     pub request: u64,
+    /// Calls to [`MessageStorage::finished_requests`].
+    pub finished_requests: u64,
     /// Calls to [`MessageStorage::poll_unprocessed`].
     pub poll_unprocessed: u64,
     /// Calls to [`MessageStorage::unprocessed`].
@@ -182,6 +186,7 @@ impl CallCounts {
             + self.save_reply
             + self.replies_for
             + self.request
+            + self.finished_requests
             + self.poll_unprocessed
             + self.unprocessed
             + self.mark_processed
@@ -202,6 +207,7 @@ impl CallCounts {
             ("save_reply", self.save_reply),
             ("replies_for", self.replies_for),
             ("request", self.request),
+            ("finished_requests", self.finished_requests),
             ("poll_unprocessed", self.poll_unprocessed),
             ("unprocessed", self.unprocessed),
             ("mark_processed", self.mark_processed),
@@ -245,6 +251,14 @@ impl<S: MessageStorage> MessageStorage for CountingMessageStorage<S> {
     async fn request(&self, request_id: Snowflake) -> Result<Option<StoredRequest>, ClusterError> {
         count(&self.counters.request);
         self.inner.request(request_id).await
+    }
+
+    async fn finished_requests(
+        &self,
+        request_ids: &[Snowflake],
+    ) -> Result<Vec<FinishedRequest>, ClusterError> {
+        count(&self.counters.finished_requests);
+        self.inner.finished_requests(request_ids).await
     }
 
     async fn poll_unprocessed(

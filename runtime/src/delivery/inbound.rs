@@ -104,13 +104,15 @@ impl Inbound {
         Ok(())
     }
 
-    /// A stored reply pushed by the runner that stored it: wakes its waiters here.
+    /// A stored reply pushed by the runner that stored it, or the final answer of a
+    /// workflow `execute` whose execution stopped there: wakes their waiters here.
     pub(crate) fn stored_reply(&self, reply: &ReplyWithExit) {
         self.core
             .metrics
             .replies_pushed
             .with_label_values(&["received"])
             .inc();
-        self.core.waiters.complete(reply);
+        self.core.waiters.reply_stored(reply);
+        self.core.pushed_results.complete(&reply.request_id, reply);
     }
 }

@@ -11,15 +11,15 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use cruster_message_storage::SaveResult;
+use cruster_message_storage::{FinishedRequest, SaveResult};
 use cruster_types::{ClusterError, EntityType, EnvelopeRequest, Reply, ReplyWithExit, Snowflake};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::delivery::reply_stream::final_reply;
 use crate::delivery::router::Router;
+use crate::delivery::waiter_registry::ReplyOutcome;
 use crate::entity::mailbox::{MailboxItem, Outcome, ReplySink};
 use crate::runtime_core::RuntimeCore;
 use crate::sharding::shard_table::Route;
@@ -192,73 +192,63 @@ impl PersistedDelivery {
         }))
     }
 
-    /// Waits for the final reply of a persisted request: woken at once when this runner
-    /// stores it, or when the runner that stores it pushes it here (for a request made
-    /// here); storage is read only as the fallback, every poll interval for a request made
-    /// here, with a backoff from 5 ms up to the poll interval for one made elsewhere (a
-    /// duplicate of another runner's request, whose pushes go there). Storage errors while
-    /// waiting are retried (the request is still stored); a dead-lettered request ends the
-    /// wait with an error saying so.
+    /// Waits for the final reply of a persisted request. Storage is read once, when the
+    /// wait begins (the reply may be stored already); afterwards the caller is woken when
+    /// this runner stores the reply, when the runner that stores it pushes it here (for a
+    /// request made here), or by this runner's fallback check, which reads storage once per
+    /// `waiter_fallback_interval` for all of its waiting callers together (see
+    /// `waiter_fallback.rs`). So a waiting caller costs no storage reads of its own. A
+    /// dead-lettered request ends the wait with an error saying so.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the caller's registration; nothing else changes.
     pub(crate) async fn join_reply(
         &self,
         request_id: Snowflake,
     ) -> Result<ReplyWithExit, ClusterError> {
-        let interval = self.core.config.storage_poll_interval;
-        let mut wait = if self.core.made_here(request_id) {
-            interval
-        } else {
-            Duration::from_millis(5).min(interval)
-        };
-        loop {
-            let mut waiter = self.core.waiters.wait(request_id);
-            match self.stored_state(request_id).await {
-                Ok(StoredState::Answered(reply)) => return Ok(reply),
-                Ok(StoredState::DeadLettered { attempts }) => {
-                    return Err(ClusterError::PersistenceError {
-                        reason: format!(
-                            "request {request_id} was dead-lettered after {attempts} failed \
-                             attempts; inspect it with MessageStorage::dead_letters"
-                        ),
-                        source: None,
-                    })
+        let mut waiter = self.core.waiters.wait(request_id);
+        let storage = self.core.storage()?;
+        let finished = storage.finished_requests(&[request_id]).await;
+        self.core.storage_result(&finished);
+        match finished {
+            Ok(finished) => {
+                if let Some(finished) = finished.into_iter().next() {
+                    return match finished {
+                        FinishedRequest::Answered(reply) => Ok(reply),
+                        FinishedRequest::DeadLettered { attempts, .. } => {
+                            Err(dead_lettered(request_id, attempts))
+                        }
+                    };
                 }
-                Ok(StoredState::Pending) => {}
-                Err(err @ ClusterError::PersistenceError { .. }) => {
-                    tracing::debug!(%err, %request_id, "reading a stored reply failed; waiting on");
-                }
-                Err(err) => return Err(err),
             }
+            Err(err @ ClusterError::PersistenceError { .. }) => {
+                tracing::debug!(%err, %request_id, "reading a stored reply failed; the fallback check reads it again");
+            }
+            Err(err) => return Err(err),
+        }
+        loop {
             tokio::select! {
-                reply = &mut waiter.rx => {
-                    if let Ok(reply) = reply {
-                        return Ok(reply);
+                outcome = &mut waiter.rx => match outcome {
+                    Ok(ReplyOutcome::Reply(reply)) => return Ok(reply),
+                    Ok(ReplyOutcome::DeadLettered { attempts }) => {
+                        return Err(dead_lettered(request_id, attempts))
                     }
-                }
-                _ = tokio::time::sleep(wait) => {}
+                    // The registration was dropped without an outcome: register again.
+                    Err(_) => waiter = self.core.waiters.wait(request_id),
+                },
                 _ = self.core.killed.cancelled() => return Err(ClusterError::ShuttingDown),
             }
-            wait = (wait * 2).min(interval);
         }
-    }
-
-    async fn stored_state(&self, request_id: Snowflake) -> Result<StoredState, ClusterError> {
-        if let Some(reply) = self.poll_reply(request_id).await? {
-            return Ok(StoredState::Answered(reply));
-        }
-        let stored = self.core.storage()?.request(request_id).await;
-        self.core.storage_result(&stored);
-        Ok(match stored? {
-            Some(stored) if stored.dead_lettered => StoredState::DeadLettered {
-                attempts: stored.attempts,
-            },
-            _ => StoredState::Pending,
-        })
     }
 }
 
-/// Where a persisted request stands in storage.
-enum StoredState {
-    Answered(ReplyWithExit),
-    DeadLettered { attempts: u32 },
-    Pending,
+/// The error of a caller whose request was dead-lettered.
+fn dead_lettered(request_id: Snowflake, attempts: u32) -> ClusterError {
+    ClusterError::PersistenceError {
+        reason: format!(
+            "request {request_id} was dead-lettered after {attempts} failed attempts; \
+             inspect it with MessageStorage::dead_letters"
+        ),
+        source: None,
+    }
 }

@@ -33,9 +33,10 @@ use crate::delivery::in_flight::InFlight;
 use crate::delivery::inbound::Inbound;
 use crate::delivery::persisted::PersistedDelivery;
 use crate::delivery::reply_push::ReplyPush;
-use crate::delivery::reply_waiters::ReplyWaiters;
 use crate::delivery::router::Router;
 use crate::delivery::storage_poller::StoragePoller;
+use crate::delivery::waiter_fallback::WaiterFallback;
+use crate::delivery::waiter_registry::{ExecutionWaiters, PushedResultWaiters, ReplyWaiters};
 use crate::entity::entity_manager::EntityManager;
 use crate::entity::registry::EntityRegistry;
 use crate::inspection::{DeliveryProgress, EntityLoad, RunnerView, ShardGroupView, ShardMove};
@@ -149,12 +150,18 @@ impl ShardingImpl {
             let core = Arc::new(RuntimeCore {
                 config: config.clone(),
                 reply_push: ReplyPush::new(runners.clone(), metrics.clone()),
+                waiters: Arc::new(ReplyWaiters::new(Some(
+                    metrics.callers_waiting.with_label_values(&["reply"]),
+                ))),
+                execution_waiters: Arc::new(ExecutionWaiters::new(Some(
+                    metrics.callers_waiting.with_label_values(&["workflow"]),
+                ))),
+                pushed_results: Arc::new(PushedResultWaiters::new(None)),
                 metrics,
                 message_storage,
                 shard_table: table,
                 shard_moves: Default::default(),
                 fences: Default::default(),
-                waiters: Arc::new(ReplyWaiters::default()),
                 in_flight: InFlight::default(),
                 snowflakes: SnowflakeGenerator::new(MachineId::wrapping(0)),
                 stopping: CancellationToken::new(),
@@ -232,6 +239,8 @@ impl ShardingImpl {
         if let Some(poller) = self.poller.lock().take() {
             self.core.spawn(async move { poller.run().await });
         }
+        let fallback = WaiterFallback::new(self.core.clone(), self.workflow_engine.clone());
+        self.core.spawn(fallback.run());
         for manager in self.registry.all() {
             self.spawn_reaper(manager);
         }
@@ -297,6 +306,12 @@ impl ShardingImpl {
         self.core.fences.fire(&held);
         self.core.metrics.shards_owned.set(0);
         self.kill();
+    }
+
+    /// The services this runner shares between its parts (the workflow runtime reaches its
+    /// waiting callers through it).
+    pub(crate) fn core(&self) -> &Arc<RuntimeCore> {
+        &self.core
     }
 
     /// This runner's configuration.

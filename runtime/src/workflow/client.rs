@@ -2,11 +2,10 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cruster_sharding::{EntityClient, IntoSharding, Sharding};
-use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult};
-use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
+use cruster_types::{wire, ClusterError, EntityId, EntityType, ExitResult, Snowflake};
+use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine};
 
 use super::cancel_execution::cancel_by_id;
 use super::cancellation::CancelOutcome;
@@ -14,6 +13,7 @@ use super::client_from_sharding::ClientFromSharding;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
 use super::inspect::missing_part;
+use super::result_push::ResultPush;
 use super::workflow_entity::{parked_error, WorkflowEntity};
 use crate::sharding_impl::ShardingImpl;
 
@@ -72,6 +72,40 @@ fn engine_of(sharding: &Arc<dyn Sharding>) -> Result<Arc<dyn WorkflowEngine>, Cl
         .ok_or_else(|| missing_part("workflows", "workflow engine storage"))
 }
 
+/// The result an answer of the workflow's hidden entity gives: `None` when the execution
+/// suspended.
+fn answer_of<W: WorkflowDefinition>(
+    execution_id: &str,
+    exit: &ExitResult,
+) -> Result<Option<Result<W::Response, ClusterError>>, ClusterError> {
+    let bytes = exit.clone().into_result()?;
+    Ok(match wire::decode::<WorkflowReply>(&bytes)? {
+        WorkflowReply::Completed(bytes) => Some(wire::decode(&bytes)),
+        WorkflowReply::Suspended => None,
+        WorkflowReply::Failed(err) | WorkflowReply::Parked(err) => Some(Err(err.into())),
+        WorkflowReply::Cancelled => Some(Err(ClusterError::WorkflowCancelled {
+            execution_id: execution_id.to_string(),
+        })),
+    })
+}
+
+/// The result of an execution as its record tells it: `None` while it has not stopped.
+fn result_of<W: WorkflowDefinition>(
+    record: &ExecutionRecord,
+) -> Result<Option<W::Response>, ClusterError> {
+    match (&record.status, &record.result) {
+        (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
+            wire::decode(bytes).map(Some)
+        }
+        (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.clone().into()),
+        (ExecutionStatus::Cancelled, _) => Err(ClusterError::WorkflowCancelled {
+            execution_id: record.execution_id.clone(),
+        }),
+        (ExecutionStatus::Parked, _) => Err(parked_error(record)),
+        _ => Ok(None),
+    }
+}
+
 impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// A client of workflow `W` on `sharding` (the workflow must be registered on the
     /// runners that own its executions; `register` returns the same client).
@@ -113,15 +147,19 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// The workflow's error; storage errors.
     pub async fn execute(&self, request: &W::Request) -> Result<W::Response, ClusterError> {
         let id = self.execution_id(request)?;
-        let reply: WorkflowReply = self
-            .entity
-            .send_persisted_with_key(&EntityId::new(&id), "execute", request, "execute", false)
-            .await?;
-        match reply {
-            WorkflowReply::Completed(bytes) => wire::decode(&bytes),
-            WorkflowReply::Suspended => self.join(&id).await,
-            WorkflowReply::Failed(err) | WorkflowReply::Parked(err) => Err(err.into()),
-            WorkflowReply::Cancelled => Err(ClusterError::WorkflowCancelled { execution_id: id }),
+        let envelope = self.entity.persisted_envelope_with_key(
+            &EntityId::new(&id),
+            "execute",
+            request,
+            "execute",
+            false,
+        )?;
+        let request_id = envelope.request_id;
+        let reply = self.entity.sharding().send(envelope).await?;
+        match answer_of::<W>(&id, &reply.exit)? {
+            Some(result) => result,
+            // Suspended: the runner where the execution stops answers this request again.
+            None => self.wait(&id, Some(request_id)).await,
         }
     }
 
@@ -144,19 +182,9 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
     /// `WorkflowParked` while it is parked; `MalformedMessage` if the result does not decode.
     pub async fn poll(&self, execution_id: &str) -> Result<Option<W::Response>, ClusterError> {
         let engine = engine_of(self.entity.sharding())?;
-        let Some(record) = engine.execution(execution_id).await? else {
-            return Ok(None);
-        };
-        match (&record.status, &record.result) {
-            (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
-                wire::decode(bytes).map(Some)
-            }
-            (ExecutionStatus::Failed, Some(ExitResult::Failure(err))) => Err(err.clone().into()),
-            (ExecutionStatus::Cancelled, _) => Err(ClusterError::WorkflowCancelled {
-                execution_id: record.execution_id,
-            }),
-            (ExecutionStatus::Parked, _) => Err(parked_error(&record)),
-            _ => Ok(None),
+        match engine.execution(execution_id).await? {
+            Some(record) => result_of::<W>(&record),
+            None => Ok(None),
         }
     }
 
@@ -193,16 +221,64 @@ impl<W: WorkflowDefinition> WorkflowClient<W> {
 
     /// Waits for the result of an execution (or until it is cancelled or parked).
     ///
+    /// The execution is read once when the wait begins. Afterwards the caller is woken when
+    /// the execution stops on this runner, or by this runner's fallback check, which reads
+    /// the executions of all its waiting callers in one batched read every
+    /// `waiter_fallback_interval` (the wait for an execution that stops on another runner;
+    /// see the README, "Waiting costs"). A waiting caller costs no reads of its own: an
+    /// execution that sleeps an hour costs nothing per caller while it sleeps.
+    ///
     /// # Errors
-    /// As [`WorkflowClient::poll`].
+    /// As [`WorkflowClient::poll`]; `ShuttingDown` when this runner stops meanwhile.
     pub async fn join(&self, execution_id: &str) -> Result<W::Response, ClusterError> {
-        let mut wait = Duration::from_millis(2);
+        self.wait(execution_id, None).await
+    }
+
+    /// Waits for an execution to stop; for the caller of `execute` request `request_id`,
+    /// also for the answer the runner where it stops pushes to this one.
+    async fn wait(
+        &self,
+        execution_id: &str,
+        request_id: Option<Snowflake>,
+    ) -> Result<W::Response, ClusterError> {
+        let runner = self
+            .entity
+            .sharding()
+            .as_any()
+            .downcast_ref::<ShardingImpl>()
+            .ok_or_else(|| missing_part("workflows", "cruster runtime"))?;
+        let core = runner.core().clone();
+        let mut waiter = core.execution_waiters.wait(execution_id.to_string());
+        let mut pushed = request_id.map(|id| core.pushed_results.wait(id));
+        if let Some(result) = self.poll(execution_id).await? {
+            return Ok(result);
+        }
         loop {
-            if let Some(result) = self.poll(execution_id).await? {
-                return Ok(result);
+            let pushed_answer = async {
+                match pushed.as_mut() {
+                    Some(pushed) => (&mut pushed.rx).await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                stopped = &mut waiter.rx => {
+                    if let Ok(record) = stopped {
+                        if let Some(result) = result_of::<W>(&record)? {
+                            return Ok(result);
+                        }
+                    }
+                    waiter = core.execution_waiters.wait(execution_id.to_string());
+                }
+                answer = pushed_answer => {
+                    if let Some(answer) = answer {
+                        if let Some(result) = answer_of::<W>(execution_id, &answer.exit)? {
+                            return result;
+                        }
+                    }
+                    pushed = request_id.map(|id| core.pushed_results.wait(id));
+                }
+                _ = core.killed.cancelled() => return Err(ClusterError::ShuttingDown),
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -246,6 +322,7 @@ pub async fn register_workflow<B: WorkflowBody>(
     }
     let metrics = runner.metrics().clone();
     let config = runner.config().clone();
+    let results = Arc::new(ResultPush::new(runner.core().clone()));
     sharding
         .register_entity(Arc::new(WorkflowEntity {
             body: Arc::new(body),
@@ -253,6 +330,7 @@ pub async fn register_workflow<B: WorkflowBody>(
             engine,
             metrics,
             config,
+            results,
         }))
         .await?;
     Ok(WorkflowClient::from_sharding(sharding))

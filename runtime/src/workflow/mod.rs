@@ -32,6 +32,7 @@ mod execution_id;
 mod inspect;
 mod journaling_sharding;
 mod parked;
+mod result_push;
 mod run_fault;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod sql_activity_tx;

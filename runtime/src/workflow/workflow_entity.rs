@@ -26,6 +26,7 @@ use futures::FutureExt;
 use super::cancellation::CancelWatch;
 use super::context::WorkflowContext;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::result_push::ResultPush;
 use super::run_fault::panic_message;
 use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
@@ -36,6 +37,8 @@ pub(crate) struct WorkflowEntity<B: WorkflowBody> {
     pub(crate) engine: Arc<dyn WorkflowEngine>,
     pub(crate) metrics: Arc<ClusterMetrics>,
     pub(crate) config: Arc<ShardingConfig>,
+    /// Tells the callers of executions that stopped here.
+    pub(crate) results: Arc<ResultPush>,
 }
 
 struct WorkflowInstance<B: WorkflowBody> {
@@ -46,6 +49,7 @@ struct WorkflowInstance<B: WorkflowBody> {
     config: Arc<ShardingConfig>,
     address: EntityAddress,
     sharding: Arc<dyn Sharding>,
+    results: Arc<ResultPush>,
 }
 
 #[async_trait]
@@ -70,6 +74,7 @@ impl<B: WorkflowBody> Entity for WorkflowEntity<B> {
             config: self.config.clone(),
             address: ctx.address,
             sharding: ctx.sharding,
+            results: self.results.clone(),
         }))
     }
 }
@@ -97,7 +102,12 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         record.status = status;
         record.result = result;
         record.updated_at = self.config.clock.now();
-        self.engine.upsert_execution(record).await
+        self.engine.upsert_execution(record).await?;
+        if record.status.is_finished() || record.status == ExecutionStatus::Parked {
+            // Its callers learn it at once, without reading storage.
+            self.results.stopped(record);
+        }
+        Ok(())
     }
 
     /// Saves an outcome that is progress: the count of attempts without progress restarts.
@@ -420,7 +430,13 @@ impl<B: WorkflowBody> EntityHandler for WorkflowInstance<B> {
             "execute" => {
                 // Validate the request before recording the execution.
                 request.decode::<<B::Workflow as WorkflowDefinition>::Request>()?;
-                self.run(Some(request.envelope.payload.clone())).await
+                let answer = self.run(Some(request.envelope.payload.clone())).await?;
+                if let Ok(WorkflowReply::Suspended) = wire::decode::<WorkflowReply>(&answer) {
+                    // Its caller waits for the execution to stop: tell it when it does.
+                    self.results
+                        .suspended(self.execution_id(), request.envelope.request_id);
+                }
+                Ok(answer)
             }
             "resume" => self.run(None).await,
             other => Err(ClusterError::UnknownTag {

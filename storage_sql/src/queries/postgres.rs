@@ -24,6 +24,18 @@ pub(crate) const POLL_UNPROCESSED: &str = concat!(
     ORDER BY request_id LIMIT $5"
 );
 
+/// The finished requests among `$1` (a `BIGINT[]`): the final reply of each answered one
+/// (`body` set), and the attempts of each dead letter without a final reply (`body` NULL).
+/// Both halves are primary-key lookups.
+pub(crate) const FINISHED_REQUESTS: &str = "\
+    SELECT r.request_id, r.body, 0::BIGINT AS attempts FROM cruster_replies r \
+    WHERE r.request_id = ANY($1) AND r.is_final \
+    UNION ALL \
+    SELECT m.request_id, NULL, m.attempts FROM cruster_messages m \
+    WHERE m.request_id = ANY($1) AND m.dead_lettered \
+      AND NOT EXISTS (SELECT 1 FROM cruster_replies r \
+                      WHERE r.request_id = m.request_id AND r.is_final)";
+
 /// Counts the attempts about to redeliver the pending requests in `$1` (a `BIGINT[]`); see
 /// `start_attempt_set!`. Returns the counted rows.
 pub(crate) const START_ATTEMPTS: &str = concat!(
@@ -152,3 +164,12 @@ pub(crate) const MEMBERSHIP_CHANNEL: &str =
 /// unregistration; expiries are seen by polling).
 pub(crate) const NOTIFY_MEMBERSHIP: &str =
     "SELECT pg_notify(left('cruster_runners:' || current_schema(), 63), '')";
+
+/// The executions among `$1` (a list of execution ids) that stopped running: finished
+/// (completed, failed, cancelled) or parked. Primary-key lookups.
+pub(crate) const STOPPED_EXECUTIONS: &str = "\
+    SELECT execution_id, workflow, status, suspended_until_ns, request, result, \
+        created_at_ns, updated_at_ns, attempts, progress_mark, last_error, \
+        cancel_requested_at_ns \
+    FROM cruster_executions \
+    WHERE execution_id = ANY($1) AND status IN ('completed', 'failed', 'cancelled', 'parked')";

@@ -300,6 +300,7 @@ macro_rules! sql_backend_tests {
                     retried_dead_letter_with_a_reply_is_processed,
                     purged_dead_letter_is_gone,
                     message_counts_are_per_shard_and_entity_type,
+                    finished_requests_answers_replies_and_dead_letters,
                     failed_attempt_is_not_due_before_retry_at,
                     start_attempts_counts_before_delivery,
                     counted_failure_is_not_counted_twice,
@@ -350,6 +351,7 @@ macro_rules! sql_backend_tests {
                 by_ref: [
                     executions_upsert_and_list_by_filter,
                     parked_and_cancelled_executions_round_trip,
+                    stopped_executions_are_answered_in_one_read,
                     cancellation_is_recorded_once_and_kept_by_upserts,
                     timers_are_due_only_after_fire_at,
                     scheduling_a_timer_twice_keeps_the_first,
