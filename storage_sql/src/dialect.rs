@@ -53,6 +53,11 @@ pub(crate) mod postgres {
     pub(crate) fn id_list(ids: &[Snowflake]) -> Result<Vec<i64>, ClusterError> {
         Ok(ids.iter().map(|id| id.0).collect())
     }
+
+    /// Texts (execution ids) as a `TEXT[]` parameter.
+    pub(crate) fn text_list(items: &[String]) -> Result<Vec<String>, ClusterError> {
+        Ok(items.to_vec())
+    }
 }
 
 /// SQLite: shard lists are bound as one JSON array, unpacked with `json_each`.
@@ -82,5 +87,11 @@ pub(crate) mod sqlite {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         serde_json::to_string(&ids)
             .map_err(|e| ClusterError::malformed("cannot encode the request ids as JSON", e))
+    }
+
+    /// Texts (execution ids) as a JSON array.
+    pub(crate) fn text_list(items: &[String]) -> Result<String, ClusterError> {
+        serde_json::to_string(items)
+            .map_err(|e| ClusterError::malformed("cannot encode the execution ids as JSON", e))
     }
 }
