@@ -271,8 +271,8 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
     assert_eq!(
         db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
             .await,
-        6,
-        "each of the six migration files applied once"
+        7,
+        "each of the seven migration files applied once"
     );
     assert_eq!(pending_ids(&messages).await, vec![1]);
     pool.close().await;
