@@ -414,6 +414,8 @@ async fn steady_load_keeps_the_memory_backend_bounded() {
         .retention_rows_deleted
         .with_label_values(&["messages"])
         .get();
+    let persisted = runner.sharding().metrics().messages_persisted.get();
+    eprintln!("memory: {persisted} requests saved as new, {deleted} deleted by retention");
     assert!(
         deleted >= TOTAL as u64,
         "every processed request was deleted: {deleted} of {TOTAL}"
