@@ -510,6 +510,7 @@ macro_rules! sql_backend_tests {
                 everything_written_survives_reopening_the_database,
                 migrating_twice_changes_nothing,
                 migrating_a_journal_with_two_entries_at_one_position_keeps_the_first,
+                migrating_to_retention_stamps_processed_requests_with_the_upgrade_instant,
                 schema_from_a_newer_version_is_refused,
                 undecodable_pending_row_is_dead_lettered_and_the_rest_still_served,
                 undecodable_rows_read_by_id_are_malformed_not_panics,
