@@ -68,6 +68,9 @@
 //! * `clear_address` also deletes the entity's dead letters and frees its dedupe keys.
 //! * A retried dead letter starts again from zero attempts and is due at once (its
 //!   `deliver_at`, if any, still applies); a purged one frees its dedupe key.
+//! * `delete_processed_before` compares the cutoff with the instant the backend recorded
+//!   when the request became processed (its own clock): the suite's cutoffs are an hour
+//!   before and a minute after the wall clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -1913,6 +1916,124 @@ pub async fn finished_requests_answers_replies_and_dead_letters<S: MessageStorag
 }
 
 // ---------------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------------
+
+/// `delete_processed_before` deletes processed requests of the asked shards with their
+/// replies, at most `limit` per call, and frees their dedupe keys; requests processed
+/// after the cutoff, pending requests, dead letters (even one whose final reply came while
+/// it was dead) and other shards' requests stay. The backend stamps the processing instant
+/// with its own clock, so the cutoffs here are relative to the wall clock.
+pub async fn processed_requests_past_retention_are_deleted_with_their_replies<
+    S: MessageStorage + ?Sized,
+>(
+    storage: &S,
+) {
+    save_all(
+        storage,
+        &[
+            with_dedupe_key(request(1, address("e-1", 0)), "key-1"),
+            request(2, address("e-2", 0)),
+            request(3, address("e-3", 0)),
+            request(4, address("e-4", 0)),
+            request(5, address("e-5", 0)),
+            request(6, address("e-6", 1)),
+            request(7, address("e-7", 0)),
+        ],
+    )
+    .await;
+    reply(storage, Reply::WithExit(success(1, "first answer"))).await;
+    reply(storage, Reply::Chunk(chunk(2, 0))).await;
+    reply(storage, Reply::WithExit(success(2, "streamed"))).await;
+    storage.mark_processed(Snowflake(3)).await.unwrap();
+    fail(storage, 5, "dead", 1).await;
+    reply(storage, Reply::WithExit(success(6, "other shard"))).await;
+    fail(storage, 7, "dead", 1).await;
+    reply(storage, Reply::WithExit(success(7, "late answer"))).await;
+
+    let an_hour_ago = Utc::now() - Duration::hours(1);
+    assert_eq!(
+        storage
+            .delete_processed_before(&[shard(0), shard(1)], an_hour_ago, 100)
+            .await
+            .unwrap(),
+        0,
+        "nothing was processed an hour ago"
+    );
+    assert!(stored(storage, 1).await.is_some());
+
+    let cutoff = Utc::now() + Duration::minutes(1);
+    let mut batches = Vec::new();
+    loop {
+        let deleted = storage
+            .delete_processed_before(&[shard(0)], cutoff, 2)
+            .await
+            .unwrap();
+        batches.push(deleted);
+        if deleted < 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        batches,
+        vec![2, 1],
+        "three processed requests of shard 0, at most two per call"
+    );
+    for id in [1, 2, 3] {
+        assert_eq!(stored(storage, id).await, None, "request {id} is deleted");
+        assert!(
+            storage.replies_for(Snowflake(id)).await.unwrap().is_empty(),
+            "the replies of request {id} are deleted"
+        );
+    }
+    assert_eq!(
+        pending_ids(storage, &[shard(0)]).await,
+        vec![4],
+        "pending stays"
+    );
+    assert_eq!(
+        dead_ids(&storage.dead_letters(10).await.unwrap()),
+        vec![5, 7],
+        "dead letters stay"
+    );
+    assert_eq!(
+        storage.replies_for(Snowflake(7)).await.unwrap().len(),
+        1,
+        "the reply of a dead letter stays"
+    );
+    assert!(
+        stored(storage, 6).await.is_some_and(|r| r.processed),
+        "another shard's processed request stays"
+    );
+    assert_eq!(
+        save(
+            storage,
+            &with_dedupe_key(request(8, address("e-1", 0)), "key-1")
+        )
+        .await,
+        SaveResult::Saved,
+        "a deleted request frees its dedupe key: the same key is a new request"
+    );
+
+    assert_eq!(
+        storage
+            .delete_processed_before(&[shard(1)], cutoff, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(stored(storage, 6).await, None);
+    assert_eq!(
+        storage
+            .delete_processed_before(&[shard(0), shard(1)], cutoff, 100)
+            .await
+            .unwrap(),
+        0,
+        "deleting again finds nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Everything
 // ---------------------------------------------------------------------------------------
 
@@ -1953,6 +2074,7 @@ where
     purged_dead_letter_is_gone(&new_storage().await).await;
     message_counts_are_per_shard_and_entity_type(&new_storage().await).await;
     finished_requests_answers_replies_and_dead_letters(&new_storage().await).await;
+    processed_requests_past_retention_are_deleted_with_their_replies(&new_storage().await).await;
     concurrent_saves_of_one_request_store_it_once(Arc::new(new_storage().await)).await;
     concurrent_saves_of_one_dedupe_key_have_one_winner(Arc::new(new_storage().await)).await;
     concurrent_writers_do_not_corrupt_state(Arc::new(new_storage().await)).await;

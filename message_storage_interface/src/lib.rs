@@ -39,7 +39,13 @@
 //!    [`MessageStorage::purge_dead_letters`] deletes it with its replies and frees its
 //!    dedupe key. Both touch dead letters only and answer the ids they changed, so calling
 //!    them again changes nothing.
-//! 6. **Concurrency.** Every method may be called concurrently from many tasks and runners
+//! 6. **Retention.** A backend records when each request became processed (its final reply
+//!    stored, or marked processed). [`MessageStorage::delete_processed_before`] deletes
+//!    processed requests of the asked shards processed at or before a cutoff, with their
+//!    replies, in bounded batches; their dedupe keys are freed, so a later save with the
+//!    same key is a new request. Pending requests and dead letters stay until they are
+//!    processed, retried or purged.
+//! 7. **Concurrency.** Every method may be called concurrently from many tasks and runners
 //!    without corrupting state.
 //!
 //! # Polling fairly and cheaply
@@ -228,6 +234,22 @@ pub trait MessageStorage: Send + Sync + 'static {
         &self,
         request_ids: &[Snowflake],
     ) -> Result<Vec<Snowflake>, ClusterError>;
+
+    /// Deletes, with their replies, at most `limit` processed requests of `shards` that were
+    /// processed at or before `processed_before` (contract, point 6), and answers how many
+    /// requests it deleted. Pending requests and dead letters are never deleted, whatever
+    /// their age. A caller empties the backlog past the cutoff by calling again until the
+    /// answer is below `limit`; each call is one short write, never an unbounded delete.
+    ///
+    /// # Errors
+    /// `PersistenceError` when the storage cannot be written; then nothing was deleted by
+    /// this call.
+    async fn delete_processed_before(
+        &self,
+        shards: &[ShardId],
+        processed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError>;
 
     /// Pending, retrying and dead-lettered requests per shard and entity type: one entry
     /// for each pair with at least one such request, ordered by shard then entity type.

@@ -97,7 +97,38 @@ pub struct ShardingConfig {
     /// callers of replies and once for all callers of workflow results (per 5,000
     /// callers), so the reads do not grow with the number of callers.
     pub waiter_fallback_interval: Duration,
+    /// How long a processed persisted message is kept, with its replies, after it was
+    /// processed (default 7 days). Within it, a repeated send with the same request id or
+    /// `dedupe_key` is answered with the first reply; after it, the message is deleted and
+    /// a repeat runs as a new request. Pending messages and dead letters are never deleted.
+    pub retention_processed_messages: Duration,
+    /// How long a finished workflow execution (completed, failed or cancelled) is kept,
+    /// with its journal, timers and deferred values, after its last change (default 30
+    /// days). Parked, running and suspended executions are never deleted.
+    pub retention_finished_workflows: Duration,
+    /// How long a fired durable timer of a finished execution is kept after its `fire_at`
+    /// (default 7 days). Timers of executions that have not finished are kept (a replay
+    /// reads them).
+    pub retention_fired_timers: Duration,
+    /// How often each runner sweeps what is past retention (default 60 s).
+    pub retention_sweep_interval: Duration,
+    /// Most rows one delete statement removes (default 1000): each batch is one short
+    /// transaction, never an unbounded `DELETE`.
+    pub retention_batch_size: usize,
+    /// Most batches of each kind per sweep (default 100); what is left waits for the next
+    /// sweep, and the cleaner lag metric grows meanwhile.
+    pub retention_max_batches_per_sweep: u32,
 }
+
+/// Seconds in a day.
+const DAY_SECS: u64 = 24 * 60 * 60;
+
+/// The longest retention accepted: 100 years (longer would not fit the instants SQL
+/// backends store).
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * DAY_SECS);
+
+/// The largest retention batch accepted.
+const MAX_RETENTION_BATCH: usize = 100_000;
 
 impl Default for ShardingConfig {
     fn default() -> Self {
@@ -125,6 +156,12 @@ impl Default for ShardingConfig {
             workflow_cancel_poll_interval: Duration::from_millis(500),
             clock: Clock::system(),
             waiter_fallback_interval: Duration::from_secs(1),
+            retention_processed_messages: Duration::from_secs(7 * DAY_SECS),
+            retention_finished_workflows: Duration::from_secs(30 * DAY_SECS),
+            retention_fired_timers: Duration::from_secs(7 * DAY_SECS),
+            retention_sweep_interval: Duration::from_secs(60),
+            retention_batch_size: 1000,
+            retention_max_batches_per_sweep: 100,
         }
     }
 }
@@ -198,6 +235,40 @@ impl ShardingConfig {
         if self.waiter_fallback_interval.is_zero() {
             return bad("waiter_fallback_interval", "must be more than zero");
         }
+        for (field, retention) in [
+            (
+                "retention_processed_messages",
+                self.retention_processed_messages,
+            ),
+            (
+                "retention_finished_workflows",
+                self.retention_finished_workflows,
+            ),
+            ("retention_fired_timers", self.retention_fired_timers),
+        ] {
+            if retention.is_zero() {
+                return bad(
+                    field,
+                    "must be more than zero (a processed row would be deleted before its \
+                     caller read it); pick hours or days",
+                );
+            }
+            if retention > MAX_RETENTION {
+                return bad(field, "must be at most 100 years");
+            }
+        }
+        if self.retention_sweep_interval.is_zero() {
+            return bad("retention_sweep_interval", "must be more than zero");
+        }
+        if self.retention_batch_size == 0 || self.retention_batch_size > MAX_RETENTION_BATCH {
+            return bad(
+                "retention_batch_size",
+                "must be between 1 and 100000 (one batch is one transaction)",
+            );
+        }
+        if self.retention_max_batches_per_sweep == 0 {
+            return bad("retention_max_batches_per_sweep", "must be at least 1");
+        }
         if self.shard_groups.iter().any(|g| g.is_empty()) {
             return bad("shard_groups", "a shard group name cannot be empty");
         }
@@ -226,6 +297,18 @@ mod tests {
         assert!(!c.detachment_enabled);
         assert_eq!(c.workflow_max_failed_attempts, 5);
         assert_eq!(c.workflow_cancel_poll_interval, Duration::from_millis(500));
+        assert_eq!(
+            c.retention_processed_messages,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(
+            c.retention_finished_workflows,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(c.retention_fired_timers, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.retention_sweep_interval, Duration::from_secs(60));
+        assert_eq!(c.retention_batch_size, 1000);
+        assert_eq!(c.retention_max_batches_per_sweep, 100);
         assert!(c.validate().is_ok());
     }
 
@@ -251,6 +334,64 @@ mod tests {
         };
         assert!(
             matches!(c.validate(), Err(ClusterError::InvalidConfig { field, .. }) if field == "entity_mailbox_capacity")
+        );
+    }
+
+    #[test]
+    fn bad_retention_names_the_option() {
+        let field_of = |c: ShardingConfig| match c.validate() {
+            Err(ClusterError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let base = ShardingConfig::default;
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_processed_messages: Duration::ZERO,
+                ..base()
+            }),
+            "retention_processed_messages"
+        );
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_finished_workflows: Duration::from_secs(200 * 365 * 24 * 3600),
+                ..base()
+            }),
+            "retention_finished_workflows"
+        );
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_fired_timers: Duration::ZERO,
+                ..base()
+            }),
+            "retention_fired_timers"
+        );
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_sweep_interval: Duration::ZERO,
+                ..base()
+            }),
+            "retention_sweep_interval"
+        );
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_batch_size: 0,
+                ..base()
+            }),
+            "retention_batch_size"
+        );
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_batch_size: 1_000_000,
+                ..base()
+            }),
+            "retention_batch_size"
+        );
+        assert_eq!(
+            field_of(ShardingConfig {
+                retention_max_batches_per_sweep: 0,
+                ..base()
+            }),
+            "retention_max_batches_per_sweep"
         );
     }
 

@@ -21,6 +21,7 @@ pub mod cron;
 pub mod inspection;
 pub mod metrics;
 pub mod prelude;
+pub mod retention;
 pub mod singleton;
 pub mod storage;
 #[cfg(feature = "memory")]

@@ -335,6 +335,16 @@ impl MessageStorage for ReplyStoreFails {
     ) -> Result<Vec<Snowflake>, ClusterError> {
         self.inner.purge_dead_letters(request_ids).await
     }
+    async fn delete_processed_before(
+        &self,
+        shards: &[ShardId],
+        processed_before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        self.inner
+            .delete_processed_before(shards, processed_before, limit)
+            .await
+    }
     async fn message_counts(
         &self,
     ) -> Result<Vec<cruster::ports::message_storage::MessageCounts>, ClusterError> {

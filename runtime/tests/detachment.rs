@@ -127,6 +127,17 @@ impl MessageStorage for FlakyStorage {
         self.check()?;
         self.inner.purge_dead_letters(request_ids).await
     }
+    async fn delete_processed_before(
+        &self,
+        shards: &[ShardId],
+        processed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        self.check()?;
+        self.inner
+            .delete_processed_before(shards, processed_before, limit)
+            .await
+    }
     async fn message_counts(
         &self,
     ) -> Result<Vec<cruster::ports::message_storage::MessageCounts>, ClusterError> {

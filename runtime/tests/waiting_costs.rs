@@ -91,6 +91,36 @@ impl WorkflowEngine for CountingEngine {
         self.count("list_executions");
         self.inner.list_executions(filter).await
     }
+    async fn finished_executions_before(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<String>, ClusterError> {
+        self.count("finished_executions_before");
+        self.inner
+            .finished_executions_before(finished_before, limit)
+            .await
+    }
+    async fn delete_finished_executions(
+        &self,
+        execution_ids: &[String],
+        finished_before: DateTime<Utc>,
+    ) -> Result<u64, ClusterError> {
+        self.count("delete_finished_executions");
+        self.inner
+            .delete_finished_executions(execution_ids, finished_before)
+            .await
+    }
+    async fn delete_fired_timers_before(
+        &self,
+        fired_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        self.count("delete_fired_timers_before");
+        self.inner
+            .delete_fired_timers_before(fired_before, limit)
+            .await
+    }
     async fn schedule_timer(&self, timer: &DurableTimer) -> Result<(), ClusterError> {
         self.count("schedule_timer");
         self.inner.schedule_timer(timer).await
@@ -269,6 +299,7 @@ fn minus_counts(after: CallCounts, before: CallCounts) -> CallCounts {
         retry_dead_letters: after.retry_dead_letters - before.retry_dead_letters,
         purge_dead_letters: after.purge_dead_letters - before.purge_dead_letters,
         message_counts: after.message_counts - before.message_counts,
+        delete_processed_before: after.delete_processed_before - before.delete_processed_before,
     }
 }
 

@@ -18,7 +18,9 @@
 //! * `dedupe_key`s are indexed per entity (entity type + entity id) in their own partitions.
 //!   Locks are always taken request partition first, dedupe partition second.
 //! * Processed requests are kept for de-duplication up to a retention count, oldest
-//!   processed evicted first (a FIFO of processed ids). Unprocessed requests and dead
+//!   processed evicted first (a FIFO of processed ids with the instant each became
+//!   processed). `delete_processed_before` reads the FIFO's prefix up to its cutoff, so
+//!   the runtime's retention sweep deletes by age too. Unprocessed requests and dead
 //!   letters are never evicted.
 
 use std::collections::hash_map::Entry;
@@ -139,17 +141,42 @@ impl MemoryMessageStorage {
 
     /// Queues a newly processed id for eviction and evicts whatever exceeds the retention.
     fn retain_processed(&self, request_id: Snowflake) {
-        let evicted: Vec<Snowflake> = {
+        let evicted: Vec<(Snowflake, DateTime<Utc>)> = {
             let mut retention = self.retention.lock();
-            retention.processed.push_back(request_id);
+            retention.processed.push_back((request_id, Utc::now()));
             let excess = retention
                 .processed
                 .len()
                 .saturating_sub(retention.max_processed);
             retention.processed.drain(..excess).collect()
         };
-        for request_id in evicted {
+        for (request_id, _) in evicted {
             self.evict(request_id);
+        }
+    }
+
+    /// Forgets a processed request of one of `shards` (or the replies of an unknown
+    /// request, which belong to no shard yet). Answers whether a processed request was
+    /// deleted; `None` when the id is not this call's to delete (another shard's, or no
+    /// longer processed).
+    fn evict_in(&self, request_id: Snowflake, shards: &HashSet<&ShardId>) -> Option<bool> {
+        let mut partition = self.partition(request_id).lock();
+        match partition.requests.get(&request_id) {
+            Some(record)
+                if record.state == RequestState::Processed
+                    && shards.contains(&record.envelope.address.shard_id) =>
+            {
+                if let Some(record) = partition.remove_request(request_id) {
+                    self.forget_dedupe_key(&record.envelope);
+                }
+                partition.replies.remove(&request_id);
+                Some(true)
+            }
+            Some(_) => None,
+            None => {
+                partition.replies.remove(&request_id);
+                Some(false)
+            }
         }
     }
 
@@ -230,8 +257,8 @@ impl EntityKey {
 
 struct Retention {
     max_processed: usize,
-    /// Processed request ids, oldest processed first.
-    processed: VecDeque<Snowflake>,
+    /// Processed request ids with the instant they became processed, oldest first.
+    processed: VecDeque<(Snowflake, DateTime<Utc>)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -774,6 +801,43 @@ impl MessageStorage for MemoryMessageStorage {
             purged.push(request_id);
         }
         Ok(purged)
+    }
+
+    async fn delete_processed_before(
+        &self,
+        shards: &[ShardId],
+        processed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        let wanted: HashSet<&ShardId> = shards.iter().collect();
+        // The processed FIFO is in processing order: the candidates are its prefix up to
+        // the cutoff. Copied out so no partition lock is taken under the retention lock.
+        let candidates: Vec<Snowflake> = self
+            .retention
+            .lock()
+            .processed
+            .iter()
+            .take_while(|(_, at)| *at <= processed_before)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut forgotten = HashSet::new();
+        let mut deleted = 0u64;
+        for request_id in candidates {
+            if deleted as usize >= limit {
+                break;
+            }
+            if let Some(was_request) = self.evict_in(request_id, &wanted) {
+                forgotten.insert(request_id);
+                deleted += u64::from(was_request);
+            }
+        }
+        if !forgotten.is_empty() {
+            let mut retention = self.retention.lock();
+            retention
+                .processed
+                .retain(|(id, at)| *at > processed_before || !forgotten.contains(id));
+        }
+        Ok(deleted)
     }
 
     async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError> {

@@ -5,7 +5,9 @@
 //! scheduling or wake-up policy: the runtime polls `due_timers`). Each family (executions,
 //! timers, deferreds) has its own lock, held only for short synchronous sections, never
 //! across an `.await`. Uncompleted timers are indexed by `(fire_at, execution, key)`, so
-//! `due_timers` reads only the due prefix.
+//! `due_timers` reads only the due prefix; fired timers and finished executions have the
+//! same kind of index, so the retention sweep reads only what is past its cutoff. Locks
+//! that are taken together are taken in one order: executions, timers, deferreds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -63,6 +65,8 @@ type ExecutionScoped = (String, String);
 #[derive(Default)]
 struct EngineState {
     executions: RwLock<HashMap<String, ExecutionRecord>>,
+    /// Finished executions by `(updated_at, id)`; changed only with `executions` locked.
+    finished: Mutex<BTreeSet<(DateTime<Utc>, String)>>,
     timers: Mutex<Timers>,
     deferreds: RwLock<HashMap<ExecutionScoped, ExitResult>>,
 }
@@ -72,6 +76,21 @@ struct Timers {
     by_key: HashMap<ExecutionScoped, DurableTimer>,
     /// Uncompleted timers, earliest first.
     due_order: BTreeSet<(DateTime<Utc>, String, String)>,
+    /// Completed timers, earliest `fire_at` first.
+    fired_order: BTreeSet<(DateTime<Utc>, String, String)>,
+}
+
+impl Timers {
+    fn remove(&mut self, key: &ExecutionScoped) {
+        if let Some(timer) = self.by_key.remove(key) {
+            let indexed = (timer.fire_at, timer.execution_id, timer.timer_key);
+            if timer.completed {
+                self.fired_order.remove(&indexed);
+            } else {
+                self.due_order.remove(&indexed);
+            }
+        }
+    }
 }
 
 fn scoped(execution_id: &str, name: &str) -> ExecutionScoped {
@@ -88,7 +107,13 @@ impl WorkflowEngine for MemoryWorkflowEngine {
             .and_then(|stored| stored.cancel_requested_at);
         let mut stored = record.clone();
         stored.cancel_requested_at = cancel_requested_at;
-        executions.insert(record.execution_id.clone(), stored);
+        let mut finished = self.inner.finished.lock();
+        if let Some(old) = executions.insert(record.execution_id.clone(), stored) {
+            finished.remove(&(old.updated_at, old.execution_id));
+        }
+        if record.status.is_finished() {
+            finished.insert((record.updated_at, record.execution_id.clone()));
+        }
         Ok(())
     }
 
@@ -165,12 +190,15 @@ impl WorkflowEngine for MemoryWorkflowEngine {
         if timers.by_key.contains_key(&key) {
             return Ok(());
         }
-        if !timer.completed {
-            timers.due_order.insert((
-                timer.fire_at,
-                timer.execution_id.clone(),
-                timer.timer_key.clone(),
-            ));
+        let indexed = (
+            timer.fire_at,
+            timer.execution_id.clone(),
+            timer.timer_key.clone(),
+        );
+        if timer.completed {
+            timers.fired_order.insert(indexed);
+        } else {
+            timers.due_order.insert(indexed);
         }
         timers.by_key.insert(key, timer.clone());
         Ok(())
@@ -216,18 +244,109 @@ impl WorkflowEngine for MemoryWorkflowEngine {
         timer_key: &str,
     ) -> Result<(), ClusterError> {
         let mut timers = self.inner.timers.lock();
-        let Timers { by_key, due_order } = &mut *timers;
+        let Timers {
+            by_key,
+            due_order,
+            fired_order,
+        } = &mut *timers;
         if let Some(timer) = by_key.get_mut(&scoped(execution_id, timer_key)) {
             if !timer.completed {
                 timer.completed = true;
-                due_order.remove(&(
+                let indexed = (
                     timer.fire_at,
                     timer.execution_id.clone(),
                     timer.timer_key.clone(),
-                ));
+                );
+                due_order.remove(&indexed);
+                fired_order.insert(indexed);
             }
         }
         Ok(())
+    }
+
+    async fn finished_executions_before(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<String>, ClusterError> {
+        Ok(self
+            .inner
+            .finished
+            .lock()
+            .iter()
+            .take_while(|(updated_at, _)| *updated_at <= finished_before)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
+
+    async fn delete_finished_executions(
+        &self,
+        execution_ids: &[String],
+        finished_before: DateTime<Utc>,
+    ) -> Result<u64, ClusterError> {
+        let mut executions = self.inner.executions.write();
+        let mut finished = self.inner.finished.lock();
+        let mut deleted = Vec::new();
+        for id in execution_ids {
+            let expired = executions.get(id).is_some_and(|record| {
+                record.status.is_finished() && record.updated_at <= finished_before
+            });
+            if !expired {
+                continue;
+            }
+            if let Some(record) = executions.remove(id) {
+                finished.remove(&(record.updated_at, record.execution_id));
+                deleted.push(id.as_str());
+            }
+        }
+        drop(finished);
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        let gone: std::collections::HashSet<&str> = deleted.iter().copied().collect();
+        let mut timers = self.inner.timers.lock();
+        let keys: Vec<ExecutionScoped> = timers
+            .by_key
+            .keys()
+            .filter(|(execution_id, _)| gone.contains(execution_id.as_str()))
+            .cloned()
+            .collect();
+        for key in &keys {
+            timers.remove(key);
+        }
+        drop(timers);
+        self.inner
+            .deferreds
+            .write()
+            .retain(|(execution_id, _), _| !gone.contains(execution_id.as_str()));
+        drop(executions);
+        Ok(deleted.len() as u64)
+    }
+
+    async fn delete_fired_timers_before(
+        &self,
+        fired_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        let executions = self.inner.executions.read();
+        let mut timers = self.inner.timers.lock();
+        let doomed: Vec<ExecutionScoped> = timers
+            .fired_order
+            .iter()
+            .take_while(|(fire_at, _, _)| *fire_at <= fired_before)
+            .filter(|(_, execution_id, _)| {
+                executions
+                    .get(execution_id)
+                    .is_none_or(|record| record.status.is_finished())
+            })
+            .take(limit)
+            .map(|(_, execution_id, timer_key)| (execution_id.clone(), timer_key.clone()))
+            .collect();
+        for key in &doomed {
+            timers.remove(key);
+        }
+        Ok(doomed.len() as u64)
     }
 
     async fn resolve_deferred(

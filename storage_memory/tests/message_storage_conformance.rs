@@ -69,6 +69,7 @@ conformance_tests!(
         purged_dead_letter_is_gone,
         message_counts_are_per_shard_and_entity_type,
         finished_requests_answers_replies_and_dead_letters,
+        processed_requests_past_retention_are_deleted_with_their_replies,
         failed_attempt_is_not_due_before_retry_at,
         start_attempts_counts_before_delivery,
         counted_failure_is_not_counted_twice,

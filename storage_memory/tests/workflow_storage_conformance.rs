@@ -85,6 +85,8 @@ conformance_tests!(
         timers_are_due_only_after_fire_at,
         scheduling_a_timer_twice_keeps_the_first,
         completed_timers_are_not_due,
+        finished_executions_past_retention_are_deleted,
+        fired_timers_of_finished_executions_are_deleted,
         deferred_values_are_write_once,
         random_timer_operations_match_a_model,
     ],

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cruster_message_storage::{
     AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
     MessageStorage, PollQuery, SaveResult, StoredRequest,
@@ -498,6 +498,52 @@ impl MessageStorage for SqlMessageStorage {
         })
         .map_err(|e| failed("purging dead letters", e))?;
         Ok(in_request_order(request_ids, deleted))
+    }
+
+    async fn delete_processed_before(
+        &self,
+        shards: &[ShardId],
+        processed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        if shards.is_empty() || limit == 0 {
+            return Ok(0);
+        }
+        let cutoff_ns = nanos(processed_before, "processed_before")?;
+        // One short transaction per batch: pick at most `limit` ids through the partial
+        // index, delete their replies, then the requests (re-checked: still processed and
+        // not dead).
+        let deleted: u64 = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let shard_list = d::shard_list(shards)?;
+            async {
+                let mut tx = pool.begin().await?;
+                let picked: Vec<(i64,)> = sqlx::query_as(d::sql::PROCESSED_BEFORE)
+                    .bind(shard_list)
+                    .bind(cutoff_ns)
+                    .bind(sql_limit(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if picked.is_empty() {
+                    return Ok(0);
+                }
+                let ids: Vec<Snowflake> = picked.into_iter().map(|(id,)| Snowflake(id)).collect();
+                let ids = d::id_list(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query(d::sql::DELETE_REPLIES_OF)
+                    .bind(ids.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                let deleted = sqlx::query(d::sql::DELETE_PROCESSED)
+                    .bind(ids)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(deleted)
+            }
+            .await
+        })
+        .map_err(|e| failed("deleting processed requests past their retention", e))?;
+        Ok(deleted)
     }
 
     async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError> {

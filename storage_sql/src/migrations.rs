@@ -58,6 +58,11 @@ const POSTGRES: &[Embedded] = &[
         "workflow cancellation and parking",
         include_str!("../migrations/postgres/0006_workflow_cancellation_and_parking.sql"),
     ),
+    (
+        7,
+        "retention",
+        include_str!("../migrations/postgres/0007_retention.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]
@@ -91,6 +96,11 @@ const SQLITE: &[Embedded] = &[
         6,
         "workflow cancellation and parking",
         include_str!("../migrations/sqlite/0006_workflow_cancellation_and_parking.sql"),
+    ),
+    (
+        7,
+        "retention",
+        include_str!("../migrations/sqlite/0007_retention.sql"),
     ),
 ];
 

@@ -236,6 +236,83 @@ impl WorkflowEngine for SqlWorkflowEngine {
         })
     }
 
+    async fn finished_executions_before(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<String>, ClusterError> {
+        let cutoff_ns = nanos(finished_before, "finished_before")?;
+        let ids: Vec<(String,)> = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query_as(d::sql::FINISHED_EXECUTIONS_BEFORE)
+                .bind(cutoff_ns)
+                .bind(sql_limit(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|e| failed("listing finished executions past their retention", e))?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn delete_finished_executions(
+        &self,
+        execution_ids: &[String],
+        finished_before: DateTime<Utc>,
+    ) -> Result<u64, ClusterError> {
+        if execution_ids.is_empty() {
+            return Ok(0);
+        }
+        let cutoff_ns = nanos(finished_before, "finished_before")?;
+        // One transaction: the executions that are still finished and old enough, then the
+        // timers and deferred values of exactly those.
+        let deleted: u64 = per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let asked = d::text_list(execution_ids)?;
+            async {
+                let mut tx = pool.begin().await?;
+                let gone: Vec<(String,)> = sqlx::query_as(d::sql::DELETE_FINISHED_EXECUTIONS)
+                    .bind(asked)
+                    .bind(cutoff_ns)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if gone.is_empty() {
+                    return Ok(0);
+                }
+                let gone: Vec<String> = gone.into_iter().map(|(id,)| id).collect();
+                let gone_list =
+                    d::text_list(&gone).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query(d::sql::DELETE_TIMERS_OF)
+                    .bind(gone_list.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(d::sql::DELETE_DEFERREDS_OF)
+                    .bind(gone_list)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(gone.len() as u64)
+            }
+            .await
+        })
+        .map_err(|e| failed("deleting finished executions past their retention", e))?;
+        Ok(deleted)
+    }
+
+    async fn delete_fired_timers_before(
+        &self,
+        fired_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        let cutoff_ns = nanos(fired_before, "fired_before")?;
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            sqlx::query(d::sql::DELETE_FIRED_TIMERS_BEFORE)
+                .bind(cutoff_ns)
+                .bind(sql_limit(limit))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(|e| failed("deleting fired timers past their retention", e))
+    }
+
     async fn resolve_deferred(
         &self,
         execution_id: &str,

@@ -1317,6 +1317,178 @@ pub async fn completed_timers_are_not_due<E: WorkflowEngine + ?Sized>(engine: &E
 }
 
 // ---------------------------------------------------------------------------------------
+// Engine: retention
+// ---------------------------------------------------------------------------------------
+
+fn updated(mut record: ExecutionRecord, minutes_after_t0: i64) -> ExecutionRecord {
+    record.updated_at = t0() + Duration::minutes(minutes_after_t0);
+    record
+}
+
+fn fired(mut timer: DurableTimer) -> DurableTimer {
+    timer.completed = true;
+    timer
+}
+
+/// Finished executions (completed, failed, cancelled) last updated at or before the cutoff
+/// are listed oldest first, at most `limit`; deleting them takes their timers and deferred
+/// values too. Parked, running and suspended executions, newer finished ones and ids that
+/// are not finished are left alone, whatever the list passed.
+pub async fn finished_executions_past_retention_are_deleted<E: WorkflowEngine + ?Sized>(
+    engine: &E,
+) {
+    let records = [
+        updated(execution("done", "order", ExecutionStatus::Completed, 0), 0),
+        updated(execution("failed", "order", ExecutionStatus::Failed, 0), 1),
+        updated(
+            execution("cancelled", "order", ExecutionStatus::Cancelled, 0),
+            2,
+        ),
+        updated(execution("parked", "order", ExecutionStatus::Parked, 0), 0),
+        updated(
+            execution("running", "order", ExecutionStatus::Running, 0),
+            0,
+        ),
+        updated(
+            execution(
+                "sleeping",
+                "order",
+                ExecutionStatus::Suspended { until: None },
+                0,
+            ),
+            0,
+        ),
+        updated(
+            execution("recent", "order", ExecutionStatus::Completed, 0),
+            120,
+        ),
+    ];
+    for record in &records {
+        engine.upsert_execution(record).await.unwrap();
+    }
+    for id in ["done", "running"] {
+        engine
+            .schedule_timer(&fired(timer(id, "sleep/0", t0())))
+            .await
+            .unwrap();
+        let value = ExitResult::Success(bytes("approved"));
+        assert!(engine
+            .resolve_deferred(id, "approval", &value)
+            .await
+            .unwrap());
+    }
+
+    let cutoff = t0() + Duration::hours(1);
+    assert_eq!(
+        engine.finished_executions_before(cutoff, 10).await.unwrap(),
+        vec!["done", "failed", "cancelled"],
+        "finished before the cutoff, oldest first"
+    );
+    assert_eq!(
+        engine.finished_executions_before(cutoff, 2).await.unwrap(),
+        vec!["done", "failed"],
+        "at most limit"
+    );
+    assert!(engine
+        .finished_executions_before(t0() - Duration::hours(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let asked: Vec<String> = records.iter().map(|r| r.execution_id.clone()).collect();
+    let mut asked = asked;
+    asked.push("missing".into());
+    assert_eq!(
+        engine
+            .delete_finished_executions(&asked, cutoff)
+            .await
+            .unwrap(),
+        3
+    );
+    for id in ["done", "failed", "cancelled"] {
+        assert_eq!(engine.execution(id).await.unwrap(), None, "{id} is deleted");
+    }
+    for id in ["parked", "running", "sleeping", "recent"] {
+        assert!(engine.execution(id).await.unwrap().is_some(), "{id} stays");
+    }
+    assert_eq!(engine.timer("done", "sleep/0").await.unwrap(), None);
+    assert_eq!(engine.deferred("done", "approval").await.unwrap(), None);
+    assert!(engine.timer("running", "sleep/0").await.unwrap().is_some());
+    assert!(engine
+        .deferred("running", "approval")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(engine
+        .finished_executions_before(cutoff, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        engine
+            .delete_finished_executions(&asked, cutoff)
+            .await
+            .unwrap(),
+        0,
+        "deleting again changes nothing"
+    );
+}
+
+/// Fired timers with `fire_at` at or before the cutoff are deleted, at most `limit` per
+/// call, when their execution has finished or no longer exists; timers of unfinished
+/// executions, timers that have not fired and later ones stay.
+pub async fn fired_timers_of_finished_executions_are_deleted<E: WorkflowEngine + ?Sized>(
+    engine: &E,
+) {
+    engine
+        .upsert_execution(&execution("done", "order", ExecutionStatus::Completed, 0))
+        .await
+        .unwrap();
+    engine
+        .upsert_execution(&execution(
+            "sleeping",
+            "order",
+            ExecutionStatus::Suspended { until: None },
+            0,
+        ))
+        .await
+        .unwrap();
+    let timers = [
+        fired(timer("done", "sleep/0", t0())),
+        fired(timer("done", "sleep/1", t0() + Duration::hours(2))),
+        timer("done", "sleep/2", t0()),
+        fired(timer("sleeping", "sleep/0", t0())),
+        fired(timer("gone", "sleep/0", t0())),
+    ];
+    for timer in &timers {
+        engine.schedule_timer(timer).await.unwrap();
+    }
+
+    let cutoff = t0() + Duration::hours(1);
+    let mut batches = Vec::new();
+    loop {
+        let deleted = engine.delete_fired_timers_before(cutoff, 1).await.unwrap();
+        batches.push(deleted);
+        if deleted < 1 {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![1, 1, 0], "two fired timers, one per call");
+    assert_eq!(engine.timer("done", "sleep/0").await.unwrap(), None);
+    assert_eq!(engine.timer("gone", "sleep/0").await.unwrap(), None);
+    for (execution_id, key) in [
+        ("done", "sleep/1"),
+        ("done", "sleep/2"),
+        ("sleeping", "sleep/0"),
+    ] {
+        assert!(
+            engine.timer(execution_id, key).await.unwrap().is_some(),
+            "{execution_id}/{key} stays"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Engine: deferred values
 // ---------------------------------------------------------------------------------------
 
@@ -1556,6 +1728,8 @@ where
     timers_are_due_only_after_fire_at(&new_engine().await).await;
     scheduling_a_timer_twice_keeps_the_first(&new_engine().await).await;
     completed_timers_are_not_due(&new_engine().await).await;
+    finished_executions_past_retention_are_deleted(&new_engine().await).await;
+    fired_timers_of_finished_executions_are_deleted(&new_engine().await).await;
     deferred_values_are_write_once(&new_engine().await).await;
     concurrent_resolves_of_one_deferred_have_exactly_one_winner(Arc::new(new_engine().await)).await;
     random_timer_operations_match_a_model(&new_engine().await).await;

@@ -39,6 +39,16 @@
 //! with `fire_at <= now` that are not completed, earliest first. **Deferred values** are
 //! write-once: the first [`WorkflowEngine::resolve_deferred`] wins.
 //!
+//! **Retention.** A finished execution (completed, failed or cancelled) is deleted, with
+//! its journal, timers and deferred values, once it has not changed for the retention
+//! period: [`WorkflowEngine::finished_executions_before`] lists them in bounded batches,
+//! the caller deletes each journal ([`WorkflowStorage::delete_journal`]), then
+//! [`WorkflowEngine::delete_finished_executions`] deletes the records, so a crash between
+//! the steps leaves an execution whose journal is gone but whose record is still there to
+//! be deleted by the next sweep, never a journal nobody deletes. Fired timers of finished
+//! (or deleted) executions go earlier with [`WorkflowEngine::delete_fired_timers_before`].
+//! Parked, running and suspended executions are never deleted.
+//!
 //! Backends run [`conformance`] (feature `conformance`).
 #![deny(missing_docs)]
 
@@ -189,6 +199,46 @@ pub trait WorkflowEngine: Send + Sync + 'static {
     /// Marks a timer fired.
     async fn complete_timer(&self, execution_id: &str, timer_key: &str)
         -> Result<(), ClusterError>;
+
+    /// The ids of at most `limit` finished executions (completed, failed or cancelled; see
+    /// [`ExecutionStatus::is_finished`]) last updated at or before `finished_before`, oldest
+    /// first. Parked, running and suspended executions are never listed. The first step of
+    /// retention: the caller deletes their journals, then calls
+    /// [`WorkflowEngine::delete_finished_executions`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn finished_executions_before(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<String>, ClusterError>;
+
+    /// Deletes the executions among `execution_ids` that are still finished and last updated
+    /// at or before `finished_before`, with their timers and deferred values, and answers
+    /// how many executions it deleted. Any other id is left alone, so a list read a moment
+    /// earlier is safe to pass.
+    ///
+    /// # Errors
+    /// Storage errors; then nothing was deleted by this call.
+    async fn delete_finished_executions(
+        &self,
+        execution_ids: &[String],
+        finished_before: DateTime<Utc>,
+    ) -> Result<u64, ClusterError>;
+
+    /// Deletes at most `limit` fired (completed) timers with `fire_at` at or before
+    /// `fired_before` whose execution has finished or no longer exists, and answers how many
+    /// it deleted. Timers of executions that have not finished are kept whatever their age:
+    /// a replay of the execution reads them to know its sleeps are over.
+    ///
+    /// # Errors
+    /// Storage errors; then nothing was deleted by this call.
+    async fn delete_fired_timers_before(
+        &self,
+        fired_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError>;
 
     /// Resolves a deferred value. Returns `false` if it was already resolved (nothing changed).
     async fn resolve_deferred(

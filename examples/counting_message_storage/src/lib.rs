@@ -112,6 +112,7 @@ pub struct CallCounters {
     clear_address: AtomicU64,
     retry_dead_letters: AtomicU64,
     purge_dead_letters: AtomicU64,
+    delete_processed_before: AtomicU64,
     message_counts: AtomicU64,
 }
 
@@ -136,6 +137,7 @@ impl CallCounters {
             clear_address: read(&self.clear_address),
             retry_dead_letters: read(&self.retry_dead_letters),
             purge_dead_letters: read(&self.purge_dead_letters),
+            delete_processed_before: read(&self.delete_processed_before),
             message_counts: read(&self.message_counts),
         }
     }
@@ -175,6 +177,8 @@ pub struct CallCounts {
     pub retry_dead_letters: u64,
     /// Calls to [`MessageStorage::purge_dead_letters`].
     pub purge_dead_letters: u64,
+    /// Calls to [`MessageStorage::delete_processed_before`].
+    pub delete_processed_before: u64,
     /// Calls to [`MessageStorage::message_counts`].
     pub message_counts: u64,
 }
@@ -197,6 +201,7 @@ impl CallCounts {
             + self.clear_address
             + self.retry_dead_letters
             + self.purge_dead_letters
+            + self.delete_processed_before
             + self.message_counts
     }
 
@@ -218,6 +223,7 @@ impl CallCounts {
             ("clear_address", self.clear_address),
             ("retry_dead_letters", self.retry_dead_letters),
             ("purge_dead_letters", self.purge_dead_letters),
+            ("delete_processed_before", self.delete_processed_before),
             ("message_counts", self.message_counts),
         ]
         .into_iter()
@@ -334,6 +340,18 @@ impl<S: MessageStorage> MessageStorage for CountingMessageStorage<S> {
     ) -> Result<Vec<Snowflake>, ClusterError> {
         count(&self.counters.purge_dead_letters);
         self.inner.purge_dead_letters(request_ids).await
+    }
+
+    async fn delete_processed_before(
+        &self,
+        shards: &[ShardId],
+        processed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ClusterError> {
+        count(&self.counters.delete_processed_before);
+        self.inner
+            .delete_processed_before(shards, processed_before, limit)
+            .await
     }
 
     async fn message_counts(&self) -> Result<Vec<MessageCounts>, ClusterError> {

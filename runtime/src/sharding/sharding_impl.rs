@@ -41,6 +41,8 @@ use crate::entity::entity_manager::EntityManager;
 use crate::entity::registry::EntityRegistry;
 use crate::inspection::{DeliveryProgress, EntityLoad, RunnerView, ShardGroupView, ShardMove};
 use crate::metrics::ClusterMetrics;
+use crate::retention::cleaner::RetentionCleaner;
+use crate::retention::RetentionSweep;
 use crate::runtime_core::RuntimeCore;
 use crate::sharding::assignment::RendezvousAssignment;
 use crate::sharding::membership::Membership;
@@ -65,6 +67,7 @@ pub struct ShardingImpl {
     membership: Arc<Membership>,
     poller_wake: Arc<tokio::sync::Notify>,
     poller: Mutex<Option<StoragePoller>>,
+    retention: Arc<RetentionCleaner>,
     started: AtomicBool,
     default_group: Arc<str>,
 }
@@ -194,7 +197,13 @@ impl ShardingImpl {
                 supervisor.clone(),
                 poller_wake.clone(),
             ));
+            let retention = Arc::new(RetentionCleaner::new(
+                core.clone(),
+                state_storage.clone(),
+                workflow_engine.clone(),
+            ));
             ShardingImpl {
+                retention,
                 core,
                 router,
                 persisted,
@@ -241,11 +250,25 @@ impl ShardingImpl {
         }
         let fallback = WaiterFallback::new(self.core.clone(), self.workflow_engine.clone());
         self.core.spawn(fallback.run());
+        let retention = self.retention.clone();
+        self.core.spawn(async move { retention.run().await });
         for manager in self.registry.all() {
             self.spawn_reaper(manager);
         }
         tracing::info!(runner = %self.core.config.runner_address, "runner started");
         Ok(())
+    }
+
+    /// Runs one retention sweep now, as the background cleaner does every
+    /// `retention_sweep_interval`: deletes, in bounded batches, the processed messages of
+    /// the shards this runner holds and, on the runner holding shard 0 of the first
+    /// configured shard group, the finished workflow executions and fired timers past
+    /// their retention. Answers what it deleted.
+    ///
+    /// # Errors
+    /// Storage errors (what was deleted before the error stays deleted).
+    pub async fn sweep_retention(&self) -> Result<RetentionSweep, ClusterError> {
+        self.retention.sweep().await
     }
 
     fn spawn_reaper(&self, manager: Arc<EntityManager>) {

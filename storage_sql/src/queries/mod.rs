@@ -355,6 +355,26 @@ pub(crate) mod portable {
         UPDATE cruster_timers SET completed = TRUE \
         WHERE execution_id = $1 AND timer_key = $2 AND NOT completed";
 
+    /// Retention: at most `$2` finished executions last updated at or before `$1`, oldest
+    /// first, read through the partial index `cruster_executions_finished`.
+    pub(crate) const FINISHED_EXECUTIONS_BEFORE: &str = "\
+        SELECT execution_id FROM cruster_executions \
+        WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at_ns <= $1 \
+        ORDER BY updated_at_ns, execution_id \
+        LIMIT $2";
+
+    /// Retention: deletes at most `$2` fired timers with `fire_at` at or before `$1` whose
+    /// execution has finished or is gone (found through the partial index
+    /// `cruster_timers_fired`).
+    pub(crate) const DELETE_FIRED_TIMERS_BEFORE: &str = "\
+        DELETE FROM cruster_timers WHERE (execution_id, timer_key) IN ( \
+            SELECT t.execution_id, t.timer_key FROM cruster_timers AS t \
+            WHERE t.completed AND t.fire_at_ns <= $1 \
+              AND NOT EXISTS (SELECT 1 FROM cruster_executions AS e \
+                  WHERE e.execution_id = t.execution_id \
+                    AND e.status NOT IN ('completed', 'failed', 'cancelled')) \
+            LIMIT $2)";
+
     /// Write-once: zero rows affected when already resolved.
     pub(crate) const RESOLVE_DEFERRED: &str = "\
         INSERT INTO cruster_deferred (execution_id, name, value) VALUES ($1, $2, $3) \

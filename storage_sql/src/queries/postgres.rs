@@ -109,6 +109,37 @@ pub(crate) const INSERT_REPLIES: &str = "\
     ORDER BY k.position \
     ON CONFLICT DO NOTHING";
 
+// ---- retention (see `message_storage.rs`, `workflow_engine.rs`) --------------------------
+
+/// At most `$3` processed requests of the shards in `$1` (`TEXT[]`) processed at or before
+/// `$2`, read through the partial index `cruster_messages_processed`.
+pub(crate) const PROCESSED_BEFORE: &str = "\
+    SELECT request_id FROM cruster_messages \
+    WHERE shard = ANY($1) AND processed AND NOT dead_lettered AND processed_at_ns <= $2 \
+    LIMIT $3";
+
+/// Deletes the replies of the requests in `$1` (a `BIGINT[]`).
+pub(crate) const DELETE_REPLIES_OF: &str = "DELETE FROM cruster_replies WHERE request_id = ANY($1)";
+
+/// Deletes the processed, not dead, requests among `$1` (a `BIGINT[]`).
+pub(crate) const DELETE_PROCESSED: &str = "\
+    DELETE FROM cruster_messages WHERE request_id = ANY($1) AND processed AND NOT dead_lettered";
+
+/// Deletes the executions among `$1` (a `TEXT[]`) that are finished and last updated at or
+/// before `$2`; returns their ids.
+pub(crate) const DELETE_FINISHED_EXECUTIONS: &str = "\
+    DELETE FROM cruster_executions \
+    WHERE execution_id = ANY($1) AND status IN ('completed', 'failed', 'cancelled') \
+        AND updated_at_ns <= $2 \
+    RETURNING execution_id";
+
+/// Deletes the timers of the executions in `$1` (a `TEXT[]`).
+pub(crate) const DELETE_TIMERS_OF: &str = "DELETE FROM cruster_timers WHERE execution_id = ANY($1)";
+
+/// Deletes the deferred values of the executions in `$1` (a `TEXT[]`).
+pub(crate) const DELETE_DEFERREDS_OF: &str =
+    "DELETE FROM cruster_deferred WHERE execution_id = ANY($1)";
+
 // ---- runner storage (see `runner_storage.rs`) --------------------------------------------
 
 super::runner_registry_statements!("(extract(epoch FROM clock_timestamp()) * 1000)::bigint");

@@ -69,6 +69,41 @@ pub(crate) const DELETE_DEAD_LETTER_REPLIES: &str = "\
     DELETE FROM cruster_replies WHERE request_id IN ( \
         SELECT request_id FROM cruster_messages WHERE request_id IN (SELECT value FROM json_each($1)) AND dead_lettered)";
 
+// ---- retention (see `message_storage.rs`, `workflow_engine.rs`) --------------------------
+
+/// At most `$3` processed requests of the shards in `$1` (a JSON array) processed at or
+/// before `$2`, read through the partial index `cruster_messages_processed`.
+pub(crate) const PROCESSED_BEFORE: &str = "\
+    SELECT request_id FROM cruster_messages \
+    WHERE shard IN (SELECT value FROM json_each($1)) AND processed AND NOT dead_lettered \
+        AND processed_at_ns <= $2 \
+    LIMIT $3";
+
+/// Deletes the replies of the requests in `$1` (a JSON array of ids).
+pub(crate) const DELETE_REPLIES_OF: &str =
+    "DELETE FROM cruster_replies WHERE request_id IN (SELECT value FROM json_each($1))";
+
+/// Deletes the processed, not dead, requests among `$1` (a JSON array of ids).
+pub(crate) const DELETE_PROCESSED: &str = "\
+    DELETE FROM cruster_messages WHERE request_id IN (SELECT value FROM json_each($1)) \
+        AND processed AND NOT dead_lettered";
+
+/// Deletes the executions among `$1` (a JSON array of ids) that are finished and last
+/// updated at or before `$2`; returns their ids.
+pub(crate) const DELETE_FINISHED_EXECUTIONS: &str = "\
+    DELETE FROM cruster_executions \
+    WHERE execution_id IN (SELECT value FROM json_each($1)) \
+        AND status IN ('completed', 'failed', 'cancelled') AND updated_at_ns <= $2 \
+    RETURNING execution_id";
+
+/// Deletes the timers of the executions in `$1` (a JSON array of ids).
+pub(crate) const DELETE_TIMERS_OF: &str =
+    "DELETE FROM cruster_timers WHERE execution_id IN (SELECT value FROM json_each($1))";
+
+/// Deletes the deferred values of the executions in `$1` (a JSON array of ids).
+pub(crate) const DELETE_DEFERREDS_OF: &str =
+    "DELETE FROM cruster_deferred WHERE execution_id IN (SELECT value FROM json_each($1))";
+
 // ---- runner storage (see `runner_storage.rs`) --------------------------------------------
 
 super::runner_registry_statements!("CAST(unixepoch('subsec') * 1000 AS INTEGER)");

@@ -271,10 +271,73 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
     assert_eq!(
         db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
             .await,
-        6,
-        "each of the six migration files applied once"
+        7,
+        "each of the seven migration files applied once"
     );
     assert_eq!(pending_ids(&messages).await, vec![1]);
+    pool.close().await;
+}
+
+/// Migration 7 (retention) on a database of version 6: a request processed before it gets
+/// the upgrade instant as its processing time (kept one full retention from the upgrade,
+/// then deleted like any other), pending requests get none, and requests processed
+/// afterwards are stamped by the triggers.
+pub async fn migrating_to_retention_stamps_processed_requests_with_the_upgrade_instant(
+    db: &TestDatabase,
+) {
+    let pool = db.migrated().await;
+    let back_to_version_6 = match db.dialect {
+        Dialect::Postgres => {
+            "DROP TRIGGER cruster_processed_at_on_insert ON cruster_messages; \
+             DROP TRIGGER cruster_processed_at_on_update ON cruster_messages; \
+             DROP FUNCTION cruster_stamp_processed_at(); \
+             DROP INDEX cruster_messages_processed; \
+             DROP INDEX cruster_executions_finished; \
+             DROP INDEX cruster_timers_fired; \
+             ALTER TABLE cruster_messages DROP COLUMN processed_at_ns; \
+             DELETE FROM _cruster_migrations WHERE version = 7;"
+        }
+        Dialect::Sqlite => {
+            "DROP TRIGGER cruster_processed_at_on_insert; \
+             DROP TRIGGER cruster_processed_at_on_update; \
+             DROP INDEX cruster_messages_processed; \
+             DROP INDEX cruster_executions_finished; \
+             DROP INDEX cruster_timers_fired; \
+             ALTER TABLE cruster_messages DROP COLUMN processed_at_ns; \
+             DELETE FROM _cruster_migrations WHERE version = 7;"
+        }
+    };
+    db.execute(&pool, back_to_version_6).await;
+    let messages = SqlMessageStorage::from_pool(pool.clone());
+    messages.save_request(&request(1)).await.unwrap();
+    messages
+        .save_reply(&Reply::WithExit(final_reply(1, "old answer")))
+        .await
+        .unwrap();
+    messages.save_request(&request(2)).await.unwrap();
+
+    let before_upgrade = Utc::now() - Duration::seconds(1);
+    pool.migrate().await.unwrap();
+    assert_eq!(
+        messages
+            .delete_processed_before(&[shard()], before_upgrade, 100)
+            .await
+            .unwrap(),
+        0,
+        "a request processed before the upgrade counts as processed at the upgrade"
+    );
+    messages.save_request(&request(3)).await.unwrap();
+    messages.mark_processed(Snowflake(3)).await.unwrap();
+    let later = Utc::now() + Duration::minutes(1);
+    assert_eq!(
+        messages
+            .delete_processed_before(&[shard()], later, 100)
+            .await
+            .unwrap(),
+        2,
+        "the old processed request and the one processed after the upgrade"
+    );
+    assert_eq!(pending_ids(&messages).await, vec![2], "pending stays");
     pool.close().await;
 }
 
