@@ -18,11 +18,14 @@ use cruster::testing::{MemoryCluster, VirtualClock};
 use cruster::workflow::{ClientFromSharding, WorkflowClient};
 use parking_lot::Mutex;
 
+/// One event: what fired and the virtual instant it saw.
+type Fired = (String, DateTime<Utc>);
+
 /// What fired, and the virtual instant it saw when it did, in the order it happened.
 #[derive(Clone)]
 struct Events {
     clock: VirtualClock,
-    fired: Arc<Mutex<Vec<(String, DateTime<Utc>)>>>,
+    fired: Arc<Mutex<Vec<Fired>>>,
 }
 
 impl Events {
@@ -37,7 +40,7 @@ impl Events {
         self.fired.lock().push((what.into(), self.clock.now()));
     }
 
-    fn all(&self) -> Vec<(String, DateTime<Utc>)> {
+    fn all(&self) -> Vec<Fired> {
         self.fired.lock().clone()
     }
 

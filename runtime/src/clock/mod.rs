@@ -33,6 +33,9 @@
 //!     let clock = clock.clone();
 //!     async move { clock.sleep(Duration::from_secs(86_400)).await }
 //! });
+//! while virtual_clock.next_timer().is_none() {
+//!     tokio::task::yield_now().await; // let the sleeper register its wait first
+//! }
 //! virtual_clock.advance(Duration::from_secs(86_400)).await; // a day, in a few milliseconds
 //! sleeper.await.unwrap();
 //! assert_eq!(clock.now() - start, chrono::TimeDelta::days(1));
