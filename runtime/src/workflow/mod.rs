@@ -49,6 +49,7 @@ pub use cruster_workflow_storage::{
 };
 pub use definition::{WorkflowBody, WorkflowDefinition, WorkflowFuture};
 pub use execution_id::{execution_id_from_key, execution_id_from_request};
+#[cfg(feature = "admin")]
 pub(crate) use inspect::missing_part;
 pub use inspect::{list_executions, workflow_journal, workflow_timers};
 pub use parked::{list_parked_executions, resume_parked_execution};
