@@ -267,7 +267,17 @@ impl MemoryCluster {
                 .iter()
                 .all(|r| r.known_runners().len() == running.len());
             let every_runner_holds_some = running.iter().all(|r| !r.owned_shards().is_empty());
-            if held >= total && every_runner_sees_all && every_runner_holds_some {
+            // Each holds exactly its share: all it is assigned, and nothing it is not (a
+            // shard still on its way from its old owner counts as not balanced yet).
+            let every_runner_holds_its_share = running.iter().all(|r| {
+                let (assigned, held_of_assigned) = r.assigned_and_held_shards();
+                assigned == held_of_assigned && r.owned_shards().len() == assigned
+            });
+            if held >= total
+                && every_runner_sees_all
+                && every_runner_holds_some
+                && every_runner_holds_its_share
+            {
                 let mut all: Vec<_> = running.iter().flat_map(|r| r.owned_shards()).collect();
                 all.sort();
                 all.dedup();

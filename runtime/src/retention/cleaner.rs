@@ -36,6 +36,24 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// What one bounded delete did.
+struct Batch {
+    /// Rows deleted.
+    deleted: u64,
+    /// Whether the batch was full (more may be left past retention).
+    full: bool,
+}
+
+impl Batch {
+    /// A batch that deleted `deleted` rows out of at most `limit`.
+    fn of(deleted: u64, limit: usize) -> Self {
+        Batch {
+            deleted,
+            full: deleted >= limit as u64,
+        }
+    }
+}
+
 /// `at - retention`, clamped to the unix epoch (so an absurd retention deletes nothing
 /// instead of overflowing).
 fn cutoff(at: DateTime<Utc>, retention: Duration) -> DateTime<Utc> {
@@ -138,8 +156,11 @@ impl RetentionCleaner {
         if let (Some(storage), false) = (self.core.message_storage.as_ref(), held.is_empty()) {
             let before = cutoff(started, config.retention_processed_messages);
             let swept = self
-                .batches("messages", || {
-                    storage.delete_processed_before(held, before, config.retention_batch_size)
+                .batches("messages", || async move {
+                    let deleted = storage
+                        .delete_processed_before(held, before, config.retention_batch_size)
+                        .await?;
+                    Ok(Batch::of(deleted, config.retention_batch_size))
                 })
                 .await;
             self.core.storage_result(&swept);
@@ -149,13 +170,36 @@ impl RetentionCleaner {
         }
         if let Some(engine) = self.workflow_engine.as_ref() {
             if held.contains(&self.workflow_sweep_shard()) {
-                let swept = self.sweep_executions(engine, started).await?;
+                let before = cutoff(started, config.retention_finished_workflows);
+                let journal = self.workflow_storage.as_ref();
+                // Journals first, then the records: a crash in between leaves a record for
+                // the next sweep, never an orphaned journal.
+                let swept = self
+                    .batches("executions", || async move {
+                        let ids = engine
+                            .finished_executions_before(before, config.retention_batch_size)
+                            .await?;
+                        if let Some(journal) = journal {
+                            for id in &ids {
+                                journal.delete_journal(id).await?;
+                            }
+                        }
+                        let deleted = engine.delete_finished_executions(&ids, before).await?;
+                        Ok(Batch {
+                            deleted,
+                            full: ids.len() >= config.retention_batch_size,
+                        })
+                    })
+                    .await?;
                 sweep.executions = swept.rows;
                 sweep.complete &= swept.complete;
                 let before = cutoff(started, config.retention_fired_timers);
                 let swept = self
-                    .batches("timers", || {
-                        engine.delete_fired_timers_before(before, config.retention_batch_size)
+                    .batches("timers", || async move {
+                        let deleted = engine
+                            .delete_fired_timers_before(before, config.retention_batch_size)
+                            .await?;
+                        Ok(Batch::of(deleted, config.retention_batch_size))
                     })
                     .await?;
                 sweep.timers = swept.rows;
@@ -177,11 +221,11 @@ impl RetentionCleaner {
     }
 
     /// Calls `delete` (one bounded batch) until a batch comes back short or the budget is
-    /// spent, yielding between batches; counts the rows in the metric of `kind`.
+    /// spent, yielding between batches; counts the deleted rows in the metric of `kind`.
     async fn batches<F, Fut>(&self, kind: &str, mut delete: F) -> Result<Swept, ClusterError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<u64, ClusterError>>,
+        Fut: std::future::Future<Output = Result<Batch, ClusterError>>,
     {
         let config = &self.core.config;
         let counter = self
@@ -197,56 +241,10 @@ impl RetentionCleaner {
                     complete: false,
                 });
             }
-            let deleted = delete().await?;
-            rows += deleted;
-            counter.inc_by(deleted);
-            if deleted < config.retention_batch_size as u64 {
-                return Ok(Swept {
-                    rows,
-                    complete: true,
-                });
-            }
-            tokio::task::yield_now().await;
-        }
-        Ok(Swept {
-            rows,
-            complete: false,
-        })
-    }
-
-    /// Finished executions past retention: journals first, then the records.
-    async fn sweep_executions(
-        &self,
-        engine: &Arc<dyn WorkflowEngine>,
-        started: DateTime<Utc>,
-    ) -> Result<Swept, ClusterError> {
-        let config = &self.core.config;
-        let before = cutoff(started, config.retention_finished_workflows);
-        let counter = self
-            .core
-            .metrics
-            .retention_rows_deleted
-            .with_label_values(&["executions"]);
-        let mut rows = 0;
-        for _ in 0..config.retention_max_batches_per_sweep {
-            if self.core.is_stopping() {
-                return Ok(Swept {
-                    rows,
-                    complete: false,
-                });
-            }
-            let ids = engine
-                .finished_executions_before(before, config.retention_batch_size)
-                .await?;
-            if let Some(journal) = self.workflow_storage.as_ref() {
-                for id in &ids {
-                    journal.delete_journal(id).await?;
-                }
-            }
-            let deleted = engine.delete_finished_executions(&ids, before).await?;
-            rows += deleted;
-            counter.inc_by(deleted);
-            if ids.len() < config.retention_batch_size {
+            let batch = delete().await?;
+            rows += batch.deleted;
+            counter.inc_by(batch.deleted);
+            if !batch.full {
                 return Ok(Swept {
                     rows,
                     complete: true,
