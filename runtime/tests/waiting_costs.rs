@@ -550,27 +550,7 @@ async fn callers_waiting_on_join_reply_cost_no_reads_each() {
 /// woken by the runner that finishes the execution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_on_another_runner_is_woken_when_the_execution_finishes() {
-    let cluster = MemoryCluster::builder()
-        .runners(2)
-        .config(ShardingConfig {
-            shards_per_group: 16,
-            runner_lock_ttl: Duration::from_secs(1),
-            storage_poll_interval: Duration::from_millis(50),
-            shutdown_timeout: Duration::from_secs(2),
-            waiter_fallback_interval: Duration::from_secs(3600),
-            ..Default::default()
-        })
-        .setup(|sharding| async move {
-            Napper.register(sharding).await?;
-            Ok(())
-        })
-        .build()
-        .await
-        .unwrap();
-    cluster
-        .wait_until_balanced(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let cluster = two_napper_runners(Duration::from_secs(3600)).await;
     let caller = cluster.runner(0);
     let client = WorkflowClient::<Napper>::new(caller.clone());
     // Executions owned by runner 1, so they run (and finish) there.
@@ -609,10 +589,8 @@ async fn a_caller_on_another_runner_is_woken_when_the_execution_finishes() {
     cluster.shutdown().await.unwrap();
 }
 
-/// `join` from a runner that made no `execute` request has no push to wait for: the
-/// runner's fallback check answers it, in one batched read for all its callers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_on_another_runner_is_answered_by_the_fallback_check() {
+/// Two balanced runners serving `Napper`, with the given waiter fallback interval.
+async fn two_napper_runners(waiter_fallback_interval: Duration) -> MemoryCluster {
     let cluster = MemoryCluster::builder()
         .runners(2)
         .config(ShardingConfig {
@@ -620,7 +598,7 @@ async fn a_join_on_another_runner_is_answered_by_the_fallback_check() {
             runner_lock_ttl: Duration::from_secs(1),
             storage_poll_interval: Duration::from_millis(50),
             shutdown_timeout: Duration::from_secs(2),
-            waiter_fallback_interval: Duration::from_millis(50),
+            waiter_fallback_interval,
             ..Default::default()
         })
         .setup(|sharding| async move {
@@ -634,6 +612,14 @@ async fn a_join_on_another_runner_is_answered_by_the_fallback_check() {
         .wait_until_balanced(Duration::from_secs(20))
         .await
         .unwrap();
+    cluster
+}
+
+/// `join` from a runner that made no `execute` request has no push to wait for: the
+/// runner's fallback check answers it, in one batched read for all its callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_another_runner_is_answered_by_the_fallback_check() {
+    let cluster = two_napper_runners(Duration::from_millis(50)).await;
     let joiner = cluster.runner(0);
     let owner = cluster.runner(1);
     let id = (0..200)
