@@ -88,7 +88,9 @@ mod stored;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cruster_types::{ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake};
+use cruster_types::{
+    ClusterError, EntityAddress, EnvelopeRequest, Reply, ShardId, Snowflake, StoreLocation,
+};
 
 pub use stored::{
     AttemptFailure, AttemptStart, DeadLetter, FailedAttempt, FinishedRequest, MessageCounts,
@@ -114,6 +116,12 @@ pub trait MessageStorage: Send + Sync + 'static {
     /// # Errors
     /// `PersistenceError` when the storage cannot be written.
     async fn save_reply(&self, reply: &Reply) -> Result<(), ClusterError>;
+
+    /// The database this storage writes to, when another port can share its commits
+    /// (see [`StoreLocation`]). `None` (the default): nothing is folded with its writes.
+    fn location(&self) -> Option<StoreLocation> {
+        None
+    }
 
     /// All replies stored for a request: chunks in sequence order, then the final reply.
     async fn replies_for(&self, request_id: Snowflake) -> Result<Vec<Reply>, ClusterError>;

@@ -22,6 +22,7 @@ use crate::metrics::ClusterMetrics;
 use crate::sharding::shard_fences::ShardFences;
 use crate::sharding::shard_moves::ShardMoves;
 use crate::sharding::shard_table::ShardTable;
+use crate::workflow::finished_execution::{FinishedExecution, FinishedExecutions};
 
 pub(crate) struct RuntimeCore {
     pub(crate) config: Arc<ShardingConfig>,
@@ -43,6 +44,8 @@ pub(crate) struct RuntimeCore {
     /// machine id).
     pub(crate) reply_push: ReplyPush,
     pub(crate) in_flight: InFlight,
+    /// Finished workflow executions waiting to be stored with their request's reply.
+    pub(crate) finished_executions: FinishedExecutions,
     pub(crate) snowflakes: SnowflakeGenerator,
     /// Cancelled when the runner stops taking work (graceful shutdown begins).
     pub(crate) stopping: CancellationToken,
@@ -125,17 +128,27 @@ impl RuntimeCore {
     /// Stores the final reply of a persisted request, then wakes local waiters and, when
     /// `push` says no caller holds a direct answer channel, pushes the reply to the runner
     /// that made the request (its caller may wait there).
+    ///
+    /// `finished` is the workflow execution the request ran to its end, if any: its record
+    /// is stored with the reply (see `FinishedExecution`), and its callers woken after.
     pub(crate) async fn store_reply(
         &self,
         reply: &ReplyWithExit,
         push: bool,
+        finished: Option<FinishedExecution>,
     ) -> Result<(), ClusterError> {
         let storage = self.storage()?;
-        let result = storage.save_reply(&Reply::WithExit(reply.clone())).await;
+        let result = match &finished {
+            Some(finished) => finished.store_with_reply(storage.as_ref(), reply).await,
+            None => storage.save_reply(&Reply::WithExit(reply.clone())).await,
+        };
         self.storage_result(&result);
         result?;
         self.in_flight.complete(reply.request_id);
         self.waiters.reply_stored(reply);
+        if let Some(finished) = finished {
+            finished.stored();
+        }
         if push {
             if let Some(push) = self.reply_push.push(reply, self.snowflakes.machine_id()) {
                 self.spawn(push);

@@ -16,6 +16,7 @@ mod ids;
 mod reply;
 mod shard_hash;
 mod snowflake;
+mod store_location;
 pub mod wire;
 
 pub use envelope::{AckChunk, EnvelopeRequest, Interrupt, TraceContext};
@@ -27,6 +28,7 @@ pub use ids::{
 pub use reply::{ExitResult, Reply, ReplyChunk, ReplyWithExit};
 pub use shard_hash::{rendezvous_weight, shard_for_entity, stable_hash64};
 pub use snowflake::{Snowflake, SnowflakeGenerator, SNOWFLAKE_EPOCH_MS};
+pub use store_location::StoreLocation;
 
 /// Convenience alias used across cruster.
 pub type Result<T, E = ClusterError> = std::result::Result<T, E>;

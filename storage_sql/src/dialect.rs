@@ -58,6 +58,14 @@ pub(crate) mod postgres {
     pub(crate) fn text_list(texts: &[String]) -> Result<Vec<String>, ClusterError> {
         Ok(texts.to_vec())
     }
+
+    /// Writes `finish` in the open transaction `tx`.
+    pub(crate) async fn write_finish(
+        finish: &crate::finish::Finish<'_>,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        finish.write_postgres(&mut **tx).await
+    }
 }
 
 /// SQLite: shard lists are bound as one JSON array, unpacked with `json_each`.
@@ -93,5 +101,13 @@ pub(crate) mod sqlite {
     pub(crate) fn text_list(texts: &[String]) -> Result<String, ClusterError> {
         serde_json::to_string(texts)
             .map_err(|e| ClusterError::malformed("cannot encode the id list as JSON", e))
+    }
+
+    /// Writes `finish` in the open transaction `tx`.
+    pub(crate) async fn write_finish(
+        finish: &crate::finish::Finish<'_>,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    ) -> Result<(), sqlx::Error> {
+        finish.write_sqlite(tx).await
     }
 }

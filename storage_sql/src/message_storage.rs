@@ -12,6 +12,7 @@ use cruster_message_storage::{
 };
 use cruster_types::{
     ClusterError, EntityAddress, EntityType, EnvelopeRequest, Reply, ShardId, Snowflake,
+    StoreLocation,
 };
 
 use crate::dialect::per_dialect;
@@ -222,6 +223,10 @@ impl MessageStorage for SqlMessageStorage {
                 e,
             )
         })
+    }
+
+    fn location(&self) -> Option<StoreLocation> {
+        Some(self.pool.location())
     }
 
     async fn replies_for(&self, request_id: Snowflake) -> Result<Vec<Reply>, ClusterError> {

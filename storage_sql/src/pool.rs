@@ -1,6 +1,6 @@
 //! [`SqlPool`]: the connection pool a backend runs on, PostgreSQL or SQLite.
 
-use cruster_types::ClusterError;
+use cruster_types::{ClusterError, StoreLocation};
 
 use crate::dialect::per_dialect;
 use crate::migrations;
@@ -44,6 +44,15 @@ impl From<sqlx::SqlitePool> for SqlPool {
 }
 
 impl SqlPool {
+    /// This pool's identity: equal for clones of one pool, so backends built on clones of
+    /// one pool can share commits (see [`StoreLocation`]).
+    pub fn location(&self) -> StoreLocation {
+        let shared: *const () = per_dialect!(self, SqlPool, |pool, _d| {
+            std::ptr::from_ref(pool.options()).cast::<()>()
+        });
+        StoreLocation::new(shared as usize as u64)
+    }
+
     /// Connects to a database URL and returns a pool.
     ///
     /// * `postgres://user:password@host:port/database` (or `postgresql://…`) opens a

@@ -3,10 +3,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cruster_types::{ClusterError, ExitResult};
+use cruster_types::{ClusterError, ExitResult, ReplyWithExit, StoreLocation};
 use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, WorkflowEngine};
 
 use crate::dialect::per_dialect;
+use crate::finish::{ExecutionColumns, Finish};
 use crate::pool::SqlPool;
 use crate::rows::{self, failed, nanos, sql_limit};
 
@@ -26,33 +27,48 @@ crate::backend_constructors!(SqlWorkflowEngine, "workflow engine storage");
 #[async_trait]
 impl WorkflowEngine for SqlWorkflowEngine {
     async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError> {
-        let (status, suspended_until_ns) = rows::status_columns(&record.status)?;
-        let result = record.result.as_ref().map(rows::exit_bytes).transpose()?;
-        let created_at_ns = nanos(record.created_at, "created_at")?;
-        let updated_at_ns = nanos(record.updated_at, "updated_at")?;
-        let last_error = record
-            .last_error
-            .as_ref()
-            .map(rows::last_error_bytes)
-            .transpose()?;
+        let columns = ExecutionColumns::of(record)?;
         per_dialect!(&self.pool, SqlPool, |pool, d| {
-            sqlx::query(d::sql::UPSERT_EXECUTION)
-                .bind(record.execution_id.as_str())
-                .bind(record.workflow.as_str())
-                .bind(status)
-                .bind(suspended_until_ns)
-                .bind(record.request.as_ref())
-                .bind(result.as_deref())
-                .bind(created_at_ns)
-                .bind(updated_at_ns)
-                .bind(i64::from(record.attempts))
-                .bind(i64::from(record.progress_mark))
-                .bind(last_error.as_deref())
+            crate::finish::bind_execution!(sqlx::query(d::sql::UPSERT_EXECUTION), record, columns)
                 .execute(pool)
                 .await
                 .map(drop)
         })
         .map_err(|e| failed(format_args!("saving execution {}", record.execution_id), e))
+    }
+
+    fn location(&self) -> Option<StoreLocation> {
+        Some(self.pool.location())
+    }
+
+    /// PostgreSQL: one statement (the upsert in a `WITH`); SQLite: one transaction of the
+    /// upsert and the reply's insert.
+    async fn finish_with_reply(
+        &self,
+        record: &ExecutionRecord,
+        reply: &ReplyWithExit,
+    ) -> Result<(), ClusterError> {
+        let finish = Finish::of(record, reply)?;
+        let doing = || {
+            format!(
+                "saving finished execution {} with the reply to request {}",
+                record.execution_id, reply.request_id
+            )
+        };
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(pool) => finish.write_postgres(pool).await,
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    finish.write_sqlite(&mut tx).await?;
+                    tx.commit().await
+                }
+                .await
+            }
+        }
+        .map_err(|e| failed(doing(), e))
     }
 
     async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError> {

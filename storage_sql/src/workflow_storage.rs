@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cruster_types::ClusterError;
+use cruster_types::{ClusterError, ReplyWithExit, StoreLocation};
 use cruster_workflow_storage::{
-    ActivityKey, ActivityTransaction, CommitOutcome, JournalEntry, WorkflowStorage,
+    ActivityKey, ActivityTransaction, CommitOutcome, ExecutionRecord, JournalEntry, WorkflowStorage,
 };
 
 use crate::dialect::per_dialect;
+use crate::finish::Finish;
 use crate::pool::SqlPool;
 use crate::rows::{self, failed, nanos};
 
@@ -110,6 +111,45 @@ impl WorkflowStorage for SqlWorkflowStorage {
         }))
     }
 
+    /// One `INSERT … ON CONFLICT DO NOTHING` on its own (no `BEGIN`/`COMMIT` round trips);
+    /// a conflict reads the entry that won.
+    async fn append_entry(&self, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
+        let execution_id = entry.execution_id.as_str();
+        let sequence = i64::from(entry.key.sequence);
+        let activity = entry.key.name.as_str();
+        let result = rows::exit_bytes(&entry.result)?;
+        let recorded_at_ns = nanos(entry.recorded_at, "recorded_at")?;
+        let doing = || format!("journaling step {activity}#{sequence} of {execution_id}");
+        per_dialect!(&self.pool, SqlPool, |pool, d| {
+            let inserted = sqlx::query(d::sql::INSERT_JOURNAL_ENTRY)
+                .bind(execution_id)
+                .bind(sequence)
+                .bind(activity)
+                .bind(result.as_ref())
+                .bind(i64::from(entry.attempts))
+                .bind(recorded_at_ns)
+                .execute(pool)
+                .await
+                .map_err(|e| failed(doing(), e))?
+                .rows_affected()
+                == 1;
+            if inserted {
+                return Ok(CommitOutcome::Committed);
+            }
+            let existing = sqlx::query(d::sql::JOURNAL_ENTRY_AT)
+                .bind(execution_id)
+                .bind(sequence)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(doing(), e))?;
+            existing_entry(existing.as_ref(), doing)
+        })
+    }
+
+    fn location(&self) -> Option<StoreLocation> {
+        Some(self.pool.location())
+    }
+
     async fn delete_journal(&self, execution_id: &str) -> Result<(), ClusterError> {
         per_dialect!(&self.pool, SqlPool, |pool, d| {
             sqlx::query(d::sql::DELETE_JOURNAL)
@@ -166,31 +206,15 @@ struct SqlActivityTransaction {
     storage: SqlWorkflowStorage,
 }
 
-#[async_trait]
-impl ActivityTransaction for SqlActivityTransaction {
-    /// The open `sqlx::Transaction<'static, sqlx::Postgres>` or
-    /// `sqlx::Transaction<'static, sqlx::Sqlite>`.
-    fn backend_mut(&mut self) -> &mut (dyn Any + Send) {
-        per_dialect!(&mut self.tx, OpenTransaction, |tx, _d| tx
-            as &mut (dyn Any + Send))
-    }
-
-    async fn put(&mut self, key: &str, value: Bytes) -> Result<(), ClusterError> {
-        self.staged.insert(key.to_owned(), value);
-        Ok(())
-    }
-
-    async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClusterError> {
-        match self.staged.get(key) {
-            Some(value) => Ok(Some(value.clone())),
-            // Read outside the transaction: under read-committed isolation that is the same
-            // answer, and it keeps a SQLite transaction from pinning a read snapshot that
-            // would make its later writes fail.
-            None => self.storage.get_value(key).await,
-        }
-    }
-
-    async fn commit(self: Box<Self>, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
+impl SqlActivityTransaction {
+    /// Inserts `entry` unless its position is taken; if it went in, applies the staged
+    /// writes and `finish` (if any) and commits; otherwise rolls back and returns the entry
+    /// that holds the position.
+    async fn commit_with(
+        self: Box<Self>,
+        entry: &JournalEntry,
+        finish: Option<&Finish<'_>>,
+    ) -> Result<CommitOutcome, ClusterError> {
         let execution_id = entry.execution_id.as_str();
         let sequence = i64::from(entry.key.sequence);
         let activity = entry.key.name.as_str();
@@ -221,6 +245,11 @@ impl ActivityTransaction for SqlActivityTransaction {
                         .await
                         .map_err(|e| failed(doing(), e))?;
                 }
+                if let Some(finish) = finish {
+                    d::write_finish(finish, &mut tx)
+                        .await
+                        .map_err(|e| failed(doing(), e))?;
+                }
                 tx.commit().await.map_err(|e| failed(doing(), e))?;
                 return Ok(CommitOutcome::Committed);
             }
@@ -233,18 +262,49 @@ impl ActivityTransaction for SqlActivityTransaction {
                 .await
                 .map_err(|e| failed(doing(), e))?;
             tx.rollback().await.map_err(|e| failed(doing(), e))?;
-            match existing {
-                Some(row) => Ok(CommitOutcome::AlreadyRecorded(rows::journal_entry(&row)?)),
-                None => Err(ClusterError::PersistenceError {
-                    reason: format!(
-                        "{}: the journal entry conflicted with one that could not be read back; \
-                         retry the activity",
-                        doing()
-                    ),
-                    source: None,
-                }),
-            }
+            existing_entry(existing.as_ref(), doing)
         })
+    }
+}
+
+#[async_trait]
+impl ActivityTransaction for SqlActivityTransaction {
+    /// The open `sqlx::Transaction<'static, sqlx::Postgres>` or
+    /// `sqlx::Transaction<'static, sqlx::Sqlite>`.
+    fn backend_mut(&mut self) -> &mut (dyn Any + Send) {
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, _d| tx
+            as &mut (dyn Any + Send))
+    }
+
+    async fn put(&mut self, key: &str, value: Bytes) -> Result<(), ClusterError> {
+        self.staged.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClusterError> {
+        match self.staged.get(key) {
+            Some(value) => Ok(Some(value.clone())),
+            // Read outside the transaction: under read-committed isolation that is the same
+            // answer, and it keeps a SQLite transaction from pinning a read snapshot that
+            // would make its later writes fail.
+            None => self.storage.get_value(key).await,
+        }
+    }
+
+    async fn commit(self: Box<Self>, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
+        self.commit_with(entry, None).await
+    }
+
+    /// The journal entry, the staged writes, then the record and reply (one statement on
+    /// PostgreSQL, two on SQLite), in the activity's transaction.
+    async fn commit_finishing(
+        self: Box<Self>,
+        entry: &JournalEntry,
+        record: &ExecutionRecord,
+        reply: &ReplyWithExit,
+    ) -> Result<CommitOutcome, ClusterError> {
+        let finish = Finish::of(record, reply)?;
+        self.commit_with(entry, Some(&finish)).await
     }
 
     async fn rollback(self: Box<Self>) -> Result<(), ClusterError> {
@@ -285,4 +345,22 @@ pub fn sqlite_transaction(
     tx: &mut dyn ActivityTransaction,
 ) -> Option<&mut sqlx::Transaction<'static, sqlx::Sqlite>> {
     tx.backend_mut().downcast_mut()
+}
+
+/// The answer to a journal write that lost its position to `existing`, the entry read back.
+fn existing_entry<R: rows::Columns>(
+    existing: Option<&R>,
+    doing: impl FnOnce() -> String,
+) -> Result<CommitOutcome, ClusterError> {
+    match existing {
+        Some(row) => Ok(CommitOutcome::AlreadyRecorded(rows::journal_entry(row)?)),
+        None => Err(ClusterError::PersistenceError {
+            reason: format!(
+                "{}: the journal entry conflicted with one that could not be read back; \
+                 retry the step",
+                doing()
+            ),
+            source: None,
+        }),
+    }
 }

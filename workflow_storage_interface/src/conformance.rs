@@ -449,6 +449,45 @@ pub async fn second_commit_of_same_key_returns_already_recorded_and_discards_wri
     assert_eq!(committed_value(storage, support, "audit").await, None);
 }
 
+/// `append_entry` stores an entry alone, as an empty transaction's commit would: the
+/// first entry at a position wins, and a later one (same or other activity) gets it back.
+pub async fn append_entry_stores_the_first_entry_at_a_position<S: WorkflowStorage + ?Sized>(
+    storage: &S,
+) {
+    let step = key("notify", 0);
+    let first = entry("exec-append", &step, "sent");
+    assert_eq!(
+        storage.append_entry(&first).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let mut again = entry("exec-append", &step, "sent twice");
+    again.attempts = 2;
+    assert_eq!(
+        storage.append_entry(&again).await.unwrap(),
+        CommitOutcome::AlreadyRecorded(first.clone())
+    );
+    let other = entry("exec-append", &key("other", 0), "another step here");
+    assert_eq!(
+        storage.append_entry(&other).await.unwrap(),
+        CommitOutcome::AlreadyRecorded(first.clone())
+    );
+    // A transaction's commit at a taken position also loses to the appended entry.
+    let tx = begin(storage, "exec-append", &step).await;
+    assert_eq!(
+        tx.commit(&again).await.unwrap(),
+        CommitOutcome::AlreadyRecorded(first.clone())
+    );
+    let next = entry("exec-append", &key("notify", 1), "sent next");
+    assert_eq!(
+        storage.append_entry(&next).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    assert_eq!(
+        storage.journal("exec-append").await.unwrap(),
+        vec![first, next]
+    );
+}
+
 /// `delete_journal` forgets one execution's entries (so its activities can be recorded
 /// again) and no other execution's.
 pub async fn delete_journal_forgets_only_that_execution<S: WorkflowStorage + ?Sized>(storage: &S) {
@@ -1702,6 +1741,7 @@ where
     second_commit_of_same_key_returns_already_recorded_and_discards_writes(&new_storage().await)
         .await;
     delete_journal_forgets_only_that_execution(&new_storage().await).await;
+    append_entry_stores_the_first_entry_at_a_position(&new_storage().await).await;
     key_value_writes_are_supported_or_refused_explicitly(&new_storage().await).await;
     concurrent_commits_of_one_activity_have_exactly_one_winner(Arc::new(new_storage().await)).await;
     journal_is_unique_by_execution_and_sequence(&new_storage().await).await;

@@ -61,7 +61,7 @@ use std::any::Any;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use cruster_types::{ClusterError, ExitResult};
+use cruster_types::{ClusterError, ExitResult, ReplyWithExit, StoreLocation};
 
 pub use records::{
     ActivityKey, CommitOutcome, DurableTimer, ExecutionFilter, ExecutionRecord, ExecutionStatus,
@@ -91,6 +91,31 @@ pub trait WorkflowStorage: Send + Sync + 'static {
 
     /// Deletes an execution's journal.
     async fn delete_journal(&self, execution_id: &str) -> Result<(), ClusterError>;
+
+    /// The database this journal writes to, when other ports can share its commits (see
+    /// [`StoreLocation`] and [`ActivityTransaction::commit_finishing`]). `None` (the
+    /// default): nothing is folded with its writes.
+    fn location(&self) -> Option<StoreLocation> {
+        None
+    }
+
+    /// Stores `entry` alone (a step that staged no writes: an activity that never used its
+    /// transaction, a call's answer, a marker), with the semantics of
+    /// [`ActivityTransaction::commit`] on an empty transaction: unless an entry already
+    /// exists at `(entry.execution_id, entry.key.sequence)`, which is then returned in
+    /// [`CommitOutcome::AlreadyRecorded`].
+    ///
+    /// The default opens an activity transaction and commits it; a backend can store the
+    /// entry in one statement instead.
+    ///
+    /// # Errors
+    /// `PersistenceError` when storage cannot be written.
+    async fn append_entry(&self, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
+        self.begin_activity(&entry.execution_id, &entry.key)
+            .await?
+            .commit(entry)
+            .await
+    }
 
     /// Reads a value committed through [`ActivityTransaction::put`].
     ///
@@ -122,6 +147,30 @@ pub trait ActivityTransaction: Send + 'static {
 
     /// Discards every staged write.
     async fn rollback(self: Box<Self>) -> Result<(), ClusterError>;
+
+    /// Commits as [`ActivityTransaction::commit`] does, and in the same commit ends the
+    /// execution: stores `record` as [`WorkflowEngine::upsert_execution`] would and `reply`
+    /// (the final reply of the request that ran the execution) as the message storage at
+    /// the same [`StoreLocation`] would with `save_reply`. With
+    /// [`CommitOutcome::AlreadyRecorded`] nothing at all is applied. The runtime calls it
+    /// only when the journal storage, the engine and the message storage report one
+    /// location, so a backend reporting a location must implement it.
+    ///
+    /// # Errors
+    /// `Unsupported` (the default) for a backend that reports no location;
+    /// `PersistenceError` when storage cannot be written (then nothing is applied).
+    async fn commit_finishing(
+        self: Box<Self>,
+        entry: &JournalEntry,
+        record: &ExecutionRecord,
+        reply: &ReplyWithExit,
+    ) -> Result<CommitOutcome, ClusterError> {
+        let _ = (entry, record, reply);
+        Err(ClusterError::Unsupported {
+            operation: "ending a workflow execution in its last activity's commit".to_string(),
+            backend: "a workflow storage that reports no store location".to_string(),
+        })
+    }
 }
 
 /// Executions, durable timers and deferred values. Held as `Arc<dyn WorkflowEngine>`.
@@ -130,6 +179,35 @@ pub trait WorkflowEngine: Send + Sync + 'static {
     /// Creates or replaces an execution record (keeping the stored `cancel_requested_at`;
     /// a new record starts with none, whatever `record` holds).
     async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError>;
+
+    /// The database this engine writes to, when a message storage can share its commits
+    /// (see [`StoreLocation`]). `None` (the default): the runtime never calls
+    /// [`WorkflowEngine::finish_with_reply`].
+    fn location(&self) -> Option<StoreLocation> {
+        None
+    }
+
+    /// Stores a finished execution's `record` and the final `reply` of the request that
+    /// ran it in one commit: the record as [`WorkflowEngine::upsert_execution`] would, the
+    /// reply as the message storage at the same [`StoreLocation`] would store it with
+    /// `save_reply` (marking its request processed). The runtime calls it only when this
+    /// engine's `location()` equals its message storage's, so a backend reporting a
+    /// location must implement it.
+    ///
+    /// # Errors
+    /// `Unsupported` (the default) for a backend that reports no location;
+    /// `PersistenceError` when storage cannot be written (then neither is stored).
+    async fn finish_with_reply(
+        &self,
+        record: &ExecutionRecord,
+        reply: &ReplyWithExit,
+    ) -> Result<(), ClusterError> {
+        let _ = (record, reply);
+        Err(ClusterError::Unsupported {
+            operation: "storing a reply with an execution record in one commit".to_string(),
+            backend: "a workflow engine that reports no store location".to_string(),
+        })
+    }
 
     /// One execution.
     async fn execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>, ClusterError>;

@@ -1,7 +1,12 @@
 //! Persisted sends and workflow activities on PostgreSQL and SQLite, each beside a raw
 //! single-row commit measured in the same run on the same database.
 //!
-//! `cargo run --release -p cruster-benches --bin sql_load [-- postgres|sqlite] [--no-group-commit]`
+//! `cargo run --release -p cruster-benches --bin sql_load [-- postgres|sqlite] [--no-group-commit] [--pool N]`
+//!
+//! `--pool N` sets the PostgreSQL pool size (default 10, the contract's production
+//! example); the bench prefers 32. Each figure is printed with its ratio to the raw commit
+//! of the same run: p50 as a multiple of the raw p50, throughput as a multiple of the raw
+//! commits/s with the same 64 callers.
 //!
 //! `--no-group-commit` builds the message storage with `with_group_commit(false)`, so each
 //! save runs its own statement (PostgreSQL; SQLite never batches).
@@ -57,6 +62,88 @@ impl ThreeSteps {
     }
 }
 
+/// Three activities that write nothing of their own: each step costs only its journal entry.
+#[workflow]
+#[derive(Clone)]
+struct ThreeJournaledSteps;
+
+// Its own key space: execution ids are shared by all workflows of a database.
+#[workflow_impl(key = |n: &u64| format!("journaled-{n}"))]
+impl ThreeJournaledSteps {
+    async fn execute(&self, n: u64) -> Result<u64, ClusterError> {
+        let a = self.step(n).await?;
+        let b = self.step(a).await?;
+        self.step(b).await
+    }
+
+    #[activity]
+    async fn step(&self, n: u64) -> Result<u64, ClusterError> {
+        Ok(n.wrapping_add(1))
+    }
+}
+
+/// A measured figure: sequential p50/p99 and the throughput of `CALLERS` callers.
+#[derive(Clone, Copy)]
+struct Figure {
+    p50: Duration,
+    p99: Duration,
+    rate: f64,
+}
+
+impl Figure {
+    fn print(&self, label: &str, raw: Option<&Figure>) {
+        let Figure { p50, p99, rate } = *self;
+        let ratio = raw
+            .map(|raw| {
+                format!(
+                    "  [{:.2}x raw p50, {:.2}x raw/s]",
+                    p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                    rate / raw.rate
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "  {label:<40} p50={p50:>9.2?} p99={p99:>9.2?} {rate:>8.0}/s with {CALLERS} callers{ratio}"
+        );
+    }
+}
+
+/// Sequential latency of `execute` over 500 executions, then 64 callers running 40 each.
+async fn measure_workflow<F, Fut>(call: F) -> anyhow::Result<Figure>
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let seq = call.clone();
+    let samples = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        for n in 0..500u64 {
+            let started = Instant::now();
+            seq(n).await?;
+            samples.push(started.elapsed());
+        }
+        Ok::<_, anyhow::Error>(samples)
+    })
+    .await??;
+    let (p50, p99) = stats(samples);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..CALLERS as u64 {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40u64 {
+                call(1_000_000 + t * 1000 + i).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = (CALLERS * 40) as f64 / started.elapsed().as_secs_f64();
+    Ok(Figure { p50, p99, rate })
+}
+
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
@@ -102,7 +189,7 @@ async fn raw_insert(pool: &SqlPool, id: String) -> anyhow::Result<()> {
 }
 
 /// Sequential latency of `call`, then throughput of `CALLERS` concurrent callers.
-async fn measure<F, Fut>(label: &str, call: F) -> anyhow::Result<()>
+async fn measure<F, Fut>(call: F) -> anyhow::Result<Figure>
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -139,12 +226,7 @@ where
         concurrent.extend(task.await??);
     }
     let rate = (per * CALLERS) as f64 / started.elapsed().as_secs_f64();
-    let (c50, c99) = stats(concurrent);
-    println!(
-        "  {label:<34} p50={p50:>9.2?} p99={p99:>9.2?}  {rate:>8.0}/s with {CALLERS} callers \
-         (p50={c50:>9.2?} p99={c99:>9.2?})"
-    );
-    Ok(())
+    Ok(Figure { p50, p99, rate })
 }
 
 async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()> {
@@ -156,11 +238,12 @@ async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()
     )
     .await?;
     let p = pool.clone();
-    measure("raw single-row INSERT + COMMIT", move |i| {
+    let raw = measure(move |i| {
         let p = p.clone();
         async move { raw_insert(&p, format!("r{i}")).await }
     })
     .await?;
+    raw.print("raw single-row INSERT + COMMIT", None);
 
     let messages = SqlMessageStorage::from_pool(pool.clone()).with_group_commit(group_commit);
     let runner = SingleRunner::builder()
@@ -171,7 +254,7 @@ async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()
     runner.sharding().register_entity(Arc::new(Echo)).await?;
     let client = EntityClient::new(runner.sharding().clone(), EntityType::new("Echo"));
     let c = client.clone();
-    measure("send_persisted round trip", move |i| {
+    measure(move |i| {
         let c = c.clone();
         async move {
             let _: u64 = c
@@ -185,44 +268,36 @@ async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()
             Ok(())
         }
     })
-    .await?;
+    .await?
+    .print("send_persisted round trip", Some(&raw));
 
     let workflows = ThreeSteps {
         sqlite: matches!(pool, SqlPool::Sqlite(_)),
     }
     .register(runner.sharding().clone())
     .await?;
-    let w = workflows.clone();
-    let samples = tokio::spawn(async move {
-        let mut samples = Vec::new();
-        for n in 0..500u64 {
-            let started = Instant::now();
-            w.execute(&n).await?;
-            samples.push(started.elapsed());
-        }
-        Ok::<_, anyhow::Error>(samples)
-    })
-    .await??;
-    let (p50, p99) = stats(samples);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..CALLERS as u64 {
+    measure_workflow(move |n| {
         let w = workflows.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..40u64 {
-                w.execute(&(1_000_000 + t * 1000 + i)).await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = (CALLERS * 40) as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "  {:<34} p50={p50:>9.2?} p99={p99:>9.2?}  {rate:>8.0}/s with {CALLERS} callers",
-        "workflow execute, 3 SQL activities"
-    );
+        async move {
+            w.execute(&n).await?;
+            Ok(())
+        }
+    })
+    .await?
+    .print("workflow execute, 3 SQL activities", Some(&raw));
+
+    let journaled = ThreeJournaledSteps
+        .register(runner.sharding().clone())
+        .await?;
+    measure_workflow(move |n| {
+        let w = journaled.clone();
+        async move {
+            w.execute(&n).await?;
+            Ok(())
+        }
+    })
+    .await?
+    .print("workflow execute, 3 journal-only steps", Some(&raw));
     runner.shutdown().await?;
     Ok(())
 }
@@ -231,7 +306,18 @@ async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let group_commit = !args.iter().any(|a| a == "--no-group-commit");
-    let only = args.iter().find(|a| !a.starts_with("--")).cloned();
+    let pool_size: u32 = match args.iter().position(|a| a == "--pool") {
+        Some(at) => args
+            .get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--pool needs a number of connections"))?,
+        None => 10,
+    };
+    let only = args
+        .iter()
+        .enumerate()
+        .find(|(at, a)| !a.starts_with("--") && (*at == 0 || args[at - 1] != "--pool"))
+        .map(|(_, a)| a.clone());
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if want("postgres") {
         match std::env::var("DATABASE_URL") {
@@ -244,8 +330,9 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
                 let options = sqlx::postgres::PgConnectOptions::from_str(&url)?
                     .options([("search_path", schema.as_str())]);
+                println!("postgres pool: {pool_size} connections");
                 let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(32)
+                    .max_connections(pool_size)
                     .connect_with(options)
                     .await?;
                 let result = run("postgres", SqlPool::from(pool.clone()), group_commit).await;

@@ -329,6 +329,9 @@ impl InstanceRuntime {
         if interrupt.is_some() {
             instance.interrupts.lock().remove(&request_id);
         }
+        // A workflow execution this request finished, stored with its reply below (taken
+        // whatever the ending, so nothing stays staged).
+        let finished = self.core.finished_executions.take(request_id);
         let exit = match ending {
             Ending::Returned(Ok(bytes)) => ExitResult::Success(bytes),
             Ending::Returned(Err(err @ ClusterError::PersistenceError { .. })) if persisted => {
@@ -363,10 +366,21 @@ impl InstanceRuntime {
             }
             Ending::Aborted => ExitResult::failure(&ClusterError::Interrupted { request_id }),
         };
-        let reply = ReplyWithExit { request_id, exit };
-        if persisted {
+        let mut reply = ReplyWithExit { request_id, exit };
+        if !persisted {
+            if let Some(finished) = finished {
+                // A request that keeps no reply ran a workflow to its end: its record alone.
+                match finished.store_record().await {
+                    Ok(()) => finished.stored(),
+                    Err(err) => {
+                        tracing::warn!(%err, %request_id, "could not store a finished workflow execution");
+                        reply.exit = ExitResult::failure(&err);
+                    }
+                }
+            }
+        } else {
             let push = !sink.has_live_caller();
-            if let Err(err) = self.core.store_reply(&reply, push).await {
+            if let Err(err) = self.core.store_reply(&reply, push, finished).await {
                 // The caller keeps waiting: the request is redelivered and answered then.
                 tracing::warn!(%err, %request_id, "could not store a reply; the request stays unprocessed and will be retried");
                 self.core.record_failure(request_id, &err.to_string()).await;

@@ -166,6 +166,7 @@ impl ShardingImpl {
                 shard_moves: Default::default(),
                 fences: Default::default(),
                 in_flight: InFlight::default(),
+                finished_executions: Default::default(),
                 snowflakes: SnowflakeGenerator::new(MachineId::wrapping(0)),
                 stopping: CancellationToken::new(),
                 killed: CancellationToken::new(),

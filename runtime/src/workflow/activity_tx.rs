@@ -195,15 +195,18 @@ impl ActivityTx {
         }
     }
 
-    /// Ends the attempt for a commit: the open transaction, or one opened now if the
-    /// activity never used `self.tx` (so the entry is committed on a short transaction).
+    /// Ends the attempt for a commit: `Some` open transaction, or `None` when the activity
+    /// never used `self.tx` (its entry is then stored alone, with `append_entry`).
+    ///
+    /// # Errors
+    /// The transaction was already taken.
     pub(crate) async fn take_for_commit(
         &self,
-    ) -> Result<Box<dyn ActivityTransaction>, ClusterError> {
+    ) -> Result<Option<Box<dyn ActivityTransaction>>, ClusterError> {
         let state = std::mem::replace(&mut self.inner.lock().await.state, TxState::Finished);
         match state {
-            TxState::Open(tx) => Ok(tx),
-            TxState::Lazy(opener) => opener.open().await,
+            TxState::Open(tx) => Ok(Some(tx)),
+            TxState::Lazy(_) => Ok(None),
             TxState::Finished => Err(finished()),
         }
     }

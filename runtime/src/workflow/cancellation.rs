@@ -52,6 +52,8 @@ pub(crate) struct CancelWatch {
     execution_id: String,
     poll_interval: Duration,
     observed: AtomicBool,
+    /// Whether the next `check` may answer from the record read at the start of the run.
+    fresh: AtomicBool,
 }
 
 impl CancelWatch {
@@ -65,7 +67,15 @@ impl CancelWatch {
             execution_id,
             poll_interval,
             observed: AtomicBool::new(false),
+            fresh: AtomicBool::new(false),
         }
+    }
+
+    /// The execution record was read (not cancelled) just before the run: the first
+    /// `check` answers from that read instead of asking storage again.
+    pub(crate) fn checked_at_start(self) -> Self {
+        self.fresh.store(true, Ordering::SeqCst);
+        self
     }
 
     /// The error a cancelled execution's suspension points return.
@@ -88,6 +98,9 @@ impl CancelWatch {
     pub(crate) async fn check(&self) -> Result<(), ClusterError> {
         if self.observed() {
             return Err(self.cancelled());
+        }
+        if self.fresh.swap(false, Ordering::SeqCst) {
+            return Ok(());
         }
         if self
             .engine

@@ -322,7 +322,8 @@ pub async fn register_workflow<B: WorkflowBody>(
     }
     let metrics = runner.metrics().clone();
     let config = runner.config().clone();
-    let results = Arc::new(ResultPush::new(runner.core().clone()));
+    let core = runner.core().clone();
+    let results = Arc::new(ResultPush::new(core.clone()));
     sharding
         .register_entity(Arc::new(WorkflowEntity {
             body: Arc::new(body),
@@ -331,6 +332,7 @@ pub async fn register_workflow<B: WorkflowBody>(
             metrics,
             config,
             results,
+            core,
         }))
         .await?;
     Ok(WorkflowClient::from_sharding(sharding))

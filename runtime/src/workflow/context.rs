@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 use super::activity_tx::ActivityTx;
 use super::cancellation::{CancelWatch, OnCancel};
+use super::deferred_step::{DeferredStep, PendingStep};
 use super::run_fault::{panic_message, RunFault};
 use crate::clock::Clock;
 use crate::metrics::ClusterMetrics;
@@ -196,6 +197,8 @@ pub(crate) struct ContextInner {
     cancel: CancelWatch,
     /// The first defect of this run (a panic, an undecodable entry): not an answer.
     fault: RunFault,
+    /// The latest activity's commit, held back until the run goes on.
+    deferred: Arc<DeferredStep>,
 }
 
 /// The context of one workflow execution run (see the module docs).
@@ -227,6 +230,7 @@ impl WorkflowContext {
         clock: Clock,
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
+        let deferred = DeferredStep::new(metrics.clone());
         WorkflowContext {
             inner: Arc::new(ContextInner {
                 execution_id,
@@ -245,6 +249,7 @@ impl WorkflowContext {
                 suspended: Notify::new(),
                 recorded_failures: Mutex::new(Vec::new()),
                 engine_failures: Mutex::new(Vec::new()),
+                deferred,
                 cancel,
                 fault: RunFault::default(),
             }),
@@ -374,6 +379,25 @@ impl WorkflowContext {
         }
     }
 
+    /// Commits the latest activity if its commit was held back (an engine failure if that
+    /// fails: the run is retried).
+    pub(crate) async fn flush_deferred(&self) -> Result<(), ClusterError> {
+        self.inner
+            .deferred
+            .flush()
+            .await
+            .map_err(|err| self.engine_failure(err))
+    }
+
+    /// Takes the latest activity's held-back commit, for the execution's end to carry.
+    pub(crate) async fn take_deferred(&self) -> Result<Option<PendingStep>, ClusterError> {
+        self.inner
+            .deferred
+            .take()
+            .await
+            .map_err(|err| self.engine_failure(err))
+    }
+
     /// Journals `result` for step `name` at `sequence` in a transaction opened just for it.
     async fn record_step(
         &self,
@@ -382,6 +406,7 @@ impl WorkflowContext {
         result: ExitResult,
         attempts: u32,
     ) -> Result<CommitOutcome, ClusterError> {
+        self.flush_deferred().await?;
         let key = ActivityKey {
             name: name.to_string(),
             sequence,
@@ -393,14 +418,10 @@ impl WorkflowContext {
             attempts,
             recorded_at: self.inner.clock.now(),
         };
-        let transaction = self
+        let outcome = self
             .inner
             .storage
-            .begin_activity(&self.inner.execution_id, &entry.key)
-            .await
-            .map_err(|err| self.engine_failure(err))?;
-        let outcome = transaction
-            .commit(&entry)
+            .append_entry(&entry)
             .await
             .map_err(|err| self.engine_failure(err))?;
         if outcome == CommitOutcome::Committed {
@@ -432,6 +453,7 @@ impl WorkflowContext {
         F: Fn(ActivityTx) -> Fut + Send,
         Fut: Future<Output = Result<T, ClusterError>> + Send,
     {
+        self.flush_deferred().await?;
         let (sequence, recorded) = self.next_step(name)?;
         if let Some(entry) = recorded {
             return self.decode_entry(entry);
@@ -489,10 +511,20 @@ impl WorkflowContext {
                         .take_for_commit()
                         .await
                         .map_err(|err| self.engine_failure(err))?;
-                    let committed = transaction
-                        .commit(&entry)
-                        .await
-                        .map_err(|err| self.engine_failure(err))?;
+                    let committed = match transaction {
+                        Some(tx) => {
+                            // Committed when the run goes on (with its end, if this was
+                            // the last step): see `deferred_step.rs`.
+                            self.inner
+                                .deferred
+                                .defer(PendingStep { tx, entry })
+                                .await
+                                .map_err(|err| self.engine_failure(err))?;
+                            return Ok(value);
+                        }
+                        None => self.inner.storage.append_entry(&entry).await,
+                    }
+                    .map_err(|err| self.engine_failure(err))?;
                     return match committed {
                         CommitOutcome::Committed => {
                             self.inner.metrics.workflow_steps.inc();
@@ -547,6 +579,7 @@ impl WorkflowContext {
         T: Serialize + DeserializeOwned,
         Fut: Future<Output = Result<T, ClusterError>>,
     {
+        self.flush_deferred().await?;
         let (sequence, recorded) = self.next_step(name)?;
         if let Some(entry) = recorded {
             return self.decode_entry(entry);
@@ -620,6 +653,7 @@ impl WorkflowContext {
     /// `InvalidConfig` for an empty patch id; storage errors while journaling the marker.
     pub async fn patched(&self, patch: &str) -> Result<bool, ClusterError> {
         check_patch_id(patch)?;
+        self.flush_deferred().await?;
         if let Some(decided) = self.inner.patches.lock().get(patch) {
             return Ok(*decided);
         }
@@ -675,6 +709,7 @@ impl WorkflowContext {
     /// `InvalidConfig` for an empty patch id.
     pub async fn deprecate_patch(&self, patch: &str) -> Result<(), ClusterError> {
         check_patch_id(patch)?;
+        self.flush_deferred().await?;
         if self.inner.patches.lock().contains_key(patch) {
             return Ok(());
         }
@@ -704,6 +739,7 @@ impl WorkflowContext {
     /// `NonDeterminism` when the journal recorded another step at this position;
     /// `WorkflowCancelled`; storage errors while scheduling the timer.
     pub async fn sleep(&self, duration: Duration) -> Result<(), ClusterError> {
+        self.flush_deferred().await?;
         self.inner.cancel.check().await?;
         let n = self.inner.next_sleep.fetch_add(1, Ordering::SeqCst);
         let timer_key = sleep_timer_key(n);

@@ -17,7 +17,8 @@ use cruster_sharding::{
     Entity, EntityContext, EntityHandler, EntityOptions, IncomingRequest, Sharding,
 };
 use cruster_types::{
-    wire, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult, WireError,
+    wire, ClusterError, EntityAddress, EntityId, EntityType, EnvelopeRequest, ExitResult,
+    Snowflake, WireError,
 };
 use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine, WorkflowStorage};
 
@@ -25,11 +26,14 @@ use futures::FutureExt;
 
 use super::cancellation::CancelWatch;
 use super::context::WorkflowContext;
+use super::deferred_step::{settled, PendingStep};
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::finished_execution::{FinishPorts, FinishedExecution};
 use super::result_push::ResultPush;
 use super::run_fault::panic_message;
 use crate::config::ShardingConfig;
 use crate::metrics::ClusterMetrics;
+use crate::runtime_core::RuntimeCore;
 
 pub(crate) struct WorkflowEntity<B: WorkflowBody> {
     pub(crate) body: Arc<B>,
@@ -39,6 +43,8 @@ pub(crate) struct WorkflowEntity<B: WorkflowBody> {
     pub(crate) config: Arc<ShardingConfig>,
     /// Tells the callers of executions that stopped here.
     pub(crate) results: Arc<ResultPush>,
+    /// Where finished executions are staged, to be stored with their request's reply.
+    pub(crate) core: Arc<RuntimeCore>,
 }
 
 struct WorkflowInstance<B: WorkflowBody> {
@@ -50,6 +56,7 @@ struct WorkflowInstance<B: WorkflowBody> {
     address: EntityAddress,
     sharding: Arc<dyn Sharding>,
     results: Arc<ResultPush>,
+    core: Arc<RuntimeCore>,
 }
 
 #[async_trait]
@@ -75,6 +82,7 @@ impl<B: WorkflowBody> Entity for WorkflowEntity<B> {
             address: ctx.address,
             sharding: ctx.sharding,
             results: self.results.clone(),
+            core: self.core.clone(),
         }))
     }
 }
@@ -120,6 +128,44 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         record.attempts = 0;
         record.last_error = None;
         self.save(record, status, result).await
+    }
+
+    /// Ends the execution with `result` (progress: the attempts count restarts). The record
+    /// is staged for the delivery layer, which stores it with the reply of `request_id`
+    /// (in one commit when storage allows) and then wakes the callers.
+    fn finish(
+        &self,
+        request_id: Snowflake,
+        mut record: ExecutionRecord,
+        status: ExecutionStatus,
+        result: ExitResult,
+        last_step: Option<PendingStep>,
+    ) {
+        record.attempts = 0;
+        record.last_error = None;
+        record.status = status;
+        record.result = Some(result);
+        record.updated_at = self.config.clock.now();
+        let finished = FinishedExecution::new(
+            record,
+            last_step,
+            FinishPorts {
+                engine: self.engine.clone(),
+                journal: self.storage.clone(),
+                results: self.results.clone(),
+                metrics: self.metrics.clone(),
+            },
+        );
+        self.core.finished_executions.stage(request_id, finished);
+    }
+
+    /// Commits a held-back activity on its own (before an outcome other than the end).
+    async fn commit_step(&self, step: Option<PendingStep>) -> Result<(), ClusterError> {
+        if let Some(PendingStep { tx, entry }) = step {
+            settled(&entry, tx.commit(&entry).await)?;
+            self.metrics.workflow_steps.inc();
+        }
+        Ok(())
     }
 
     async fn cancel(&self, record: &mut ExecutionRecord) -> Result<Bytes, ClusterError> {
@@ -204,9 +250,18 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         .await
     }
 
-    async fn run(&self, start: Option<Bytes>) -> Result<Bytes, ClusterError> {
+    /// Runs (or replays) the execution for request `request_id`.
+    async fn run(
+        &self,
+        request_id: Snowflake,
+        start: Option<Bytes>,
+    ) -> Result<Bytes, ClusterError> {
         let exec = self.execution_id().to_string();
-        let mut record = match self.engine.execution(&exec).await? {
+        let stored = self.engine.execution(&exec).await?;
+        // A run saves its record before it journals anything (and retention deletes a
+        // journal before its record), so an execution without a record has no journal.
+        let fresh = stored.is_none();
+        let mut record = match stored {
             Some(record) => record,
             // Saved below, with its first attempt counted.
             None => match start {
@@ -239,7 +294,11 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         if record.status == ExecutionStatus::Parked {
             return wire::encode(&WorkflowReply::Parked(parked_error(&record).to_wire()));
         }
-        let journal = self.storage.journal(&exec).await?;
+        let journal = if fresh {
+            Vec::new()
+        } else {
+            self.storage.journal(&exec).await?
+        };
         let journal_len = u32::try_from(journal.len()).unwrap_or(u32::MAX);
         if journal_len > record.progress_mark {
             // The last run journaled something: it made progress.
@@ -261,6 +320,8 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
         // Counted before the run, so a run that crashes the runner counts too.
         record.attempts += 1;
         record.progress_mark = journal_len;
+        // Saved before the body runs: an execution that is running can be found (and
+        // cancelled) by its id.
         self.save(&mut record, ExecutionStatus::Running, None)
             .await?;
         let request: <B::Workflow as WorkflowDefinition>::Request =
@@ -286,11 +347,13 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             self.sharding.clone(),
             self.metrics.clone(),
             journal,
+            // The record was read just now: the first suspension point need not ask again.
             CancelWatch::new(
                 self.engine.clone(),
                 exec.clone(),
                 self.config.workflow_cancel_poll_interval,
-            ),
+            )
+            .checked_at_start(),
             self.config.clock.clone(),
         );
         let body = AssertUnwindSafe(self.body.clone().execute(ctx.clone(), request)).catch_unwind();
@@ -306,21 +369,27 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             })),
             until = ctx.suspended() => RunOutcome::Suspended(until),
         };
+        // The last activity's held-back commit: it goes out with the execution's end, or
+        // on its own before any other outcome is saved.
+        let mut last_step = ctx.take_deferred().await?;
         if ctx.cancel_observed() {
+            self.commit_step(last_step.take()).await?;
             return self.cancel(&mut record).await;
         }
         if let Some(fault) = ctx.take_fault() {
+            self.commit_step(last_step.take()).await?;
             return self.failed_attempt(&mut record, fault).await;
         }
         match outcome {
             RunOutcome::Done(Ok(response)) => {
                 let bytes = wire::encode(&response)?;
-                self.save_progress(
-                    &mut record,
+                self.finish(
+                    request_id,
+                    record,
                     ExecutionStatus::Completed,
-                    Some(ExitResult::Success(bytes.clone())),
-                )
-                .await?;
+                    ExitResult::Success(bytes.clone()),
+                    last_step,
+                );
                 tracing::info!(execution_id = %exec, workflow = Self::workflow_name(), "workflow completed");
                 wire::encode(&WorkflowReply::Completed(bytes))
             }
@@ -335,6 +404,9 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                     // which replays it. The attempt is given back (if storage lets us): an
                     // outage parks nothing. The delivery layer retries storage errors only,
                     // so another engine error (a call's routing failure) travels as one.
+                    if let Err(step) = self.commit_step(last_step.take()).await {
+                        tracing::debug!(execution_id = %exec, %step, "could not commit the last activity");
+                    }
                     record.attempts = record.attempts.saturating_sub(1);
                     if let Err(save) = self.save(&mut record, ExecutionStatus::Running, None).await
                     {
@@ -351,16 +423,18 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
                         },
                     });
                 }
-                self.save_progress(
-                    &mut record,
+                self.finish(
+                    request_id,
+                    record,
                     ExecutionStatus::Failed,
-                    Some(ExitResult::failure(&err)),
-                )
-                .await?;
+                    ExitResult::failure(&err),
+                    last_step,
+                );
                 tracing::warn!(execution_id = %exec, workflow = Self::workflow_name(), %err, "workflow failed");
                 wire::encode(&WorkflowReply::Failed(err.to_wire()))
             }
             RunOutcome::Suspended(until) => {
+                self.commit_step(last_step).await?;
                 self.save_progress(
                     &mut record,
                     ExecutionStatus::Suspended { until: Some(until) },
@@ -430,7 +504,12 @@ impl<B: WorkflowBody> EntityHandler for WorkflowInstance<B> {
             "execute" => {
                 // Validate the request before recording the execution.
                 request.decode::<<B::Workflow as WorkflowDefinition>::Request>()?;
-                let answer = self.run(Some(request.envelope.payload.clone())).await?;
+                let answer = self
+                    .run(
+                        request.envelope.request_id,
+                        Some(request.envelope.payload.clone()),
+                    )
+                    .await?;
                 if let Ok(WorkflowReply::Suspended) = wire::decode::<WorkflowReply>(&answer) {
                     // Its caller waits for the execution to stop: tell it when it does.
                     self.results
@@ -438,7 +517,7 @@ impl<B: WorkflowBody> EntityHandler for WorkflowInstance<B> {
                 }
                 Ok(answer)
             }
-            "resume" => self.run(None).await,
+            "resume" => self.run(request.envelope.request_id, None).await,
             other => Err(ClusterError::UnknownTag {
                 entity_type: EntityType::new(<B::Workflow as WorkflowDefinition>::NAME),
                 tag: other.to_string(),

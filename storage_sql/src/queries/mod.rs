@@ -32,6 +32,28 @@ macro_rules! pending {
 }
 pub(crate) use pending;
 
+/// The execution upsert (binds `$1`…`$11`), as a literal so the PostgreSQL module can
+/// also use it inside a `WITH` of a statement that writes more.
+macro_rules! upsert_execution {
+    () => {
+        "INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
+            request, result, created_at_ns, updated_at_ns, attempts, progress_mark, last_error) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+        ON CONFLICT (execution_id) DO UPDATE SET \
+            workflow = excluded.workflow, \
+            status = excluded.status, \
+            suspended_until_ns = excluded.suspended_until_ns, \
+            request = excluded.request, \
+            result = excluded.result, \
+            created_at_ns = excluded.created_at_ns, \
+            updated_at_ns = excluded.updated_at_ns, \
+            attempts = excluded.attempts, \
+            progress_mark = excluded.progress_mark, \
+            last_error = excluded.last_error"
+    };
+}
+pub(crate) use upsert_execution;
+
 /// The runner-storage statements that differ between the dialects only in how they read
 /// the database clock: `$now` is an SQL expression giving the database's current time in
 /// unix milliseconds. Every statement reads it once, in a `now(ms)` CTE, so one statement
@@ -291,21 +313,7 @@ pub(crate) mod portable {
     // ---- workflow engine -----------------------------------------------------------------
 
     /// Never sets `cancel_requested_at_ns`: only `REQUEST_CANCELLATION` does.
-    pub(crate) const UPSERT_EXECUTION: &str = "\
-        INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
-            request, result, created_at_ns, updated_at_ns, attempts, progress_mark, last_error) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-        ON CONFLICT (execution_id) DO UPDATE SET \
-            workflow = excluded.workflow, \
-            status = excluded.status, \
-            suspended_until_ns = excluded.suspended_until_ns, \
-            request = excluded.request, \
-            result = excluded.result, \
-            created_at_ns = excluded.created_at_ns, \
-            updated_at_ns = excluded.updated_at_ns, \
-            attempts = excluded.attempts, \
-            progress_mark = excluded.progress_mark, \
-            last_error = excluded.last_error";
+    pub(crate) const UPSERT_EXECUTION: &str = super::upsert_execution!();
 
     pub(crate) const EXECUTION: &str = "\
         SELECT execution_id, workflow, status, suspended_until_ns, request, result, \

@@ -1,7 +1,7 @@
 //! PostgreSQL statements: the portable ones, plus those binding a shard list as `TEXT[]`.
 
 pub(crate) use super::portable::*;
-use super::{due, pending, request_columns, start_attempt_set};
+use super::{due, pending, request_columns, start_attempt_set, upsert_execution};
 
 /// One poll page: pending requests of the shards in `$1` (a `TEXT[]` of `group:number`),
 /// due at `$2` (unix nanoseconds), with an id after `$3`, not addressed to an entity of `$4`
@@ -204,3 +204,13 @@ pub(crate) const STOPPED_EXECUTIONS: &str = "\
         cancel_requested_at_ns \
     FROM cruster_executions \
     WHERE execution_id = ANY($1) AND status IN ('completed', 'failed', 'cancelled', 'parked')";
+
+/// A finished execution's record (`$1`…`$11`, as `UPSERT_EXECUTION`) and the final reply
+/// of the request that ran it (`$12`…`$15`, as `INSERT_REPLY`) in one statement, so one
+/// commit. The reply's trigger marks the request processed, as after `INSERT_REPLY`.
+pub(crate) const FINISH_WITH_REPLY: &str = concat!(
+    "WITH execution AS (",
+    upsert_execution!(),
+    ") INSERT INTO cruster_replies (request_id, is_final, sequence, body) \
+    VALUES ($12, $13, $14, $15) ON CONFLICT DO NOTHING"
+);

@@ -333,6 +333,7 @@ macro_rules! sql_backend_tests {
                     dropped_transaction_applies_nothing,
                     second_commit_of_same_key_returns_already_recorded_and_discards_writes,
                     delete_journal_forgets_only_that_execution,
+                    append_entry_stores_the_first_entry_at_a_position,
                     key_value_writes_are_supported_or_refused_explicitly,
                     journal_is_unique_by_execution_and_sequence,
                     random_transactions_match_a_model,
@@ -520,6 +521,7 @@ macro_rules! sql_backend_tests {
                 activity_sql_is_discarded_by_rollback_and_by_a_lost_race,
                 attempt_counts_from_two_pools_are_never_lost,
                 final_replies_racing_from_two_pools_keep_the_first,
+                finished_execution_is_stored_with_its_reply,
             );
         }
     };

@@ -753,3 +753,64 @@ pub async fn final_replies_racing_from_two_pools_keep_the_first(db: &TestDatabas
         runner.pool().close().await;
     }
 }
+
+/// `finish_with_reply` stores a finished execution's record and its request's final reply
+/// (marking the request processed) together; a second finish keeps the first reply (as
+/// `save_reply` does) while the record takes the later write. Engine and message storage
+/// on clones of one pool report one location; on two pools, two.
+pub async fn finished_execution_is_stored_with_its_reply(db: &TestDatabase) {
+    let pool = db.migrated().await;
+    let messages = SqlMessageStorage::from_pool(pool.clone());
+    let engine = SqlWorkflowEngine::from_pool(pool.clone());
+    assert_eq!(engine.location(), messages.location());
+    assert!(engine.location().is_some());
+    let other_pool = db.open().await;
+    assert_ne!(
+        SqlWorkflowEngine::from_pool(other_pool.clone()).location(),
+        messages.location(),
+        "two pools are two locations"
+    );
+
+    messages.save_request(&request(7)).await.unwrap();
+    let mut record = ExecutionRecord::new("exec-finish", "Checkout", Bytes::from("req"), t0());
+    engine.upsert_execution(&record).await.unwrap();
+    record.status = ExecutionStatus::Completed;
+    record.result = Some(ExitResult::Success(Bytes::from("done")));
+    record.updated_at = t0() + Duration::seconds(1);
+    engine
+        .finish_with_reply(&record, &final_reply(7, "completed"))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        engine.execution("exec-finish").await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(
+        messages.replies_for(Snowflake(7)).await.unwrap(),
+        vec![Reply::WithExit(final_reply(7, "completed"))]
+    );
+    assert!(
+        messages
+            .request(Snowflake(7))
+            .await
+            .unwrap()
+            .unwrap()
+            .processed
+    );
+    assert_eq!(pending_ids(&messages).await, Vec::<i64>::new());
+
+    // Again, as after a redelivery: the first reply stays.
+    record.updated_at = t0() + Duration::seconds(2);
+    engine
+        .finish_with_reply(&record, &final_reply(7, "completed again"))
+        .await
+        .unwrap();
+    assert_eq!(
+        messages.replies_for(Snowflake(7)).await.unwrap(),
+        vec![Reply::WithExit(final_reply(7, "completed"))]
+    );
+    assert_eq!(engine.execution("exec-finish").await.unwrap(), Some(record));
+    other_pool.close().await;
+    pool.close().await;
+}
