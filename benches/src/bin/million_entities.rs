@@ -127,6 +127,14 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             touch_cpu / entities as u32,
             warm_per_send
         );
+        // Tasks end 250 ms after their last request: the idle entities hold none.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        println!(
+            "  tokio tasks alive with {live_count} idle live entities: {}",
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        );
         println!(
             "  RSS live: {:>8.1} MiB over the {:.1} MiB before the runner ({:.0} bytes per live \
              entity)",

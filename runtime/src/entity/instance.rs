@@ -284,8 +284,10 @@ impl InstanceRuntime {
     /// passivates).
     pub(crate) async fn run(self: Arc<Self>, instance: Arc<Instance>) -> RunEnd {
         let never_started = instance.handler.lock().is_none();
-        if never_started && instance.stopped.load(Ordering::Acquire) {
-            // Stopped before it ever ran: nothing to passivate.
+        let runner_gone = never_started && self.core.sharding().is_err();
+        if runner_gone || (never_started && instance.stopped.load(Ordering::Acquire)) {
+            // Stopped before it ever ran (or the runner is going away): nothing to
+            // passivate; what is queued is refused, not failed.
             for item in instance.close_and_take_queued() {
                 self.refuse(&instance, item);
             }
