@@ -4,6 +4,7 @@
 
 pub mod lock_bench;
 pub mod node_cluster;
+pub mod process_memory;
 
 use std::sync::Arc;
 use std::time::Duration;
