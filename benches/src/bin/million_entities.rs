@@ -18,7 +18,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cruster::prelude::*;
 use cruster::types::{EntityId, EntityType};
+use cruster_benches::counting_allocator::{allocated, CountingAllocator};
 use cruster_benches::process_memory::{cpu_time, mib, rss_bytes};
+
+/// Counts what the process holds, to print bytes per entity beside the RSS.
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const CALLERS: usize = 64;
 
@@ -97,6 +102,7 @@ fn live(runner: &SingleRunner) -> usize {
 
 async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
     let rss_before = rss_bytes();
+    let allocated_before = allocated();
     let runner = SingleRunner::builder().build().await?;
     runner
         .sharding()
@@ -142,6 +148,15 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             mib(rss_before),
             rss_live as f64 / live_count.max(1) as f64
         );
+        let held_live = allocated().since(allocated_before);
+        println!(
+            "  allocated live: {:>8.1} MiB in {} blocks ({:.0} bytes and {:.1} blocks per live \
+             entity, before the allocator's headers and rounding)",
+            mib(held_live.bytes as u64),
+            held_live.blocks,
+            held_live.bytes as f64 / live_count.max(1) as f64,
+            held_live.blocks as f64 / live_count.max(1) as f64
+        );
 
         // Idle eviction: wait (bounded) until no instance is left.
         let cpu_before = cpu_time();
@@ -169,6 +184,12 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             "  RSS after idle eviction: {:>8.1} MiB over the baseline ({:.0} % of live)",
             mib(rss_after),
             100.0 * rss_after as f64 / rss_live.max(1) as f64
+        );
+        let held_after = allocated().since(allocated_before);
+        println!(
+            "  allocated after idle eviction: {:>8.1} MiB in {} blocks",
+            mib(held_after.bytes as u64),
+            held_after.blocks
         );
     }
     runner.shutdown().await?;

@@ -241,8 +241,8 @@ impl EntityManager {
         if let Some(instance) = shard.get(&address.entity_id) {
             return Ok(instance.clone());
         }
-        let instance = self.spawn_instance(address.clone());
-        shard.insert(address.entity_id.clone(), instance.clone());
+        let instance = self.spawn_instance(self.shared_address(address));
+        shard.insert(instance.address.entity_id.clone(), instance.clone());
         drop(shard);
         let activated_ms = instance.last_active_ms.load(Ordering::Relaxed);
         self.idle_queue
@@ -250,14 +250,39 @@ impl EntityManager {
         Ok(instance)
     }
 
+    /// `address` with the type's own entity type and shard group strings, so a live
+    /// instance holds no copies of them (a request's address may carry its own).
+    fn shared_address(&self, address: &EntityAddress) -> EntityAddress {
+        let group = if *address.shard_id.group == *self.shard_group {
+            self.shard_group.clone()
+        } else {
+            address.shard_id.group.clone()
+        };
+        let entity_type = if address.entity_type == self.entity_type {
+            self.entity_type.clone()
+        } else {
+            address.entity_type.clone()
+        };
+        EntityAddress {
+            shard_id: ShardId {
+                group,
+                id: address.shard_id.id,
+            },
+            entity_type,
+            entity_id: address.entity_id.clone(),
+        }
+    }
+
     fn spawn_instance(self: &Arc<Self>, address: EntityAddress) -> Arc<Instance> {
         let fence = self.core.fences.token(&address.shard_id);
+        let drain_deadline = self.core.fences.drain_token(&address.shard_id);
         let stripe = self.runtime.pending_count.stripe_for_new_instance();
         let instance = Arc::new(Instance::new(
             address,
             self.mailbox_capacity,
             self.now_ms(),
             fence,
+            drain_deadline,
             stripe,
         ));
         self.runtime.active_gauge.inc();
@@ -272,10 +297,10 @@ impl EntityManager {
             async move {
                 match manager.runtime.clone().run(instance.clone()).await {
                     RunEnd::Idle => {}
-                    RunEnd::Stopped => instance.finished.cancel(),
+                    RunEnd::Stopped => instance.mark_ended(),
                     RunEnd::FailedToStart => {
                         manager.forget(&instance);
-                        instance.finished.cancel();
+                        instance.mark_ended();
                     }
                 }
             }
@@ -295,8 +320,7 @@ impl EntityManager {
         let Some(instance) = self.instance(address) else {
             return false;
         };
-        let token = instance.interrupts.lock().remove(&request_id);
-        match token {
+        match instance.take_interrupt(request_id) {
             Some(token) => {
                 token.cancel();
                 true
@@ -311,8 +335,7 @@ impl EntityManager {
         else {
             return;
         };
-        let mut streams = instance.streams.lock();
-        if let Some(window) = streams.get_mut(&ack.request_id) {
+        instance.with_stream(ack.request_id, |window| {
             let newly = match window.acked {
                 None => ack.sequence as usize + 1,
                 Some(prev) if ack.sequence > prev => (ack.sequence - prev) as usize,
@@ -322,7 +345,7 @@ impl EntityManager {
                 window.acked = Some(ack.sequence);
                 window.permits.add_permits(newly);
             }
-        }
+        });
     }
 
     fn max_idle_ms(&self) -> u64 {
@@ -441,8 +464,7 @@ impl EntityManager {
         for instance in &instances {
             self.stop_instance(instance);
         }
-        let all_finished =
-            || futures::future::join_all(instances.iter().map(|i| i.finished.cancelled()));
+        let all_finished = || futures::future::join_all(instances.iter().map(|i| i.ended()));
         if tokio::time::timeout(deadline, all_finished()).await.is_ok() {
             return;
         }
@@ -450,9 +472,7 @@ impl EntityManager {
             entity_type = %self.entity_type,
             "entity instances did not drain before the deadline; aborting their interruptible handlers"
         );
-        for instance in &instances {
-            instance.abort_interruptible.cancel();
-        }
+        self.core.fences.end_drains(shards);
         all_finished().await;
     }
 
@@ -463,7 +483,7 @@ impl EntityManager {
         for instance in &instances {
             self.stop_instance(instance);
         }
-        let all = futures::future::join_all(instances.iter().map(|i| i.finished.cancelled()));
+        let all = futures::future::join_all(instances.iter().map(|i| i.ended()));
         if tokio::time::timeout(Duration::from_secs(1), all)
             .await
             .is_err()

@@ -2,11 +2,13 @@
 //! handlers end.
 //!
 //! A live instance holds no task while it is idle: the first request pushed into an idle
-//! mailbox starts a task, which serves the mailbox and ends once nothing came for
-//! [`LINGER`] (its handler stays with the instance, queued memory is given back). So an
-//! idle entity costs its instance and nothing else, and a million idle entities fit in
-//! memory until idle eviction takes them. Stopping an instance with no task starts one to
-//! refuse what is queued and passivate it.
+//! mailbox starts a task, which serves the mailbox and ends as soon as the mailbox is empty
+//! and nothing runs (its handler stays with the instance, queued memory is given back). No
+//! timer is kept per instance: a million entities touched at once leave no million timers
+//! firing together, which would starve the runner's lock renewal. So an idle entity costs
+//! its instance and nothing else, and a million idle entities fit in memory until idle
+//! eviction takes them. Stopping an instance with no task starts one to refuse what is
+//! queued and passivate it.
 //!
 //! The task runs up to `concurrency` handlers at once (inline when the limit is 1, so the
 //! default costs no allocation per message). A handler ends in one of four ways:
@@ -28,8 +30,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use cruster_sharding::{Entity, EntityContext, EntityHandler, IncomingRequest, STREAM_WINDOW};
@@ -61,15 +63,11 @@ pub(crate) struct InstanceRuntime {
     pub(crate) pending_count: PendingCount,
 }
 
-/// How long a task waits for another request after the mailbox emptied before it ends
-/// (the instance stays live, with no task, until a request comes or it is evicted).
-pub(crate) const LINGER: Duration = Duration::from_millis(250);
-
 /// How an instance's task ended.
 pub(crate) enum RunEnd {
     /// Stopped after serving (or refusing) its messages.
     Stopped,
-    /// Nothing came for [`LINGER`]: the task ended, the instance stays live.
+    /// The mailbox emptied: the task ended, the instance stays live.
     Idle,
     /// The entity failed to start; the instance must be forgotten.
     FailedToStart,
@@ -115,18 +113,37 @@ pub(crate) struct Instance {
     /// The fence of the instance's shard: fired, it aborts every running handler (the
     /// shard is lost).
     pub(crate) fence: CancellationToken,
-    /// Aborts the interruptible running handlers (a drain deadline passed).
-    pub(crate) abort_interruptible: CancellationToken,
-    /// Cancelled when the instance has ended (stopped, passivated, its handlers done).
-    pub(crate) finished: CancellationToken,
+    /// The drain token of the instance's shard: fired, it aborts the interruptible running
+    /// handlers (the drain of the shard passed its deadline).
+    drain_deadline: CancellationToken,
+    /// The instance has ended (stopped, passivated, its handlers done).
+    ended: AtomicBool,
+    /// Wakes those waiting for the end; created by the first of them (an instance nobody
+    /// waits for allocates none).
+    ended_signal: OnceLock<CancellationToken>,
     pub(crate) last_active_ms: AtomicU64,
     /// When its mailbox last went from empty to busy (the clock of `last_active_ms`).
     pub(crate) busy_since_ms: AtomicU64,
     pub(crate) pending: AtomicUsize,
     /// The counter of [`InstanceRuntime::pending_count`] this instance updates.
     pub(crate) pending_stripe: usize,
-    pub(crate) interrupts: Mutex<HashMap<Snowflake, CancellationToken>>,
-    pub(crate) streams: Mutex<HashMap<Snowflake, StreamWindow>>,
+    /// Interrupt tokens and stream windows of running requests; allocated while some run
+    /// (most requests need neither).
+    handles: Mutex<Option<Box<RequestHandles>>>,
+}
+
+/// What running requests of one instance can be reached by: interrupt tokens (by request
+/// id) and the flow control of streamed replies.
+#[derive(Default)]
+struct RequestHandles {
+    interrupts: HashMap<Snowflake, CancellationToken>,
+    streams: HashMap<Snowflake, StreamWindow>,
+}
+
+impl RequestHandles {
+    fn is_empty(&self) -> bool {
+        self.interrupts.is_empty() && self.streams.is_empty()
+    }
 }
 
 /// Flow control of one streamed reply: chunks sent ahead of acknowledgements.
@@ -149,6 +166,7 @@ impl Instance {
         capacity: usize,
         now_ms: u64,
         fence: CancellationToken,
+        drain_deadline: CancellationToken,
         pending_stripe: usize,
     ) -> Self {
         Instance {
@@ -159,14 +177,81 @@ impl Instance {
             handler: Mutex::new(None),
             stopped: AtomicBool::new(false),
             fence,
-            abort_interruptible: CancellationToken::new(),
-            finished: CancellationToken::new(),
+            drain_deadline,
+            ended: AtomicBool::new(false),
+            ended_signal: OnceLock::new(),
             last_active_ms: AtomicU64::new(now_ms),
             busy_since_ms: AtomicU64::new(now_ms),
             pending: AtomicUsize::new(0),
             pending_stripe,
-            interrupts: Mutex::new(HashMap::new()),
-            streams: Mutex::new(HashMap::new()),
+            handles: Mutex::new(None),
+        }
+    }
+
+    /// Records that the instance has ended and wakes those waiting for it.
+    pub(crate) fn mark_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        if let Some(signal) = self.ended_signal.get() {
+            signal.cancel();
+        }
+    }
+
+    /// Resolves once the instance has ended.
+    pub(crate) async fn ended(&self) {
+        // The signal is in place before `ended` is read: an end recorded after this read
+        // finds the signal and fires it.
+        let signal = self.ended_signal.get_or_init(CancellationToken::new);
+        if self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        signal.cancelled().await;
+    }
+
+    /// Takes the interrupt token of a running request, if it has one.
+    pub(crate) fn take_interrupt(&self, request_id: Snowflake) -> Option<CancellationToken> {
+        let mut handles = self.handles.lock();
+        let token = handles.as_mut()?.interrupts.remove(&request_id);
+        if handles.as_ref().is_some_and(|h| h.is_empty()) {
+            *handles = None;
+        }
+        token
+    }
+
+    fn add_interrupt(&self, request_id: Snowflake, token: CancellationToken) {
+        self.handles
+            .lock()
+            .get_or_insert_with(Default::default)
+            .interrupts
+            .insert(request_id, token);
+    }
+
+    fn add_stream(&self, request_id: Snowflake, window: StreamWindow) {
+        self.handles
+            .lock()
+            .get_or_insert_with(Default::default)
+            .streams
+            .insert(request_id, window);
+    }
+
+    fn remove_stream(&self, request_id: Snowflake) {
+        let mut handles = self.handles.lock();
+        if let Some(h) = handles.as_mut() {
+            h.streams.remove(&request_id);
+            if h.is_empty() {
+                *handles = None;
+            }
+        }
+    }
+
+    /// Runs `f` on the flow control of a streamed reply, if that stream runs.
+    pub(crate) fn with_stream(&self, request_id: Snowflake, f: impl FnOnce(&mut StreamWindow)) {
+        if let Some(window) = self
+            .handles
+            .lock()
+            .as_mut()
+            .and_then(|h| h.streams.get_mut(&request_id))
+        {
+            f(window);
         }
     }
 
@@ -248,7 +333,7 @@ impl Instance {
         } else {
             tokio::select! {
                 _ = self.fence.cancelled() => {}
-                _ = self.abort_interruptible.cancelled() => {}
+                _ = self.drain_deadline.cancelled() => {}
             }
         }
     }
@@ -280,7 +365,7 @@ impl InstanceRuntime {
     }
 
     /// A task of the instance: starts the handler if it is not yet, serves the mailbox
-    /// until it stays empty for [`LINGER`] (then ends, the instance staying live) or the
+    /// until it is empty with nothing running (then ends, the instance staying live) or the
     /// instance stops (then refuses what is queued, waits for running handlers,
     /// passivates).
     pub(crate) async fn run(self: Arc<Self>, instance: Arc<Instance>) -> RunEnd {
@@ -321,9 +406,6 @@ impl InstanceRuntime {
             self.concurrency
         };
         let mut running = FuturesUnordered::new();
-        // Created once per task and moved only when it fires: no timer per message.
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
         loop {
             if instance.stopped.load(Ordering::Acquire) {
                 break;
@@ -343,8 +425,7 @@ impl InstanceRuntime {
                     }
                 }
             }
-            // Wait for a request, the stop, or (with nothing running) the end of the
-            // linger. Registered before looking again, so no wake-up is missed.
+            // Registered before looking again, so no wake-up is missed.
             let woken = instance.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
@@ -353,23 +434,23 @@ impl InstanceRuntime {
             {
                 continue;
             }
+            if running.is_empty() {
+                // Nothing queued, nothing running: the task ends (no timer keeps it). One
+                // yield first lets a caller answered on this worker queue its next request
+                // to the same task, which is cheaper than starting another.
+                tokio::task::yield_now().await;
+                if instance.has_queued() || instance.stopped.load(Ordering::Acquire) {
+                    continue;
+                }
+                if instance.end_serving_if_idle() {
+                    return RunEnd::Idle;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = &mut woken => {}
-                Some(()) = running.next(), if !running.is_empty() => {}
-                _ = &mut linger, if running.is_empty() => {
-                    let now = self.now_ms();
-                    let idle_for = now.saturating_sub(instance.last_active_ms.load(Ordering::Relaxed));
-                    let linger_ms = LINGER.as_millis() as u64;
-                    if idle_for >= linger_ms {
-                        if instance.end_serving_if_idle() {
-                            return RunEnd::Idle;
-                        }
-                    } else {
-                        let left = Duration::from_millis(linger_ms - idle_for);
-                        linger.as_mut().reset(tokio::time::Instant::now() + left);
-                    }
-                }
+                Some(()) = running.next() => {}
             }
         }
         // Stopping: refuse what is queued (a plain caller retries with the new owner; a
@@ -444,10 +525,7 @@ impl InstanceRuntime {
             return None;
         }
         let token = CancellationToken::new();
-        instance
-            .interrupts
-            .lock()
-            .insert(envelope.request_id, token.clone());
+        instance.add_interrupt(envelope.request_id, token.clone());
         Some(token)
     }
 
@@ -481,7 +559,7 @@ impl InstanceRuntime {
             _ = interrupted => Ending::Interrupted,
         };
         if interrupt.is_some() {
-            instance.interrupts.lock().remove(&request_id);
+            instance.take_interrupt(request_id);
         }
         let exit = match ending {
             Ending::Returned(Ok(bytes)) => ExitResult::Success(bytes),
@@ -557,7 +635,7 @@ impl InstanceRuntime {
             return;
         };
         let permits = Arc::new(Semaphore::new(STREAM_WINDOW));
-        instance.streams.lock().insert(
+        instance.add_stream(
             request_id,
             StreamWindow {
                 permits: permits.clone(),
@@ -610,7 +688,7 @@ impl InstanceRuntime {
             }
         }
         .await;
-        instance.streams.lock().remove(&request_id);
+        instance.remove_stream(request_id);
         let _ = tx.send(Ok(Reply::WithExit(ReplyWithExit { request_id, exit })));
     }
 }
