@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// The system allocator with counters of what is allocated and not yet freed.
 pub struct CountingAllocator;
@@ -43,6 +44,23 @@ pub fn allocated() -> Allocated {
     }
 }
 
+/// The most bytes held at once since the process started or since the last
+/// [`reset_peak_allocated`].
+pub fn peak_allocated_bytes() -> usize {
+    PEAK_BYTES.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak from what is held now.
+pub fn reset_peak_allocated() {
+    PEAK_BYTES.store(BYTES.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+fn count_allocation(bytes: usize) {
+    let now = BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    BLOCKS.fetch_add(1, Ordering::Relaxed);
+    PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+}
+
 // SAFETY: every call is forwarded to `System` with the caller's arguments unchanged; the
 // counters only observe sizes.
 unsafe impl GlobalAlloc for CountingAllocator {
@@ -50,8 +68,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
-            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-            BLOCKS.fetch_add(1, Ordering::Relaxed);
+            count_allocation(layout.size());
         }
         ptr
     }
@@ -60,8 +77,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: as for `alloc`.
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null() {
-            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-            BLOCKS.fetch_add(1, Ordering::Relaxed);
+            count_allocation(layout.size());
         }
         ptr
     }
@@ -77,7 +93,8 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, passed on as is.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
-            BYTES.fetch_add(new_size, Ordering::Relaxed);
+            let now = BYTES.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
             BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
         }
         new

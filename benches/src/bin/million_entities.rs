@@ -18,7 +18,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cruster::prelude::*;
 use cruster::types::{EntityId, EntityType};
-use cruster_benches::counting_allocator::{allocated, CountingAllocator};
+use cruster_benches::counting_allocator::{
+    allocated, peak_allocated_bytes, reset_peak_allocated, CountingAllocator,
+};
 use cruster_benches::process_memory::{cpu_time, mib, rss_bytes};
 
 /// Counts what the process holds, to print bytes per entity beside the RSS.
@@ -103,6 +105,7 @@ fn live(runner: &SingleRunner) -> usize {
 async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
     let rss_before = rss_bytes();
     let allocated_before = allocated();
+    reset_peak_allocated();
     let runner = SingleRunner::builder().build().await?;
     runner
         .sharding()
@@ -113,12 +116,20 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
     // Reference: the same number of sends to one live entity per caller.
     let (_, warm_cpu) = touch(&client, |n| entity_id(n % CALLERS), entities.min(200_000)).await?;
     let warm_per_send = warm_cpu / entities.min(200_000) as u32;
+    println!(
+        "warm-up (sends to {CALLERS} live entities): RSS {:.1} MiB over the baseline, \
+         allocated at its peak {:.1} MiB, now {:.1} MiB",
+        mib(rss_bytes().saturating_sub(rss_before)),
+        mib(peak_allocated_bytes().saturating_sub(allocated_before.bytes) as u64),
+        mib(allocated().since(allocated_before).bytes as u64)
+    );
 
     for round in 1..=2 {
         // The second round touches new ids: it shows whether the memory freed by the first
         // eviction is reused.
         let offset = (round - 1) * entities;
         let ids = move |n: usize| entity_id(offset + n);
+        reset_peak_allocated();
         let (touch_wall, touch_cpu) = touch(&client, ids, entities).await?;
         let live_count = live(&runner);
         let rss_live = rss_bytes().saturating_sub(rss_before);
@@ -133,14 +144,12 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             touch_cpu / entities as u32,
             warm_per_send
         );
-        // Tasks end 250 ms after their last request: the idle entities hold none.
+        // A task ends as soon as its mailbox is empty: the idle entities hold none.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        println!(
-            "  tokio tasks alive with {live_count} idle live entities: {}",
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks()
-        );
+        let tasks_idle = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        println!("  tokio tasks alive with {live_count} idle live entities: {tasks_idle}");
         println!(
             "  RSS live: {:>8.1} MiB over the {:.1} MiB before the runner ({:.0} bytes per live \
              entity)",
@@ -149,6 +158,10 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             rss_live as f64 / live_count.max(1) as f64
         );
         let held_live = allocated().since(allocated_before);
+        println!(
+            "  allocated at the peak of the touch: {:>8.1} MiB",
+            mib(peak_allocated_bytes().saturating_sub(allocated_before.bytes) as u64)
+        );
         println!(
             "  allocated live: {:>8.1} MiB in {} blocks ({:.0} bytes and {:.1} blocks per live \
              entity, before the allocator's headers and rounding)",
@@ -171,8 +184,21 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let evict_cpu = cpu_time().saturating_sub(cpu_before);
-        // Let the ended instance tasks be freed.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Let the evicted instances' tasks end (bounded).
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let settled = Instant::now();
+        while tasks() > tasks_idle && settled.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "  tokio tasks alive {:.2?} after the last eviction: {}",
+            settled.elapsed(),
+            tasks()
+        );
         let rss_after = rss_bytes().saturating_sub(rss_before);
         println!(
             "  eviction: all gone {:.2?} after the touch; {:>8.2?} CPU per evicted entity \

@@ -293,19 +293,18 @@ impl EntityManager {
     fn serve(self: &Arc<Self>, instance: Arc<Instance>) {
         let manager = self.clone();
         let span = tracing::debug_span!("cruster.entity", entity_type = %self.entity_type, entity_id = %instance.address.entity_id);
-        self.core.spawn(
-            async move {
-                match manager.runtime.clone().run(instance.clone()).await {
-                    RunEnd::Idle => {}
-                    RunEnd::Stopped => instance.mark_ended(),
-                    RunEnd::FailedToStart => {
-                        manager.forget(&instance);
-                        instance.mark_ended();
-                    }
+        let fut = async move {
+            match manager.runtime.clone().run(instance.clone()).await {
+                RunEnd::Idle => {}
+                RunEnd::Stopped => instance.mark_ended(),
+                RunEnd::FailedToStart => {
+                    manager.forget(&instance);
+                    instance.mark_ended();
                 }
             }
-            .instrument(span),
-        );
+        }
+        .instrument(span);
+        self.core.spawn(fut);
     }
 
     /// Stops `instance`, starting a task to end it when none serves it.

@@ -710,3 +710,16 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         "unknown panic".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_stays_small() {
+        // Every live entity, busy or idle, holds one (plus its id and handler): a million
+        // of them must fit in well under 1 GiB.
+        let size = std::mem::size_of::<Instance>();
+        assert!(size <= 256, "Instance grew to {size} bytes");
+    }
+}
