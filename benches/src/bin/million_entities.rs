@@ -21,7 +21,7 @@ use cruster::types::{EntityId, EntityType};
 use cruster_benches::counting_allocator::{
     allocated, peak_allocated_bytes, reset_peak_allocated, CountingAllocator,
 };
-use cruster_benches::process_memory::{cpu_time, mib, rss_bytes};
+use cruster_benches::process_memory::{cpu_time, give_back_free_memory, mib, rss_bytes};
 
 /// Counts what the process holds, to print bytes per entity beside the RSS.
 #[global_allocator]
@@ -207,9 +207,18 @@ async fn run(entities: usize, idle: Duration) -> anyhow::Result<()> {
             evict_cpu / live_count.max(1) as u32
         );
         println!(
-            "  RSS after idle eviction: {:>8.1} MiB over the baseline ({:.0} % of live)",
+            "  RSS after idle eviction (glibc keeps what was freed): {:>8.1} MiB over the \
+             baseline ({:.0} % of live)",
             mib(rss_after),
             100.0 * rss_after as f64 / rss_live.max(1) as f64
+        );
+        give_back_free_memory();
+        let rss_trimmed = rss_bytes().saturating_sub(rss_before);
+        println!(
+            "  RSS after idle eviction and malloc_trim(0): {:>8.1} MiB over the baseline ({:.0} \
+             % of live)",
+            mib(rss_trimmed),
+            100.0 * rss_trimmed as f64 / rss_live.max(1) as f64
         );
         let held_after = allocated().since(allocated_before);
         println!(

@@ -21,6 +21,7 @@ use cruster_types::{
     AckChunk, ClusterError, EntityAddress, EntityId, EntityType, ShardId, Snowflake,
 };
 use dashmap::DashMap;
+use futures::StreamExt;
 use prometheus::{IntCounter, IntGauge};
 use tracing::Instrument;
 
@@ -47,6 +48,9 @@ pub(crate) struct EntityManager {
     evicted_counter: IntCounter,
     idle_checks_counter: IntCounter,
 }
+
+/// How many idle instances being stopped one task passivates at once.
+const PASSIVATIONS_AT_ONCE: usize = 64;
 
 /// A map that keeps less than a quarter of its slots in use gives the rest back (above
 /// this many slots; smaller maps are not worth the rehash).
@@ -307,11 +311,31 @@ impl EntityManager {
         self.core.spawn(fut);
     }
 
-    /// Stops `instance`, starting a task to end it when none serves it.
-    fn stop_instance(self: &Arc<Self>, instance: &Arc<Instance>) {
-        if instance.stop() {
-            self.serve(instance.clone());
+    /// Stops `instances`. A task serving one ends it; those no task serves (idle ones)
+    /// are passivated by one task, [`PASSIVATIONS_AT_ONCE`] at a time, so that evicting a
+    /// million idle instances at once starts one task, not a million.
+    fn stop_instances(self: &Arc<Self>, instances: &[Arc<Instance>]) {
+        let idle: Vec<Arc<Instance>> = instances
+            .iter()
+            .filter(|instance| instance.stop())
+            .cloned()
+            .collect();
+        if idle.is_empty() {
+            return;
         }
+        let runtime = self.runtime.clone();
+        let span = tracing::debug_span!("cruster.passivate", entity_type = %self.entity_type, instances = idle.len());
+        self.core.spawn(
+            async move {
+                futures::stream::iter(idle)
+                    .for_each_concurrent(PASSIVATIONS_AT_ONCE, |instance| {
+                        let runtime = &runtime;
+                        async move { runtime.passivate_stopped(&instance).await }
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
     }
 
     /// Interrupts a request of one of this type's instances. Returns whether it was found.
@@ -425,9 +449,7 @@ impl EntityManager {
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
         self.idle_checks_counter.inc_by(checked as u64);
         self.evicted_counter.inc_by(evicted.len() as u64);
-        for instance in &evicted {
-            self.stop_instance(instance);
-        }
+        self.stop_instances(&evicted);
         evicted.len()
     }
 
@@ -460,9 +482,7 @@ impl EntityManager {
         if instances.is_empty() {
             return;
         }
-        for instance in &instances {
-            self.stop_instance(instance);
-        }
+        self.stop_instances(&instances);
         let all_finished = || futures::future::join_all(instances.iter().map(|i| i.ended()));
         if tokio::time::timeout(deadline, all_finished()).await.is_ok() {
             return;
@@ -479,9 +499,7 @@ impl EntityManager {
     /// handlers, uninterruptible ones included, are aborted and nothing is stored for them.
     pub(crate) async fn abort_shards(self: &Arc<Self>, shards: &[ShardId]) {
         let instances = self.take_shards(shards);
-        for instance in &instances {
-            self.stop_instance(instance);
-        }
+        self.stop_instances(&instances);
         let all = futures::future::join_all(instances.iter().map(|i| i.ended()));
         if tokio::time::timeout(Duration::from_secs(1), all)
             .await

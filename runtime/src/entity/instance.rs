@@ -466,6 +466,24 @@ impl InstanceRuntime {
         RunEnd::Stopped
     }
 
+    /// Ends an instance that was stopped while no task served it (the caller of
+    /// [`Instance::stop`] got `true`): refuses what is queued, passivates its handler if it
+    /// ever started one (unless its shard is lost), and marks it ended. Costs no task of
+    /// its own.
+    pub(crate) async fn passivate_stopped(&self, instance: &Instance) {
+        for item in instance.close_and_take_queued() {
+            self.refuse(instance, item);
+        }
+        let handler = instance.handler.lock().clone();
+        if let Some(handler) = handler {
+            if !instance.fence.is_cancelled() {
+                handler.on_passivate().await;
+            }
+        }
+        self.active_gauge.dec();
+        instance.mark_ended();
+    }
+
     /// Refuses a queued message of a stopping instance without running it.
     fn refuse(&self, instance: &Instance, item: MailboxItem) {
         instance.pending.fetch_sub(1, Ordering::AcqRel);
