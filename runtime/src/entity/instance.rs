@@ -7,8 +7,9 @@
 //! timer is kept per instance: a million entities touched at once leave no million timers
 //! firing together, which would starve the runner's lock renewal. So an idle entity costs
 //! its instance and nothing else, and a million idle entities fit in memory until idle
-//! eviction takes them. Stopping an instance with no task starts one to refuse what is
-//! queued and passivate it.
+//! eviction takes them. An instance stopped with no task is passivated by
+//! [`InstanceRuntime::passivate_stopped`], which its manager runs for a whole batch of such
+//! instances from one task.
 //!
 //! The task runs up to `concurrency` handlers at once (inline when the limit is 1, so the
 //! default costs no allocation per message). A handler ends in one of four ways:
@@ -283,7 +284,7 @@ impl Instance {
     }
 
     /// Stops taking messages; running handlers go on. Returns `true` when no task serves
-    /// the instance: the caller starts one to refuse what is queued and passivate it.
+    /// the instance: the caller then ends it with [`InstanceRuntime::passivate_stopped`].
     pub(crate) fn stop(&self) -> bool {
         self.stopped.store(true, Ordering::Release);
         let mut mailbox = self.mailbox.lock();
