@@ -478,7 +478,16 @@ impl InstanceRuntime {
         let handler = instance.handler.lock().clone();
         if let Some(handler) = handler {
             if !instance.fence.is_cancelled() {
-                handler.on_passivate().await;
+                // Instances are passivated in batches: one that panics must not keep the
+                // others of its batch from ending.
+                let passivated = AssertUnwindSafe(handler.on_passivate()).catch_unwind();
+                if let Err(panic) = passivated.await {
+                    tracing::error!(
+                        entity = %instance.address,
+                        panic = %panic_message(&panic),
+                        "entity on_passivate panicked"
+                    );
+                }
             }
         }
         self.active_gauge.dec();
