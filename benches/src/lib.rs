@@ -2,8 +2,11 @@
 //! `Entity`/`EntityHandler` traits, and helpers to start a bench node.
 #![allow(missing_docs)]
 
+#[allow(unsafe_code)]
+pub mod counting_allocator;
 pub mod lock_bench;
 pub mod node_cluster;
+pub mod process_memory;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,9 +21,17 @@ use cruster_types::ClusterError;
 pub struct ClusterMetrics {
     /// Live entity instances, by entity type.
     pub active_entities: IntGaugeVec,
-    /// Messages queued in mailboxes, by entity type (sampled by the idle reaper, every
-    /// `min(max_idle / 2, 5 s)`).
+    /// Requests queued or running in mailboxes, by entity type (sampled by the idle
+    /// reaper, every `min(max_idle / 2, 5 s)`).
     pub mailbox_depth: IntGaugeVec,
+    /// Entity instances evicted after `max_idle` without requests, by entity type.
+    pub entities_evicted: IntCounterVec,
+    /// Instances the idle reaper looked at (evicted, or found active and queued again), by
+    /// entity type: about one per eviction, not one per live instance per tick.
+    pub idle_checks: IntCounterVec,
+    /// Persisted requests the storage poll handed to entities that have not finished yet
+    /// (at most `storage_poll_batch_size`).
+    pub poll_in_flight: IntGauge,
     /// Requests sent (all modes).
     pub messages_sent: IntCounter,
     /// Persisted requests stored.
@@ -100,9 +108,27 @@ impl ClusterMetrics {
             mailbox_depth: IntGaugeVec::new(
                 Opts::new(
                     "cruster_mailbox_depth",
-                    "Messages waiting in entity mailboxes",
+                    "Requests queued or running in entity mailboxes",
                 ),
                 &["entity_type"],
+            )?,
+            entities_evicted: IntCounterVec::new(
+                Opts::new(
+                    "cruster_entities_evicted_total",
+                    "Entity instances evicted after their idle time",
+                ),
+                &["entity_type"],
+            )?,
+            idle_checks: IntCounterVec::new(
+                Opts::new(
+                    "cruster_idle_checks_total",
+                    "Entity instances the idle reaper looked at",
+                ),
+                &["entity_type"],
+            )?,
+            poll_in_flight: IntGauge::new(
+                "cruster_poll_in_flight",
+                "Persisted requests handed out by the storage poll and not finished",
             )?,
             messages_sent: IntCounter::new("cruster_messages_sent_total", "Requests sent")?,
             messages_persisted: IntCounter::new(
@@ -211,6 +237,9 @@ impl ClusterMetrics {
     fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.active_entities.clone()))?;
         registry.register(Box::new(self.mailbox_depth.clone()))?;
+        registry.register(Box::new(self.entities_evicted.clone()))?;
+        registry.register(Box::new(self.idle_checks.clone()))?;
+        registry.register(Box::new(self.poll_in_flight.clone()))?;
         registry.register(Box::new(self.messages_sent.clone()))?;
         registry.register(Box::new(self.messages_persisted.clone()))?;
         registry.register(Box::new(self.messages_retried.clone()))?;

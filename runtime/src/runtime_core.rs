@@ -65,6 +65,11 @@ impl RuntimeCore {
         F: Future<Output = ()> + Send + 'static,
     {
         let killed = self.killed.clone();
+        // The future lives in a box of its own, not in the task: tokio allocates a task
+        // with a 128-byte alignment, and a large aligned allocation per task (an entity's
+        // task is ~2.4 KB) left glibc's heap fragmented by the small long-lived
+        // allocations made meanwhile (~3.5 KB of RSS per activated entity, ~600 B boxed).
+        let fut = Box::pin(fut);
         self.tasks.spawn(async move {
             tokio::select! {
                 biased;

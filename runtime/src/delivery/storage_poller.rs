@@ -20,6 +20,13 @@
 //!    instead of delivered, so a message that crashes its runner cannot loop forever;
 //! 5. hands the rest to the entity managers.
 //!
+//! A backlog is drained page after page without waiting for the interval, but the poll
+//! never has more than `storage_poll_batch_size` of its deliveries unfinished: a page is
+//! only as large as the room left, and the next page waits until half the batch finished.
+//! So memory is bounded by the batch (and the mailboxes it fills), not by the backlog.
+//! Deliveries that stay unfinished for a whole interval (handlers that hang) leave room for
+//! a tenth of a batch per interval, so they cannot stop the redelivery of other entities.
+//!
 //! It also gives back to storage the counted attempts that ended without an outcome
 //! through no fault of the message (refused, or stopped as their shard left). It never
 //! delivers a message of a shard it does not hold, and never holds a lock across an await.
@@ -46,6 +53,14 @@ const ATTEMPTS_USED_UP: &str = "all delivery attempts were used without an outco
 
 /// How often a stopping runner still gives back attempts of handlers its drain stopped.
 const REFUND_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What one poll round did.
+pub(crate) struct PollRound {
+    /// Messages handed to entities.
+    pub(crate) delivered: usize,
+    /// The page was full: more may be due right now.
+    pub(crate) page_full: bool,
+}
 
 pub(crate) struct StoragePoller {
     core: Arc<RuntimeCore>,
@@ -106,8 +121,16 @@ impl StoragePoller {
             _ = self.core.stopping.cancelled() => return,
         }
         loop {
-            if let Err(err) = self.poll_once().await {
-                tracing::warn!(%err, "storage poll failed; retrying next interval");
+            match self.poll_once().await {
+                Ok(round) if round.page_full && round.delivered > 0 => {
+                    // A backlog: the next page as soon as half the batch finished.
+                    if !self.wait_for_room(interval).await {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "storage poll failed; retrying next interval"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -124,6 +147,21 @@ impl StoragePoller {
                 _ = self.core.killed.cancelled() => return,
             }
         }
+    }
+
+    /// Waits until at most half a batch of the poll's deliveries is unfinished, or
+    /// `interval` passed. Returns `false` when the runner stops.
+    async fn wait_for_room(&self, interval: Duration) -> bool {
+        let half = self.core.config.storage_poll_batch_size / 2;
+        let deadline = tokio::time::Instant::now() + interval;
+        while self.core.in_flight.poll_outstanding() > half {
+            tokio::select! {
+                _ = self.core.in_flight.poll_delivery_finished() => {}
+                _ = tokio::time::sleep_until(deadline) => return true,
+                _ = self.core.stopping.cancelled() => return false,
+            }
+        }
+        !self.core.stopping.is_cancelled()
     }
 
     /// Gives back to storage the counted attempts that ended without an outcome through no
@@ -146,15 +184,19 @@ impl StoragePoller {
         }
     }
 
-    /// One round. Returns how many messages were handed to entities.
-    pub(crate) async fn poll_once(&self) -> Result<usize, ClusterError> {
+    /// One round: reads at most the room left in the batch.
+    pub(crate) async fn poll_once(&self) -> Result<PollRound, ClusterError> {
+        let idle = PollRound {
+            delivered: 0,
+            page_full: false,
+        };
         let Ok(storage) = self.core.storage() else {
-            return Ok(0);
+            return Ok(idle);
         };
         self.give_back_attempts().await;
         let shards = self.core.shard_table.held();
         if shards.is_empty() {
-            return Ok(0);
+            return Ok(idle);
         }
         let started = Instant::now();
         let (after, skipped) = {
@@ -164,7 +206,11 @@ impl StoragePoller {
             }
             (state.cursor, state.saturated.clone())
         };
-        let limit = self.core.config.storage_poll_batch_size;
+        let batch = self.core.config.storage_poll_batch_size;
+        let limit = batch
+            .saturating_sub(self.core.in_flight.poll_outstanding())
+            .max(batch / 10)
+            .max(1);
         let query = PollQuery::new(&shards, self.core.config.clock.now(), limit)
             .after(after)
             .skipping(&skipped);
@@ -185,7 +231,10 @@ impl StoragePoller {
         }
         let delivered = self.count_and_deliver(chosen).await?;
         self.core.in_flight.prune_completed_before(started);
-        Ok(delivered)
+        Ok(PollRound {
+            delivered,
+            page_full: next_cursor.is_some(),
+        })
     }
 
     /// The requests of a page this runner can hand over now (entered in the in-flight

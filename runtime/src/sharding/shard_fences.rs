@@ -1,9 +1,12 @@
-//! [`ShardFences`]: one cancellation token per shard, fired when this runner can no longer
-//! prove it holds the shard, so that everything running for it stops at once.
+//! [`ShardFences`]: per shard, a fence token fired when this runner can no longer prove it
+//! holds the shard, so that everything running for it stops at once; and a drain token
+//! fired when the drain of a shard that moves away passes its deadline, so that its
+//! interruptible handlers stop.
 //!
-//! Entity instances and their handlers watch the token of their shard. A fired token stays
-//! in place (an instance activated a moment later sees it fired and stops at once) until
-//! the shard is acquired again, which arms a fresh one. Never holds a lock across an await.
+//! Entity instances and their handlers watch the tokens of their shard (clones: an
+//! instance allocates no token of its own). A fired token stays in place (an instance
+//! activated a moment later sees it fired and stops at once) until the shard is acquired
+//! again, which arms fresh ones. Never holds a lock across an await.
 
 use cruster_types::ShardId;
 use dashmap::DashMap;
@@ -12,27 +15,50 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 pub(crate) struct ShardFences {
     tokens: DashMap<ShardId, CancellationToken>,
+    drains: DashMap<ShardId, CancellationToken>,
+}
+
+/// The token of `shard` in `tokens`, created unfired if there is none.
+fn token_in(tokens: &DashMap<ShardId, CancellationToken>, shard: &ShardId) -> CancellationToken {
+    if let Some(token) = tokens.get(shard) {
+        return token.clone();
+    }
+    tokens.entry(shard.clone()).or_default().clone()
+}
+
+/// Replaces the token of `shard` in `tokens` by a fresh one if it was fired.
+fn rearm_in(tokens: &DashMap<ShardId, CancellationToken>, shard: &ShardId) {
+    let fired = tokens.get(shard).is_some_and(|token| token.is_cancelled());
+    if fired {
+        tokens.insert(shard.clone(), CancellationToken::new());
+    }
 }
 
 impl ShardFences {
     /// The token of a shard (a clone: watching it allocates nothing).
     pub(crate) fn token(&self, shard: &ShardId) -> CancellationToken {
-        if let Some(token) = self.tokens.get(shard) {
-            return token.clone();
-        }
-        self.tokens.entry(shard.clone()).or_default().clone()
+        token_in(&self.tokens, shard)
     }
 
-    /// A fresh, unfired token for shards this runner has just acquired.
+    /// The drain token of a shard: fired when a drain of the shard passes its deadline
+    /// (a clone: watching it allocates nothing).
+    pub(crate) fn drain_token(&self, shard: &ShardId) -> CancellationToken {
+        token_in(&self.drains, shard)
+    }
+
+    /// Fresh, unfired tokens for shards this runner has just acquired.
     pub(crate) fn arm(&self, shards: &[ShardId]) {
         for shard in shards {
-            let fired = self
-                .tokens
-                .get(shard)
-                .is_some_and(|token| token.is_cancelled());
-            if fired {
-                self.tokens.insert(shard.clone(), CancellationToken::new());
-            }
+            rearm_in(&self.tokens, shard);
+            rearm_in(&self.drains, shard);
+        }
+    }
+
+    /// Fires the drain tokens of `shards` (their drain passed its deadline): the
+    /// interruptible handlers running for them stop.
+    pub(crate) fn end_drains(&self, shards: &[ShardId]) {
+        for shard in shards {
+            self.drain_token(shard).cancel();
         }
     }
 
@@ -61,5 +87,23 @@ mod tests {
         );
         fences.arm(std::slice::from_ref(&shard));
         assert!(!fences.token(&shard).is_cancelled());
+    }
+
+    #[test]
+    fn an_ended_drain_stays_ended_until_armed_again_and_leaves_the_fence_alone() {
+        let fences = ShardFences::default();
+        let shard = ShardId::new("default", 4);
+        let other = ShardId::new("default", 5);
+        let before = fences.drain_token(&shard);
+        fences.end_drains(std::slice::from_ref(&shard));
+        assert!(before.is_cancelled());
+        assert!(fences.drain_token(&shard).is_cancelled());
+        assert!(
+            !fences.token(&shard).is_cancelled(),
+            "the fence is not fired"
+        );
+        assert!(!fences.drain_token(&other).is_cancelled());
+        fences.arm(std::slice::from_ref(&shard));
+        assert!(!fences.drain_token(&shard).is_cancelled());
     }
 }

@@ -150,6 +150,7 @@ impl ShardingImpl {
             for group in &config.shard_groups {
                 table.add_group(group);
             }
+            let poll_in_flight = metrics.poll_in_flight.clone();
             let core = Arc::new(RuntimeCore {
                 config: config.clone(),
                 reply_push: ReplyPush::new(runners.clone(), metrics.clone()),
@@ -165,7 +166,7 @@ impl ShardingImpl {
                 shard_table: table,
                 shard_moves: Default::default(),
                 fences: Default::default(),
-                in_flight: InFlight::default(),
+                in_flight: InFlight::new(poll_in_flight),
                 finished_executions: Default::default(),
                 snowflakes: SnowflakeGenerator::new(MachineId::wrapping(0)),
                 stopping: CancellationToken::new(),
@@ -386,6 +387,15 @@ impl ShardingImpl {
     /// The live runners this runner knows of.
     pub fn known_runners(&self) -> Vec<RunnerAddress> {
         self.core.shard_table.runners()
+    }
+
+    /// The manager of one entity type (for the runtime's own tests).
+    #[cfg(test)]
+    pub(crate) fn entity_manager(
+        &self,
+        entity_type: &EntityType,
+    ) -> Option<Arc<crate::entity::entity_manager::EntityManager>> {
+        self.registry.get(entity_type)
     }
 
     /// Live entity instances on this runner, by entity type.
