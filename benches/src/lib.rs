@@ -2,6 +2,7 @@
 //! `Entity`/`EntityHandler` traits, and helpers to start a bench node.
 #![allow(missing_docs)]
 
+pub mod bench_database;
 #[allow(unsafe_code)]
 pub mod counting_allocator;
 pub mod lock_bench;

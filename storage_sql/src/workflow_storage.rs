@@ -114,20 +114,13 @@ impl WorkflowStorage for SqlWorkflowStorage {
     /// One `INSERT … ON CONFLICT DO NOTHING` on its own (no `BEGIN`/`COMMIT` round trips);
     /// a conflict reads the entry that won.
     async fn append_entry(&self, entry: &JournalEntry) -> Result<CommitOutcome, ClusterError> {
-        let execution_id = entry.execution_id.as_str();
-        let sequence = i64::from(entry.key.sequence);
-        let activity = entry.key.name.as_str();
-        let result = rows::exit_bytes(&entry.result)?;
-        let recorded_at_ns = nanos(entry.recorded_at, "recorded_at")?;
+        let columns = JournalColumns::of(entry)?;
+        let (execution_id, sequence, activity) =
+            (columns.execution_id, columns.sequence, columns.activity);
         let doing = || format!("journaling step {activity}#{sequence} of {execution_id}");
         per_dialect!(&self.pool, SqlPool, |pool, d| {
-            let inserted = sqlx::query(d::sql::INSERT_JOURNAL_ENTRY)
-                .bind(execution_id)
-                .bind(sequence)
-                .bind(activity)
-                .bind(result.as_ref())
-                .bind(i64::from(entry.attempts))
-                .bind(recorded_at_ns)
+            let inserted = columns
+                .bind(sqlx::query(d::sql::INSERT_JOURNAL_ENTRY))
                 .execute(pool)
                 .await
                 .map_err(|e| failed(doing(), e))?
@@ -215,22 +208,15 @@ impl SqlActivityTransaction {
         entry: &JournalEntry,
         finish: Option<&Finish<'_>>,
     ) -> Result<CommitOutcome, ClusterError> {
-        let execution_id = entry.execution_id.as_str();
-        let sequence = i64::from(entry.key.sequence);
-        let activity = entry.key.name.as_str();
-        let result = rows::exit_bytes(&entry.result)?;
-        let recorded_at_ns = nanos(entry.recorded_at, "recorded_at")?;
+        let columns = JournalColumns::of(entry)?;
+        let (execution_id, sequence, activity) =
+            (columns.execution_id, columns.sequence, columns.activity);
         let doing = || format!("committing activity {activity}#{sequence} of {execution_id}");
         let this = *self;
         per_dialect!(this.tx, OpenTransaction, |tx, d| {
             let mut tx = tx;
-            let inserted = sqlx::query(d::sql::INSERT_JOURNAL_ENTRY)
-                .bind(execution_id)
-                .bind(sequence)
-                .bind(activity)
-                .bind(result.as_ref())
-                .bind(i64::from(entry.attempts))
-                .bind(recorded_at_ns)
+            let inserted = columns
+                .bind(sqlx::query(d::sql::INSERT_JOURNAL_ENTRY))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| failed(doing(), e))?
@@ -362,5 +348,47 @@ fn existing_entry<R: rows::Columns>(
             ),
             source: None,
         }),
+    }
+}
+
+/// The bind values of `INSERT_JOURNAL_ENTRY` for one entry.
+struct JournalColumns<'a> {
+    execution_id: &'a str,
+    sequence: i64,
+    activity: &'a str,
+    result: Bytes,
+    attempts: i64,
+    recorded_at_ns: i64,
+}
+
+impl<'a> JournalColumns<'a> {
+    fn of(entry: &'a JournalEntry) -> Result<Self, ClusterError> {
+        Ok(JournalColumns {
+            execution_id: entry.execution_id.as_str(),
+            sequence: i64::from(entry.key.sequence),
+            activity: entry.key.name.as_str(),
+            result: rows::exit_bytes(&entry.result)?,
+            attempts: i64::from(entry.attempts),
+            recorded_at_ns: nanos(entry.recorded_at, "recorded_at")?,
+        })
+    }
+
+    /// `query` with `$1`…`$6` bound.
+    fn bind<'q, DB: sqlx::Database>(
+        &'q self,
+        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+    where
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        query
+            .bind(self.execution_id)
+            .bind(self.sequence)
+            .bind(self.activity)
+            .bind(self.result.as_ref())
+            .bind(self.attempts)
+            .bind(self.recorded_at_ns)
     }
 }

@@ -15,7 +15,6 @@
 //! PostgreSQL runs when `DATABASE_URL` is set (in a schema of its own, dropped at the end);
 //! SQLite on a temporary file in WAL mode.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use cruster::types::{
     shard_for_entity, EntityAddress, EntityId, EntityType, EnvelopeRequest, MachineId, ShardId,
     SnowflakeGenerator,
 };
+use cruster_benches::bench_database::{PgBenchSchema, SqliteBenchFile};
 use cruster_benches::process_memory::{mib, peak_rss_bytes, reset_peak_rss, rss_bytes};
 
 const ENTITIES: u64 = 1_000;
@@ -304,39 +304,17 @@ async fn main() -> anyhow::Result<()> {
         match std::env::var("DATABASE_URL") {
             Err(_) => println!("postgres: skipped (DATABASE_URL is not set)"),
             Ok(url) => {
-                let schema = format!("cruster_backlog_{}", std::process::id());
-                let admin = sqlx::PgPool::connect(&url).await?;
-                sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(&admin)
-                    .await?;
-                let options = sqlx::postgres::PgConnectOptions::from_str(&url)?
-                    .options([("search_path", schema.as_str())]);
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(10)
-                    .connect_with(options)
-                    .await?;
-                let result = run(
-                    "postgres (pool of 10)",
-                    SqlPool::from(pool.clone()),
-                    messages,
-                )
-                .await;
-                pool.close().await;
-                sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                    .execute(&admin)
-                    .await?;
+                let db = PgBenchSchema::create(&url, "cruster_backlog", 10).await?;
+                let result = run("postgres (pool of 10)", db.pool.clone(), messages).await;
+                db.drop_schema().await?;
                 result?;
             }
         }
     }
     if want("sqlite") {
-        let dir = std::env::temp_dir().join(format!("cruster-backlog-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let url = format!("sqlite:{}", dir.join("backlog.db").display());
-        let pool = SqlPool::connect(&url).await?;
-        let result = run("sqlite (WAL)", pool.clone(), messages).await;
-        pool.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        let db = SqliteBenchFile::create("cruster-backlog").await?;
+        let result = run("sqlite (WAL)", db.pool.clone(), messages).await;
+        db.remove().await;
         result?;
     }
     Ok(())

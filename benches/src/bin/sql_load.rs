@@ -14,7 +14,6 @@
 //! PostgreSQL runs when `DATABASE_URL` is set (in a schema of its own, dropped at the end);
 //! SQLite on a temporary file in WAL mode with `synchronous = FULL`.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,8 @@ use cruster::prelude::*;
 use cruster::sqlx::{self, AssertSqlSafe};
 use cruster::storage::sql_message::{SqlMessageStorage, SqlPool};
 use cruster::types::EntityType;
+use cruster::workflow::{WorkflowClient, WorkflowDefinition};
+use cruster_benches::bench_database::{PgBenchSchema, SqliteBenchFile};
 use cruster_benches::Echo;
 
 const LATENCY_CALLS: usize = 2_000;
@@ -109,11 +110,17 @@ impl Figure {
 }
 
 /// Sequential latency of `execute` over 500 executions, then 64 callers running 40 each.
-async fn measure_workflow<F, Fut>(call: F) -> anyhow::Result<Figure>
+async fn measure_workflow<W>(client: WorkflowClient<W>) -> anyhow::Result<Figure>
 where
-    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    W: WorkflowDefinition<Request = u64> + 'static,
 {
+    let call = move |n: u64| {
+        let client = client.clone();
+        async move {
+            client.execute(&n).await?;
+            Ok::<_, anyhow::Error>(())
+        }
+    };
     let seq = call.clone();
     let samples = tokio::spawn(async move {
         let mut samples = Vec::new();
@@ -276,28 +283,16 @@ async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()
     }
     .register(runner.sharding().clone())
     .await?;
-    measure_workflow(move |n| {
-        let w = workflows.clone();
-        async move {
-            w.execute(&n).await?;
-            Ok(())
-        }
-    })
-    .await?
-    .print("workflow execute, 3 SQL activities", Some(&raw));
+    measure_workflow(workflows)
+        .await?
+        .print("workflow execute, 3 SQL activities", Some(&raw));
 
     let journaled = ThreeJournaledSteps
         .register(runner.sharding().clone())
         .await?;
-    measure_workflow(move |n| {
-        let w = journaled.clone();
-        async move {
-            w.execute(&n).await?;
-            Ok(())
-        }
-    })
-    .await?
-    .print("workflow execute, 3 journal-only steps", Some(&raw));
+    measure_workflow(journaled)
+        .await?
+        .print("workflow execute, 3 journal-only steps", Some(&raw));
     runner.shutdown().await?;
     Ok(())
 }
@@ -323,35 +318,23 @@ async fn main() -> anyhow::Result<()> {
         match std::env::var("DATABASE_URL") {
             Err(_) => println!("postgres: skipped (DATABASE_URL is not set)"),
             Ok(url) => {
-                let schema = format!("cruster_bench_{}", std::process::id());
-                let admin = sqlx::PgPool::connect(&url).await?;
-                sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(&admin)
-                    .await?;
-                let options = sqlx::postgres::PgConnectOptions::from_str(&url)?
-                    .options([("search_path", schema.as_str())]);
                 println!("postgres pool: {pool_size} connections");
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(pool_size)
-                    .connect_with(options)
-                    .await?;
-                let result = run("postgres", SqlPool::from(pool.clone()), group_commit).await;
-                pool.close().await;
-                sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                    .execute(&admin)
-                    .await?;
+                let db = PgBenchSchema::create(&url, "cruster_bench", pool_size).await?;
+                let result = run("postgres", db.pool.clone(), group_commit).await;
+                db.drop_schema().await?;
                 result?;
             }
         }
     }
     if want("sqlite") {
-        let dir = std::env::temp_dir().join(format!("cruster-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let url = format!("sqlite:{}", dir.join("bench.db").display());
-        let pool = SqlPool::connect(&url).await?;
-        let result = run("sqlite (WAL, synchronous=FULL)", pool.clone(), group_commit).await;
-        pool.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        let db = SqliteBenchFile::create("cruster-bench").await?;
+        let result = run(
+            "sqlite (WAL, synchronous=FULL)",
+            db.pool.clone(),
+            group_commit,
+        )
+        .await;
+        db.remove().await;
         result?;
     }
     Ok(())
