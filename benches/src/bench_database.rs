@@ -80,3 +80,24 @@ impl SqliteBenchFile {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs `sql` (one or more statements, no parameters) on `pool`.
+///
+/// # Errors
+/// The statements fail, or the pool is of a database this build does not know.
+pub async fn exec(pool: &SqlPool, sql: &str) -> anyhow::Result<()> {
+    match pool {
+        SqlPool::Postgres(p) => {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(p)
+                .await?;
+        }
+        SqlPool::Sqlite(p) => {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(p)
+                .await?;
+        }
+        _ => anyhow::bail!("unknown pool"),
+    }
+    Ok(())
+}

@@ -23,13 +23,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cruster::ports::message_storage::MessageStorage;
 use cruster::prelude::*;
-use cruster::sqlx::{self, AssertSqlSafe};
+use cruster::sqlx;
 use cruster::storage::sql_message::{SqlMessageStorage, SqlPool};
 use cruster::types::{
     shard_for_entity, EntityAddress, EntityId, EntityType, EnvelopeRequest, MachineId, ShardId,
     SnowflakeGenerator,
 };
-use cruster_benches::bench_database::{PgBenchSchema, SqliteBenchFile};
+use cruster_benches::bench_database::{exec, PgBenchSchema, SqliteBenchFile};
 use cruster_benches::process_memory::{mib, peak_rss_bytes, reset_peak_rss, rss_bytes};
 
 const ENTITIES: u64 = 1_000;
@@ -65,23 +65,6 @@ impl EntityHandler for DrainedHandler {
         self.handled.fetch_add(1, Ordering::Relaxed);
         Ok(request.envelope.payload)
     }
-}
-
-async fn exec(pool: &SqlPool, sql: &str) -> anyhow::Result<()> {
-    match pool {
-        SqlPool::Postgres(p) => {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(p)
-                .await?;
-        }
-        SqlPool::Sqlite(p) => {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(p)
-                .await?;
-        }
-        _ => anyhow::bail!("unknown pool"),
-    }
-    Ok(())
 }
 
 /// The raw reference: pages of `RAW_PAGE` pending rows read with one SELECT, each row then

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cruster::prelude::*;
-use cruster::sqlx::{self, AssertSqlSafe};
+use cruster::sqlx;
 use cruster::storage::sql_message::{SqlMessageStorage, SqlPool};
 use cruster::types::EntityType;
 use cruster::workflow::{WorkflowClient, WorkflowDefinition};
-use cruster_benches::bench_database::{PgBenchSchema, SqliteBenchFile};
+use cruster_benches::bench_database::{exec, PgBenchSchema, SqliteBenchFile};
 use cruster_benches::Echo;
 
 const LATENCY_CALLS: usize = 2_000;
@@ -155,23 +155,6 @@ fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
     (at(0.50), at(0.99))
-}
-
-async fn exec(pool: &SqlPool, sql: &str) -> anyhow::Result<()> {
-    match pool {
-        SqlPool::Postgres(p) => {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(p)
-                .await?;
-        }
-        SqlPool::Sqlite(p) => {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(p)
-                .await?;
-        }
-        _ => anyhow::bail!("unknown pool"),
-    }
-    Ok(())
 }
 
 async fn raw_insert(pool: &SqlPool, id: String) -> anyhow::Result<()> {
