@@ -120,10 +120,10 @@ async fn each_durable_path_costs_the_commits_the_readme_states() {
     assert_eq!(commits(&pool).await, 2, "persisted send");
 
     // A three-activity workflow writing through `self.tx`: the request, the `Running`
-    // record, the first two activities, and the third with the execution's end (record
-    // and reply) in one commit.
+    // record, and one transaction the three activities chain through, committed with the
+    // execution's end (record and reply).
     assert_eq!(sql_steps.execute(&"a".to_string()).await.unwrap(), 3);
-    assert_eq!(commits(&pool).await, 5, "three SQL activities");
+    assert_eq!(commits(&pool).await, 3, "three SQL activities");
     assert_eq!(pg_i64(&pool, "SELECT count(*) FROM effects").await, 3);
     assert_eq!(
         pg_i64(

@@ -66,6 +66,7 @@ conformance_tests!(
         second_commit_of_same_key_returns_already_recorded_and_discards_writes,
         delete_journal_forgets_only_that_execution,
         append_entry_stores_the_first_entry_at_a_position,
+        chained_transactions_commit_carried_entries_together,
         key_value_writes_are_supported_or_refused_explicitly,
         journal_is_unique_by_execution_and_sequence,
         random_transactions_match_a_model,

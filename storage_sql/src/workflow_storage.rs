@@ -108,6 +108,7 @@ impl WorkflowStorage for SqlWorkflowStorage {
             tx,
             staged: BTreeMap::new(),
             storage: self.clone(),
+            carried: false,
         }))
     }
 
@@ -197,6 +198,9 @@ struct SqlActivityTransaction {
     staged: BTreeMap<String, Bytes>,
     /// For reading committed values outside the transaction.
     storage: SqlWorkflowStorage,
+    /// An entry was carried ([`ActivityTransaction::carry_on`]): a conflict at the final
+    /// entry's position must fail the commit instead of discarding them.
+    carried: bool,
 }
 
 impl SqlActivityTransaction {
@@ -241,6 +245,10 @@ impl SqlActivityTransaction {
             }
             // Another runner recorded this position first (this activity, or another one):
             // apply nothing, return its entry.
+            if this.carried {
+                tx.rollback().await.map_err(|e| failed(doing(), e))?;
+                return Err(taken_while_carrying(doing()));
+            }
             let existing = sqlx::query(d::sql::JOURNAL_ENTRY_AT)
                 .bind(execution_id)
                 .bind(sequence)
@@ -250,6 +258,37 @@ impl SqlActivityTransaction {
             tx.rollback().await.map_err(|e| failed(doing(), e))?;
             existing_entry(existing.as_ref(), doing)
         })
+    }
+
+    /// Writes the staged key-value writes into the open transaction and forgets them.
+    async fn write_staged(
+        &mut self,
+        doing: &(dyn Fn() -> String + Sync),
+    ) -> Result<(), ClusterError> {
+        let staged = std::mem::take(&mut self.staged);
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+            for (key, value) in &staged {
+                sqlx::query(d::sql::PUT_VALUE)
+                    .bind(key.as_str())
+                    .bind(value.as_ref())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| failed(doing(), e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The final entry's position was taken by another run after this transaction carried
+/// entries of its own: nothing is applied, the run is retried and replays the journal.
+fn taken_while_carrying(doing: String) -> ClusterError {
+    ClusterError::PersistenceError {
+        reason: format!(
+            "{doing}: another run journaled this step while this transaction carried earlier \
+             steps; nothing was applied and the run is retried"
+        ),
+        source: None,
     }
 }
 
@@ -297,6 +336,59 @@ impl ActivityTransaction for SqlActivityTransaction {
         let this = *self;
         per_dialect!(this.tx, OpenTransaction, |tx, _d| tx.rollback().await)
             .map_err(|e| failed("rolling back an activity transaction", e))
+    }
+
+    async fn carry_on(&mut self, entry: Option<&JournalEntry>) -> Result<(), ClusterError> {
+        let doing = || match entry {
+            Some(entry) => format!(
+                "carrying step {}#{} of {} on to the next activity",
+                entry.key.name, entry.key.sequence, entry.execution_id
+            ),
+            None => "marking an activity transaction for the next activity".to_string(),
+        };
+        if let Some(entry) = entry {
+            let columns = JournalColumns::of(entry)?;
+            let inserted = per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+                columns
+                    .bind(sqlx::query(d::sql::INSERT_JOURNAL_ENTRY))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| failed(doing(), e))?
+                    .rows_affected()
+                    == 1
+            });
+            if !inserted {
+                return Err(taken_while_carrying(doing()));
+            }
+            self.carried = true;
+        }
+        self.write_staged(&doing).await?;
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+            sqlx::query(d::sql::MARK_ACTIVITY)
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed(doing(), e))
+    }
+
+    async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {
+        self.staged.clear();
+        per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+            sqlx::query(d::sql::ROLLBACK_TO_ACTIVITY_MARK)
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+        })
+        .map_err(|e| failed("rolling a chained activity back to its mark", e))
+    }
+
+    async fn commit_carried(self: Box<Self>) -> Result<(), ClusterError> {
+        let mut this = *self;
+        let doing = || "committing the steps an activity transaction carried".to_string();
+        this.write_staged(&doing).await?;
+        per_dialect!(this.tx, OpenTransaction, |tx, _d| tx.commit().await)
+            .map_err(|e| failed(doing(), e))
     }
 }
 

@@ -488,6 +488,114 @@ pub async fn append_entry_stores_the_first_entry_at_a_position<S: WorkflowStorag
     );
 }
 
+/// A chain: [`ActivityTransaction::carry_on`] keeps an activity's entry and writes in its
+/// transaction for the next activity, and they commit with the chain's final commit;
+/// [`ActivityTransaction::rollback_to_mark`] discards only what came after the mark; a
+/// dropped chain applies nothing; a chain whose final position (or a carried one) is taken
+/// fails instead of dropping what it carried; [`ActivityTransaction::commit_carried`]
+/// commits the carried entries alone. A backend without chains answers `Unsupported`.
+pub async fn chained_transactions_commit_carried_entries_together<S: WorkflowStorage + ?Sized>(
+    storage: &S,
+) {
+    let first = entry("exec-chain", &key("reserve", 0), "reserved");
+    let second = entry("exec-chain", &key("charge", 1), "charged");
+    let mut tx = begin(storage, "exec-chain", &first.key).await;
+    let support = stage(tx.as_mut(), "chain/a", "a").await;
+    match tx.carry_on(Some(&first)).await {
+        Ok(()) => {}
+        Err(err) if is_unsupported(&err) => {
+            let mark = tx.rollback_to_mark().await;
+            assert!(
+                mark.as_ref().is_err_and(is_unsupported),
+                "carry_on answered Unsupported, so rollback_to_mark must too: {mark:?}"
+            );
+            tx.rollback().await.unwrap();
+            assert!(storage.journal("exec-chain").await.unwrap().is_empty());
+            return;
+        }
+        Err(err) => panic!("carry_on must succeed or answer Unsupported, got: {err:?}"),
+    }
+    stage(tx.as_mut(), "chain/b", "b").await;
+    tx.rollback_to_mark().await.unwrap();
+    stage(tx.as_mut(), "chain/c", "c").await;
+    assert_eq!(tx.commit(&second).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        storage.journal("exec-chain").await.unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+    assert_eq!(
+        committed_value(storage, support, "chain/a").await,
+        (support == KeyValues::Supported).then(|| bytes("a"))
+    );
+    assert_eq!(committed_value(storage, support, "chain/b").await, None);
+    assert_eq!(
+        committed_value(storage, support, "chain/c").await,
+        (support == KeyValues::Supported).then(|| bytes("c"))
+    );
+
+    // Dropped: nothing carried is applied.
+    let dropped = entry("exec-chain-dropped", &key("reserve", 0), "reserved");
+    let mut tx = begin(storage, "exec-chain-dropped", &dropped.key).await;
+    tx.carry_on(Some(&dropped)).await.unwrap();
+    drop(tx);
+    assert!(storage
+        .journal("exec-chain-dropped")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The final position is taken (written before the chain began, so single-writer
+    // databases need not wait for the chain): the commit fails and applies nothing.
+    let taken = entry(
+        "exec-chain-taken",
+        &key("charge", 1),
+        "charged by another run",
+    );
+    assert_eq!(
+        storage.append_entry(&taken).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let carried = entry("exec-chain-taken", &key("reserve", 0), "reserved");
+    let mut tx = begin(storage, "exec-chain-taken", &carried.key).await;
+    tx.carry_on(Some(&carried)).await.unwrap();
+    let outcome = tx
+        .commit(&entry("exec-chain-taken", &key("charge", 1), "charged"))
+        .await;
+    assert!(
+        matches!(outcome, Err(ClusterError::PersistenceError { .. })),
+        "a chain's commit at a taken position must fail, not answer {outcome:?}"
+    );
+    assert_eq!(
+        storage.journal("exec-chain-taken").await.unwrap(),
+        vec![taken.clone()]
+    );
+
+    // A carried position that is taken fails at once.
+    let mut tx = begin(storage, "exec-chain-taken", &taken.key).await;
+    let again = entry("exec-chain-taken", &key("charge", 1), "charged again");
+    let carried = tx.carry_on(Some(&again)).await;
+    assert!(
+        matches!(carried, Err(ClusterError::PersistenceError { .. })),
+        "carrying an entry at a taken position must fail, not answer {carried:?}"
+    );
+    drop(tx);
+    assert_eq!(
+        storage.journal("exec-chain-taken").await.unwrap(),
+        vec![taken]
+    );
+
+    // Carried entries commit alone.
+    let alone = entry("exec-chain-alone", &key("reserve", 0), "reserved");
+    let mut tx = begin(storage, "exec-chain-alone", &alone.key).await;
+    tx.carry_on(Some(&alone)).await.unwrap();
+    tx.carry_on(None).await.unwrap();
+    tx.commit_carried().await.unwrap();
+    assert_eq!(
+        storage.journal("exec-chain-alone").await.unwrap(),
+        vec![alone]
+    );
+}
+
 /// `delete_journal` forgets one execution's entries (so its activities can be recorded
 /// again) and no other execution's.
 pub async fn delete_journal_forgets_only_that_execution<S: WorkflowStorage + ?Sized>(storage: &S) {
@@ -1742,6 +1850,7 @@ where
         .await;
     delete_journal_forgets_only_that_execution(&new_storage().await).await;
     append_entry_stores_the_first_entry_at_a_position(&new_storage().await).await;
+    chained_transactions_commit_carried_entries_together(&new_storage().await).await;
     key_value_writes_are_supported_or_refused_explicitly(&new_storage().await).await;
     concurrent_commits_of_one_activity_have_exactly_one_winner(Arc::new(new_storage().await)).await;
     journal_is_unique_by_execution_and_sequence(&new_storage().await).await;

@@ -148,6 +148,46 @@ pub trait ActivityTransaction: Send + 'static {
     /// Discards every staged write.
     async fn rollback(self: Box<Self>) -> Result<(), ClusterError>;
 
+    /// Keeps this transaction open for the next activity of the same execution (a chain):
+    /// stores `entry` (when given) and every staged write in it *without committing*, and
+    /// sets the mark [`ActivityTransaction::rollback_to_mark`] returns to. What is carried
+    /// this way commits with the transaction's final commit ([`ActivityTransaction::commit`],
+    /// [`ActivityTransaction::commit_finishing`] or [`ActivityTransaction::commit_carried`]),
+    /// or is discarded with it. Once an entry is carried, a final commit that finds its own
+    /// entry's position taken fails with `PersistenceError` instead of answering
+    /// [`CommitOutcome::AlreadyRecorded`], so carried entries are never dropped silently.
+    ///
+    /// The runtime chains only on a backend that reports a location
+    /// ([`WorkflowStorage::location`]), so such a backend must implement this.
+    ///
+    /// # Errors
+    /// `Unsupported` (the default); `PersistenceError` when storage cannot be written or
+    /// an entry already exists at `entry`'s position (another run journaled it): the
+    /// transaction must then be dropped, and its run retried.
+    async fn carry_on(&mut self, entry: Option<&JournalEntry>) -> Result<(), ClusterError> {
+        let _ = entry;
+        Err(chaining_unsupported())
+    }
+
+    /// Discards the writes staged since the last [`ActivityTransaction::carry_on`], keeping
+    /// what it carried (an activity of a chain failed; the chain goes on without its writes).
+    ///
+    /// # Errors
+    /// `Unsupported` (the default); `PersistenceError` when storage fails (the transaction
+    /// must then be dropped) or `carry_on` was never called.
+    async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {
+        Err(chaining_unsupported())
+    }
+
+    /// Commits what [`ActivityTransaction::carry_on`] carried, adding no entry.
+    ///
+    /// # Errors
+    /// `Unsupported` (the default); `PersistenceError` when storage cannot be written (then
+    /// nothing is applied).
+    async fn commit_carried(self: Box<Self>) -> Result<(), ClusterError> {
+        Err(chaining_unsupported())
+    }
+
     /// Commits as [`ActivityTransaction::commit`] does, and in the same commit ends the
     /// execution: stores `record` as [`WorkflowEngine::upsert_execution`] would and `reply`
     /// (the final reply of the request that ran the execution) as the message storage at
@@ -170,6 +210,14 @@ pub trait ActivityTransaction: Send + 'static {
             operation: "ending a workflow execution in its last activity's commit".to_string(),
             backend: "a workflow storage that reports no store location".to_string(),
         })
+    }
+}
+
+/// What the chaining methods of [`ActivityTransaction`] answer on a backend without them.
+fn chaining_unsupported() -> ClusterError {
+    ClusterError::Unsupported {
+        operation: "carrying an activity's transaction on to the next activity".to_string(),
+        backend: "a workflow storage that reports no store location".to_string(),
     }
 }
 

@@ -22,6 +22,8 @@ use cruster_workflow_storage::{ActivityKey, ActivityTransaction, WorkflowStorage
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, MutexGuard};
 
+use super::deferred_step::{Continued, DeferredStep};
+
 /// The open transaction of an activity, locked for the guard's life (from
 /// [`ActivityTx::open_transaction`]).
 #[doc(hidden)]
@@ -54,6 +56,9 @@ impl std::fmt::Debug for ActivityTx {
 
 struct TxSlot {
     state: TxState,
+    /// The open transaction continues the run's held-back one (a chain): where to hand it
+    /// back if the attempt fails, and how many entries it carries.
+    chain: Option<(Arc<DeferredStep>, u64)>,
     /// Opening the transaction failed during this attempt (a pool or storage error): the
     /// attempt's failure is the engine's, not the activity's.
     open_failed: bool,
@@ -73,13 +78,63 @@ struct Opener {
     storage: Arc<dyn WorkflowStorage>,
     execution_id: String,
     key: ActivityKey,
+    /// The run's held-back step, continued instead of beginning a transaction when the
+    /// storage chains (see `deferred_step.rs`).
+    chain_from: Option<Arc<DeferredStep>>,
 }
 
+/// A transaction just opened: begun, or continued from the run's held-back step.
+type Opened = (
+    Box<dyn ActivityTransaction>,
+    Option<(Arc<DeferredStep>, u64)>,
+);
+
 impl Opener {
-    async fn open(&self) -> Result<Box<dyn ActivityTransaction>, ClusterError> {
-        self.storage
+    async fn open(&self) -> Result<Opened, ClusterError> {
+        if let Some(deferred) = &self.chain_from {
+            if let Some(Continued { tx, carried }) = deferred.continue_chain().await? {
+                return Ok((tx, Some((deferred.clone(), carried))));
+            }
+        }
+        let tx = self
+            .storage
             .begin_activity(&self.execution_id, &self.key)
-            .await
+            .await?;
+        Ok((tx, None))
+    }
+}
+
+/// What an attempt leaves to commit: the open transaction and the entries it carries.
+pub(crate) struct ToCommit {
+    pub(crate) tx: Box<dyn ActivityTransaction>,
+    pub(crate) carried: u64,
+}
+
+/// What an attempt leaves to discard: the open transaction, and the chain it continued.
+pub(crate) struct ToDiscard {
+    tx: Box<dyn ActivityTransaction>,
+    chain: Option<(Arc<DeferredStep>, u64)>,
+}
+
+impl ToDiscard {
+    /// Rolls the attempt's writes back: all of them, or (a continued chain) those after
+    /// the chain's mark, handing what the chain carries back to the run.
+    pub(crate) async fn discard(self) {
+        match self.chain {
+            Some((deferred, carried)) => {
+                deferred
+                    .give_back(Continued {
+                        tx: self.tx,
+                        carried,
+                    })
+                    .await;
+            }
+            None => {
+                if let Err(rollback) = self.tx.rollback().await {
+                    tracing::warn!(%rollback, "activity rollback failed");
+                }
+            }
+        }
     }
 }
 
@@ -94,11 +149,12 @@ fn finished() -> ClusterError {
 
 impl ActivityTx {
     /// A transaction for one attempt of activity `key` of `execution_id`, opened on first
-    /// use.
+    /// use: begun, or continued from `chain_from`'s held-back step when there is one.
     pub(crate) fn lazy(
         storage: Arc<dyn WorkflowStorage>,
         execution_id: String,
         key: ActivityKey,
+        chain_from: Option<Arc<DeferredStep>>,
     ) -> Self {
         ActivityTx {
             inner: Arc::new(Mutex::new(TxSlot {
@@ -106,7 +162,9 @@ impl ActivityTx {
                     storage,
                     execution_id,
                     key,
+                    chain_from,
                 }),
+                chain: None,
                 open_failed: false,
             })),
         }
@@ -117,6 +175,7 @@ impl ActivityTx {
         ActivityTx {
             inner: Arc::new(Mutex::new(TxSlot {
                 state: TxState::Finished,
+                chain: None,
                 open_failed: false,
             })),
         }
@@ -182,7 +241,10 @@ impl ActivityTx {
             TxState::Open(_) | TxState::Finished => None,
         };
         match opened {
-            Some(Ok(tx)) => slot.state = TxState::Open(tx),
+            Some(Ok((tx, chain))) => {
+                slot.state = TxState::Open(tx);
+                slot.chain = chain;
+            }
             Some(Err(err)) => {
                 slot.open_failed = true;
                 return Err(err);
@@ -200,22 +262,25 @@ impl ActivityTx {
     ///
     /// # Errors
     /// The transaction was already taken.
-    pub(crate) async fn take_for_commit(
-        &self,
-    ) -> Result<Option<Box<dyn ActivityTransaction>>, ClusterError> {
-        let state = std::mem::replace(&mut self.inner.lock().await.state, TxState::Finished);
-        match state {
-            TxState::Open(tx) => Ok(Some(tx)),
+    pub(crate) async fn take_for_commit(&self) -> Result<Option<ToCommit>, ClusterError> {
+        let mut slot = self.inner.lock().await;
+        let chain = slot.chain.take();
+        match std::mem::replace(&mut slot.state, TxState::Finished) {
+            TxState::Open(tx) => Ok(Some(ToCommit {
+                tx,
+                carried: chain.map_or(0, |(_, carried)| carried),
+            })),
             TxState::Lazy(_) => Ok(None),
             TxState::Finished => Err(finished()),
         }
     }
 
-    /// Ends the attempt without committing: the open transaction to roll back, if any.
-    pub(crate) async fn take_open(&self) -> Option<Box<dyn ActivityTransaction>> {
-        let state = std::mem::replace(&mut self.inner.lock().await.state, TxState::Finished);
-        match state {
-            TxState::Open(tx) => Some(tx),
+    /// Ends the attempt without committing: the open transaction to discard, if any.
+    pub(crate) async fn take_open(&self) -> Option<ToDiscard> {
+        let mut slot = self.inner.lock().await;
+        let chain = slot.chain.take();
+        match std::mem::replace(&mut slot.state, TxState::Finished) {
+            TxState::Open(tx) => Some(ToDiscard { tx, chain }),
             TxState::Lazy(_) | TxState::Finished => None,
         }
     }

@@ -31,8 +31,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::activity_tx::ActivityTx;
+use super::activity_tx::ToCommit;
 use super::cancellation::{CancelWatch, OnCancel};
-use super::deferred_step::{DeferredStep, PendingStep};
+use super::deferred_step::{Continued, DeferredStep, PendingStep};
 use super::run_fault::{panic_message, RunFault};
 use crate::clock::Clock;
 use crate::metrics::ClusterMetrics;
@@ -199,6 +200,9 @@ pub(crate) struct ContextInner {
     fault: RunFault,
     /// The latest activity's commit, held back until the run goes on.
     deferred: Arc<DeferredStep>,
+    /// Whether activities continue the held-back transaction instead of committing it
+    /// first (the journal storage reports a location: see `deferred_step.rs`).
+    chains: bool,
 }
 
 /// The context of one workflow execution run (see the module docs).
@@ -231,6 +235,7 @@ impl WorkflowContext {
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
         let deferred = DeferredStep::new(metrics.clone());
+        let chains = storage.location().is_some();
         WorkflowContext {
             inner: Arc::new(ContextInner {
                 execution_id,
@@ -250,6 +255,7 @@ impl WorkflowContext {
                 recorded_failures: Mutex::new(Vec::new()),
                 engine_failures: Mutex::new(Vec::new()),
                 deferred,
+                chains,
                 cancel,
                 fault: RunFault::default(),
             }),
@@ -453,7 +459,10 @@ impl WorkflowContext {
         F: Fn(ActivityTx) -> Fut + Send,
         Fut: Future<Output = Result<T, ClusterError>> + Send,
     {
-        self.flush_deferred().await?;
+        if !self.inner.chains {
+            // Nothing continues the held-back step: it is committed before this one runs.
+            self.flush_deferred().await?;
+        }
         let (sequence, recorded) = self.next_step(name)?;
         if let Some(entry) = recorded {
             return self.decode_entry(entry);
@@ -471,6 +480,7 @@ impl WorkflowContext {
                 self.inner.storage.clone(),
                 self.inner.execution_id.clone(),
                 key.clone(),
+                self.inner.chains.then(|| self.inner.deferred.clone()),
             );
             let attempt_run = AssertUnwindSafe(run(tx.clone())).catch_unwind();
             let outcome = match options.on_cancel {
@@ -511,13 +521,25 @@ impl WorkflowContext {
                         .take_for_commit()
                         .await
                         .map_err(|err| self.engine_failure(err))?;
+                    // An activity that never used its transaction joins the held-back one,
+                    // if there is one to continue.
+                    let transaction = match transaction {
+                        None if self.inner.chains => self
+                            .inner
+                            .deferred
+                            .continue_chain()
+                            .await
+                            .map_err(|err| self.engine_failure(err))?
+                            .map(|Continued { tx, carried }| ToCommit { tx, carried }),
+                        transaction => transaction,
+                    };
                     let committed = match transaction {
-                        Some(tx) => {
+                        Some(ToCommit { tx, carried }) => {
                             // Committed when the run goes on (with its end, if this was
                             // the last step): see `deferred_step.rs`.
                             self.inner
                                 .deferred
-                                .defer(PendingStep { tx, entry })
+                                .defer(PendingStep::new(tx, entry, carried))
                                 .await
                                 .map_err(|err| self.engine_failure(err))?;
                             return Ok(value);
@@ -856,10 +878,8 @@ pub(crate) fn sleep_timer_key(n: u32) -> String {
 
 /// Rolls back an attempt's transaction, if the attempt opened one and did not take it.
 async fn discard(tx: &ActivityTx) {
-    if let Some(transaction) = tx.take_open().await {
-        if let Err(rollback) = transaction.rollback().await {
-            tracing::warn!(%rollback, "activity rollback failed");
-        }
+    if let Some(open) = tx.take_open().await {
+        open.discard().await;
     }
 }
 

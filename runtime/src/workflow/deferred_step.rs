@@ -4,8 +4,15 @@
 //! journal entry. Committing it at once and then, a moment later, committing the
 //! execution's end (its record and its request's reply) costs two commits where one would
 //! do. So the activity's result is handed to the body at once, and its commit waits:
-//! * the next step of the run (activity, call, sleep, marker) commits it first, so the
-//!   journal keeps its order and progress is durable before anything else happens;
+//! * the next activity of the run *continues* it (a chain, when the journal storage reports
+//!   a location, i.e. is SQL): the entry is written into the open transaction
+//!   ([`ActivityTransaction::carry_on`]), a savepoint is set, and the next activity writes
+//!   and journals in the same transaction, so three activities and the execution's end are
+//!   one commit. A failed attempt rolls back to the savepoint and hands the chain back
+//!   here. A chain older than [`FLUSH_AFTER`] is committed instead of continued, so
+//!   progress is never held back for long by a run of quick activities;
+//! * any other step of the run (call, sleep, marker, a failure's record) commits it first,
+//!   so the journal keeps its order and progress is durable before anything else happens;
 //! * when the body returns, the delivery layer commits it together with the execution's
 //!   end, in one commit (when the journal, the engine and the message storage share a
 //!   database; otherwise it is committed first, on its own);
@@ -14,14 +21,15 @@
 //!
 //! Nothing is lost by the wait: until the commit, the activity's writes are not in the
 //! database either, so a crash runs the activity again on replay, as a crash just before
-//! the commit always did. The body may have seen a result that then is never journaled;
+//! the commit always did. An activity continuing a chain holds its predecessors' commit
+//! until it ends: a crash while it runs runs them again too. The body may have seen a result that then is never journaled;
 //! that is what a crash before an activity's commit always meant, and the body's own code
 //! must be deterministic. If the commit finds the position taken by another run with a
 //! different result, the run is failed as an engine failure and replays with the journaled
 //! one.
 //!
-//! The slot is a `tokio` mutex held across the commit's await, so the run and the timer
-//! never commit the same transaction twice; nothing else is awaited under it.
+//! The state is a `tokio` mutex held across the commit's (or carry's) await, so the run
+//! and the timer never commit the same transaction twice; nothing else is awaited under it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,21 +37,83 @@ use std::time::Duration;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{ActivityTransaction, CommitOutcome, JournalEntry};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::metrics::ClusterMetrics;
 
-/// How long a held-back commit may wait for the run to go on.
+/// How long a held-back commit may wait for the run to go on, and how old a chain may be
+/// and still be continued.
 pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
-/// An activity's open transaction and the journal entry it commits.
+/// An activity's open transaction and what its commit journals.
 pub(crate) struct PendingStep {
-    pub(crate) tx: Box<dyn ActivityTransaction>,
-    pub(crate) entry: JournalEntry,
+    tx: Box<dyn ActivityTransaction>,
+    /// The entry the commit adds; `None` when everything is carried already (a chained
+    /// attempt failed and handed the chain back).
+    entry: Option<JournalEntry>,
+    /// Entries the transaction carries from earlier activities of the chain.
+    carried: u64,
+}
+
+impl PendingStep {
+    /// `tx`, to be committed with `entry`, carrying `carried` earlier entries.
+    pub(crate) fn new(tx: Box<dyn ActivityTransaction>, entry: JournalEntry, carried: u64) -> Self {
+        PendingStep {
+            tx,
+            entry: Some(entry),
+            carried,
+        }
+    }
+
+    /// How many steps the commit journals.
+    fn steps(&self) -> u64 {
+        self.carried + u64::from(self.entry.is_some())
+    }
+
+    /// Commits the step (and what it carries) on its own; the number of steps journaled.
+    ///
+    /// # Errors
+    /// The commit failed, or found the position taken by another run with another result.
+    pub(crate) async fn commit(self) -> Result<u64, ClusterError> {
+        let steps = self.steps();
+        match &self.entry {
+            Some(entry) => settled(entry, self.tx.commit(entry).await)?,
+            None => self.tx.commit_carried().await?,
+        }
+        Ok(steps)
+    }
+
+    /// Commits the step together with the execution's end (`record` and its request's
+    /// `reply`): `Ok(Some(steps))` when all of it is stored, `Ok(None)` when only the
+    /// journal is (an identical entry was journaled already, or the transaction carried
+    /// everything) and the end must still be stored.
+    ///
+    /// # Errors
+    /// The commit failed, or found the position taken by another run with another result.
+    pub(crate) async fn commit_finishing(
+        self,
+        record: &cruster_workflow_storage::ExecutionRecord,
+        reply: &cruster_types::ReplyWithExit,
+    ) -> Result<Option<u64>, ClusterError> {
+        let steps = self.steps();
+        let Some(entry) = &self.entry else {
+            self.tx.commit_carried().await?;
+            return Ok(None);
+        };
+        let outcome = self.tx.commit_finishing(entry, record, reply).await;
+        if let Ok(CommitOutcome::Committed) = outcome {
+            return Ok(Some(steps));
+        }
+        // An identical entry was already journaled (nothing was applied): the end is
+        // stored on its own. Anything else fails the delivery.
+        settled(entry, outcome)?;
+        Ok(None)
+    }
 }
 
 /// What a commit of `entry` answered, as the run sees it: `Ok` when `entry` (or an
 /// identical one) is journaled.
-pub(crate) fn settled(
+fn settled(
     entry: &JournalEntry,
     outcome: Result<CommitOutcome, ClusterError>,
 ) -> Result<(), ClusterError> {
@@ -68,30 +138,64 @@ pub(crate) fn settled(
 enum Slot {
     Empty,
     Pending(PendingStep),
-    /// The timer's commit failed: the run must not go on as if it had succeeded.
+    /// A commit (or a chained attempt's rollback) failed: the run must not go on as if it
+    /// had succeeded.
     Failed(String),
 }
 
+struct State {
+    slot: Slot,
+    /// When the current chain's transaction was first held back; `None` when there is no
+    /// chain (nothing held back, or held back but never continued).
+    chain_started: Option<Instant>,
+}
+
+/// A transaction continued from the held-back step, for the next activity to write in.
+pub(crate) struct Continued {
+    pub(crate) tx: Box<dyn ActivityTransaction>,
+    /// Entries it carries.
+    pub(crate) carried: u64,
+}
+
 pub(crate) struct DeferredStep {
-    slot: Mutex<Slot>,
+    state: Mutex<State>,
     metrics: Arc<ClusterMetrics>,
 }
 
 impl DeferredStep {
     pub(crate) fn new(metrics: Arc<ClusterMetrics>) -> Arc<Self> {
         Arc::new(DeferredStep {
-            slot: Mutex::new(Slot::Empty),
+            state: Mutex::new(State {
+                slot: Slot::Empty,
+                chain_started: None,
+            }),
             metrics,
         })
     }
 
-    /// Holds `step` back (committing any step held before it first).
+    /// Holds `step` back (committing any step held before it first). A `step` whose
+    /// transaction was continued from the held-back one ([`DeferredStep::continue_chain`])
+    /// keeps the chain's age.
     ///
     /// # Errors
     /// The earlier step's commit failed.
     pub(crate) async fn defer(self: &Arc<Self>, step: PendingStep) -> Result<(), ClusterError> {
-        self.flush().await?;
-        *self.slot.lock().await = Slot::Pending(step);
+        let chained = step.carried > 0 || step.entry.is_none();
+        let mut state = self.state.lock().await;
+        let started = state.chain_started;
+        self.commit_held(&mut state).await?;
+        state.chain_started = match started {
+            Some(started) if chained => Some(started),
+            _ => Some(Instant::now()),
+        };
+        state.slot = Slot::Pending(step);
+        drop(state);
+        self.flush_later();
+        Ok(())
+    }
+
+    /// Commits the held-back step if nothing takes it within [`FLUSH_AFTER`].
+    fn flush_later(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(FLUSH_AFTER).await;
@@ -101,7 +205,6 @@ impl DeferredStep {
                 }
             }
         });
-        Ok(())
     }
 
     /// Commits the held-back step, if any.
@@ -109,27 +212,84 @@ impl DeferredStep {
     /// # Errors
     /// Its commit failed (now, or earlier on the timer).
     pub(crate) async fn flush(&self) -> Result<(), ClusterError> {
-        let mut slot = self.slot.lock().await;
-        match std::mem::replace(&mut *slot, Slot::Empty) {
+        let mut state = self.state.lock().await;
+        self.commit_held(&mut state).await
+    }
+
+    async fn commit_held(&self, state: &mut State) -> Result<(), ClusterError> {
+        state.chain_started = None;
+        match std::mem::replace(&mut state.slot, Slot::Empty) {
             Slot::Empty => Ok(()),
             Slot::Failed(reason) => {
                 let err = failed(&reason);
-                *slot = Slot::Failed(reason);
+                state.slot = Slot::Failed(reason);
                 Err(err)
             }
-            Slot::Pending(step) => {
-                let PendingStep { tx, entry } = step;
-                let outcome = tx.commit(&entry).await;
-                match settled(&entry, outcome) {
-                    Ok(()) => {
-                        self.metrics.workflow_steps.inc();
-                        Ok(())
-                    }
-                    Err(err) => {
-                        *slot = Slot::Failed(err.to_string());
-                        Err(err)
-                    }
+            Slot::Pending(step) => match step.commit().await {
+                Ok(steps) => {
+                    self.metrics.workflow_steps.inc_by(steps);
+                    Ok(())
                 }
+                Err(err) => {
+                    state.slot = Slot::Failed(err.to_string());
+                    Err(err)
+                }
+            },
+        }
+    }
+
+    /// The held-back step's transaction, continued for the next activity to write in
+    /// (its entry carried, a mark set): `None` when nothing is held back, or the chain is
+    /// older than [`FLUSH_AFTER`] (it is committed now instead).
+    ///
+    /// # Errors
+    /// Carrying (or committing) the held-back step failed; the run must be retried.
+    pub(crate) async fn continue_chain(&self) -> Result<Option<Continued>, ClusterError> {
+        let mut state = self.state.lock().await;
+        let young = state
+            .chain_started
+            .is_some_and(|started| started.elapsed() < FLUSH_AFTER);
+        if !young || !matches!(state.slot, Slot::Pending(_)) {
+            self.commit_held(&mut state).await?;
+            return Ok(None);
+        }
+        let Slot::Pending(mut step) = std::mem::replace(&mut state.slot, Slot::Empty) else {
+            return Ok(None);
+        };
+        match step.tx.carry_on(step.entry.as_ref()).await {
+            Ok(()) => Ok(Some(Continued {
+                carried: step.steps(),
+                tx: step.tx,
+            })),
+            Err(err) => {
+                state.chain_started = None;
+                state.slot = Slot::Failed(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Takes back a continued transaction whose activity attempt failed: its own writes
+    /// are rolled back to the mark, what it carried is held back again (to be continued by
+    /// the next attempt, or committed). If the rollback fails, the chain is lost and the
+    /// run fails.
+    pub(crate) async fn give_back(self: &Arc<Self>, continued: Continued) {
+        let Continued { mut tx, carried } = continued;
+        let mut state = self.state.lock().await;
+        match tx.rollback_to_mark().await {
+            Ok(()) => {
+                state.slot = Slot::Pending(PendingStep {
+                    tx,
+                    entry: None,
+                    carried,
+                });
+                drop(state);
+                self.flush_later();
+            }
+            Err(err) => {
+                tracing::debug!(%err, "rolling a chained activity back failed; its run is retried");
+                state.chain_started = None;
+                state.slot = Slot::Failed(err.to_string());
             }
         }
     }
@@ -139,13 +299,14 @@ impl DeferredStep {
     /// # Errors
     /// The timer's commit of it failed.
     pub(crate) async fn take(&self) -> Result<Option<PendingStep>, ClusterError> {
-        let mut slot = self.slot.lock().await;
-        match std::mem::replace(&mut *slot, Slot::Empty) {
+        let mut state = self.state.lock().await;
+        state.chain_started = None;
+        match std::mem::replace(&mut state.slot, Slot::Empty) {
             Slot::Empty => Ok(None),
             Slot::Pending(step) => Ok(Some(step)),
             Slot::Failed(reason) => {
                 let err = failed(&reason);
-                *slot = Slot::Failed(reason);
+                state.slot = Slot::Failed(reason);
                 Err(err)
             }
         }

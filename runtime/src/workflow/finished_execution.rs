@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use cruster_message_storage::MessageStorage;
 use cruster_types::{ClusterError, Reply, ReplyWithExit, Snowflake};
-use cruster_workflow_storage::{CommitOutcome, ExecutionRecord, WorkflowEngine, WorkflowStorage};
+use cruster_workflow_storage::{ExecutionRecord, WorkflowEngine, WorkflowStorage};
 use parking_lot::Mutex;
 
-use super::deferred_step::{settled, PendingStep};
+use super::deferred_step::PendingStep;
 use super::result_push::ResultPush;
 use crate::metrics::ClusterMetrics;
 
@@ -74,19 +74,17 @@ impl FinishedExecution {
         let location = self.engine.location();
         let shared = location.is_some_and(|at| messages.location() == Some(at));
         let step = self.step.lock().take();
-        if let Some(PendingStep { tx, entry }) = step {
+        if let Some(step) = step {
             if shared && self.journal.location() == location {
-                let outcome = tx.commit_finishing(&entry, &self.record, reply).await;
-                if let Ok(CommitOutcome::Committed) = outcome {
-                    self.metrics.workflow_steps.inc();
+                if let Some(steps) = step.commit_finishing(&self.record, reply).await? {
+                    self.metrics.workflow_steps.inc_by(steps);
                     return Ok(());
                 }
-                // An identical entry was already journaled (nothing was applied): store
-                // the end below. Anything else fails the delivery.
-                settled(&entry, outcome)?;
+                // Only the journal was stored (see `PendingStep::commit_finishing`): the
+                // end is stored below.
             } else {
-                settled(&entry, tx.commit(&entry).await)?;
-                self.metrics.workflow_steps.inc();
+                let steps = step.commit().await?;
+                self.metrics.workflow_steps.inc_by(steps);
             }
         }
         if shared {
@@ -100,9 +98,9 @@ impl FinishedExecution {
     /// no reply).
     pub(crate) async fn store_record(&self) -> Result<(), ClusterError> {
         let step = self.step.lock().take();
-        if let Some(PendingStep { tx, entry }) = step {
-            settled(&entry, tx.commit(&entry).await)?;
-            self.metrics.workflow_steps.inc();
+        if let Some(step) = step {
+            let steps = step.commit().await?;
+            self.metrics.workflow_steps.inc_by(steps);
         }
         self.engine.upsert_execution(&self.record).await
     }

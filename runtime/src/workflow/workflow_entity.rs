@@ -26,7 +26,7 @@ use futures::FutureExt;
 
 use super::cancellation::CancelWatch;
 use super::context::WorkflowContext;
-use super::deferred_step::{settled, PendingStep};
+use super::deferred_step::PendingStep;
 use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::finished_execution::{FinishPorts, FinishedExecution};
 use super::result_push::ResultPush;
@@ -161,9 +161,9 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
 
     /// Commits a held-back activity on its own (before an outcome other than the end).
     async fn commit_step(&self, step: Option<PendingStep>) -> Result<(), ClusterError> {
-        if let Some(PendingStep { tx, entry }) = step {
-            settled(&entry, tx.commit(&entry).await)?;
-            self.metrics.workflow_steps.inc();
+        if let Some(step) = step {
+            let steps = step.commit().await?;
+            self.metrics.workflow_steps.inc_by(steps);
         }
         Ok(())
     }

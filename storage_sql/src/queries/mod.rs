@@ -310,6 +310,13 @@ pub(crate) mod portable {
 
     pub(crate) const GET_VALUE: &str = "SELECT value FROM cruster_activity_values WHERE key = $1";
 
+    /// Marks the point a chained activity's failure rolls back to (see
+    /// `ActivityTransaction::carry_on`); a later mark of the same name hides the earlier one.
+    pub(crate) const MARK_ACTIVITY: &str = "SAVEPOINT cruster_activity";
+
+    /// Discards what the current chained activity wrote, keeping what the chain carried.
+    pub(crate) const ROLLBACK_TO_ACTIVITY_MARK: &str = "ROLLBACK TO SAVEPOINT cruster_activity";
+
     // ---- workflow engine -----------------------------------------------------------------
 
     /// Never sets `cancel_requested_at_ns`: only `REQUEST_CANCELLATION` does.
