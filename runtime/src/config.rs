@@ -83,6 +83,13 @@ pub struct ShardingConfig {
     /// whether its execution was cancelled (default 500 ms). Other activities finish and
     /// the execution stops at its next suspension point.
     pub workflow_cancel_poll_interval: Duration,
+    /// How long the commit of a workflow's latest activity that wrote through `self.tx`
+    /// is held back for the run's next activity (which then continues the same
+    /// transaction) or its end (which then commits with it) to join (default 20 ms). A
+    /// chain of activities older than this is committed instead of continued, so this also
+    /// bounds how long finished activities wait to be durable. Zero commits each activity
+    /// on its own, at once.
+    pub workflow_commit_hold: Duration,
     /// Where business time is read (default [`Clock::system`]): due `deliver_at`, cron,
     /// workflow sleeps, retry and restart backoff, idle eviction. Tests pass a
     /// [`VirtualClock`](crate::clock::VirtualClock) here (or to the builders' `clock`) to
@@ -154,6 +161,7 @@ impl Default for ShardingConfig {
             shutdown_timeout: Duration::from_secs(10),
             workflow_max_failed_attempts: 5,
             workflow_cancel_poll_interval: Duration::from_millis(500),
+            workflow_commit_hold: Duration::from_millis(20),
             clock: Clock::system(),
             waiter_fallback_interval: Duration::from_secs(1),
             retention_processed_messages: Duration::from_secs(7 * DAY_SECS),
@@ -297,6 +305,7 @@ mod tests {
         assert!(!c.detachment_enabled);
         assert_eq!(c.workflow_max_failed_attempts, 5);
         assert_eq!(c.workflow_cancel_poll_interval, Duration::from_millis(500));
+        assert_eq!(c.workflow_commit_hold, Duration::from_millis(20));
         assert_eq!(
             c.retention_processed_messages,
             Duration::from_secs(7 * 24 * 3600)

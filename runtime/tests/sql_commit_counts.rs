@@ -93,18 +93,33 @@ impl ThreeJournalSteps {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_durable_path_costs_the_commits_the_readme_states() {
-    let Some(db) = PgTestDb::new().await else {
-        return;
-    };
+/// A runner on a fresh schema with the commit audit installed, holding activity commits
+/// back for `hold`.
+async fn audited_runner(hold: std::time::Duration) -> Option<(PgTestDb, PgPool, SingleRunner)> {
+    let db = PgTestDb::new().await?;
     let pool = db.pool_with_max_connections(10).await;
+    let config = ShardingConfig {
+        workflow_commit_hold: hold,
+        ..ShardingConfig::default()
+    };
     let runner = SingleRunner::builder()
+        .config(config)
         .postgres(pool.clone())
         .build()
         .await
         .unwrap();
     pg_exec(&pool, AUDIT).await;
+    Some((db, pool, runner))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_durable_path_costs_the_commits_the_readme_states() {
+    // A hold far longer than any pause between steps on a loaded machine, so the counts
+    // below do not depend on timing (the default, 20 ms, gives the same counts whenever
+    // the steps follow each other within it).
+    let Some((db, pool, runner)) = audited_runner(std::time::Duration::from_secs(30)).await else {
+        return;
+    };
     let echo = Echo.register(runner.sharding().clone()).await.unwrap();
     let sql_steps = ThreeSqlSteps
         .register(runner.sharding().clone())
@@ -152,6 +167,25 @@ async fn each_durable_path_costs_the_commits_the_readme_states() {
     // The same key again is answered from storage: no commit at all.
     assert_eq!(sql_steps.execute(&"a".to_string()).await.unwrap(), 3);
     assert_eq!(commits(&pool).await, 0, "a repeated execute");
+    assert_eq!(pg_i64(&pool, "SELECT count(*) FROM effects").await, 3);
+
+    runner.shutdown().await.unwrap();
+    pool.close().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_hold_commits_every_activity_on_its_own() {
+    let Some((db, pool, runner)) = audited_runner(std::time::Duration::ZERO).await else {
+        return;
+    };
+    let sql_steps = ThreeSqlSteps
+        .register(runner.sharding().clone())
+        .await
+        .unwrap();
+    // The request, the `Running` record, each activity, and the end (record and reply).
+    assert_eq!(sql_steps.execute(&"z".to_string()).await.unwrap(), 3);
+    assert_eq!(commits(&pool).await, 6, "three SQL activities, no hold");
     assert_eq!(pg_i64(&pool, "SELECT count(*) FROM effects").await, 3);
 
     runner.shutdown().await.unwrap();

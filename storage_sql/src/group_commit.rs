@@ -125,9 +125,9 @@ impl ReplyItem {
 }
 
 /// A write waiting for its writer, and where to send its answer.
-struct Queued<I, T> {
-    item: I,
-    answer: oneshot::Sender<Answer<T>>,
+pub(crate) struct Queued<I, T> {
+    pub(crate) item: I,
+    pub(crate) answer: oneshot::Sender<Answer<T>>,
 }
 
 type RequestQueue = mpsc::UnboundedSender<Queued<RequestItem, bool>>;
@@ -193,7 +193,10 @@ impl GroupCommit {
 
 /// Queues `item` and waits for its answer. A writer that is gone (its runtime shut down)
 /// means the caller writes alone.
-async fn submit<I, T>(queue: &mpsc::UnboundedSender<Queued<I, T>>, item: I) -> Answer<T> {
+pub(crate) async fn submit<I, T>(
+    queue: &mpsc::UnboundedSender<Queued<I, T>>,
+    item: I,
+) -> Answer<T> {
     let (answer, answered) = oneshot::channel();
     if queue.send(Queued { item, answer }).is_err() {
         return Answer::RunAlone;
@@ -203,7 +206,7 @@ async fn submit<I, T>(queue: &mpsc::UnboundedSender<Queued<I, T>>, item: I) -> A
 
 /// A writer: takes what is queued, up to [`MAX_BATCH`], writes it, answers, repeats; ends
 /// when every sender is dropped and the queue is empty.
-async fn run_writer<I, T, F>(
+pub(crate) async fn run_writer<I, T, F>(
     pool: SqlPool,
     mut queue: mpsc::UnboundedReceiver<Queued<I, T>>,
     write: F,
@@ -218,7 +221,10 @@ async fn run_writer<I, T, F>(
 }
 
 /// Answers every caller of the batch, in order, with `answer(position, item)`.
-fn answer_all<I, T>(batch: &mut Vec<Queued<I, T>>, mut answer: impl FnMut(usize, &I) -> Answer<T>) {
+pub(crate) fn answer_all<I, T>(
+    batch: &mut Vec<Queued<I, T>>,
+    mut answer: impl FnMut(usize, &I) -> Answer<T>,
+) {
     for (position, queued) in batch.drain(..).enumerate() {
         let reply = answer(position, &queued.item);
         // A caller that gave up waiting does not need its answer.

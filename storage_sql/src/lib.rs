@@ -166,6 +166,8 @@ pub(crate) use backend_constructors;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod dialect;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod execution_group_commit;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod finish;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod group_commit;

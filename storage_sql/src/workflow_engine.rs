@@ -6,8 +6,12 @@ use chrono::{DateTime, Utc};
 use cruster_types::{ClusterError, ExitResult, ReplyWithExit, StoreLocation};
 use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, WorkflowEngine};
 
+use std::sync::Arc;
+
 use crate::dialect::per_dialect;
+use crate::execution_group_commit::{ExecutionGroupCommit, ExecutionItem};
 use crate::finish::{ExecutionColumns, Finish};
+use crate::group_commit::Answer;
 use crate::pool::SqlPool;
 use crate::rows::{self, failed, nanos, sql_limit};
 
@@ -16,17 +20,34 @@ use crate::rows::{self, failed, nanos, sql_limit};
 /// Every operation is one statement: an execution upsert is `INSERT … ON CONFLICT DO
 /// UPDATE` (last write wins), a timer schedule and a deferred resolution are `INSERT … ON
 /// CONFLICT DO NOTHING` (first write wins), and `due_timers` reads a partial index of
-/// uncompleted timers.
+/// uncompleted timers. Concurrent execution upserts share one commit (group commit, as the
+/// message storage's saves do): a lone upsert goes out at once, and upserts arriving while
+/// a batch is in the database go out together in the next one.
 #[derive(Clone, Debug)]
 pub struct SqlWorkflowEngine {
     pool: SqlPool,
+    /// The writer concurrent execution upserts share.
+    executions: Arc<ExecutionGroupCommit>,
 }
 
-crate::backend_constructors!(SqlWorkflowEngine, "workflow engine storage");
+crate::backend_constructors!(
+    SqlWorkflowEngine,
+    "workflow engine storage",
+    executions: Arc::new(ExecutionGroupCommit::new()),
+);
 
 #[async_trait]
 impl WorkflowEngine for SqlWorkflowEngine {
     async fn upsert_execution(&self, record: &ExecutionRecord) -> Result<(), ClusterError> {
+        let doing = || format!("saving execution {}", record.execution_id);
+        match self
+            .executions
+            .upsert(&self.pool, ExecutionItem::of(record)?)
+            .await
+        {
+            Answer::Done(written) => return written.map_err(|e| failed(doing(), e)),
+            Answer::RunAlone => {}
+        }
         let columns = ExecutionColumns::of(record)?;
         per_dialect!(&self.pool, SqlPool, |pool, d| {
             crate::finish::bind_execution!(sqlx::query(d::sql::UPSERT_EXECUTION), record, columns)

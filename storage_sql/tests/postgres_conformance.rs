@@ -167,6 +167,77 @@ mod group_commit {
         .unwrap()
     }
 
+    /// Execution upserts queued behind a held batch go out as one statement; an id
+    /// repeated in the queue is written after it (the later write wins), and an upsert in
+    /// a batch keeps a recorded cancellation, as a single upsert does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn execution_upserts_share_a_commit_and_keep_last_write_and_cancellation() {
+        use cruster_storage_sql::SqlWorkflowEngine;
+        use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine};
+
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        let pg = postgres(&pool);
+        let engine = Arc::new(SqlWorkflowEngine::from_pool(pool));
+        let record = |id: &str, status: ExecutionStatus| {
+            let mut record = ExecutionRecord::new(
+                id,
+                "Batch",
+                Bytes::from(format!("request of {id}")),
+                chrono::Utc::now(),
+            );
+            record.status = status;
+            record
+        };
+        let upsert = |record: ExecutionRecord| {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move { engine.upsert_execution(&record).await })
+        };
+        engine
+            .upsert_execution(&record("cancelled", ExecutionStatus::Running))
+            .await
+            .unwrap();
+        let cancelled_at = engine
+            .request_cancellation("cancelled", chrono::Utc::now())
+            .await
+            .unwrap()
+            .and_then(|stored| stored.cancel_requested_at)
+            .expect("the cancellation is recorded");
+
+        let blocker = lock(&pg, "cruster_executions").await;
+        let holder = upsert(record("holder", ExecutionStatus::Running));
+        tokio::time::sleep(SETTLE).await;
+        let mut queued: Vec<_> = (0..40)
+            .map(|n| upsert(record(&format!("e-{n}"), ExecutionStatus::Running)))
+            .collect();
+        queued.push(upsert(record("cancelled", ExecutionStatus::Running)));
+        queued.push(upsert(record("twice", ExecutionStatus::Running)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        queued.push(upsert(record("twice", ExecutionStatus::Completed)));
+        tokio::time::sleep(SETTLE).await;
+        blocker.commit().await.unwrap();
+
+        holder.await.unwrap().unwrap();
+        for task in queued {
+            task.await.unwrap().unwrap();
+        }
+        let batch_commits: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT xmin::text) FROM cruster_executions WHERE execution_id LIKE 'e-%'",
+        )
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+        assert_eq!(batch_commits, 1, "the 40 queued upserts share one commit");
+        let twice = engine.execution("twice").await.unwrap().unwrap();
+        assert_eq!(
+            twice.status,
+            ExecutionStatus::Completed,
+            "the later write wins"
+        );
+        let cancelled = engine.execution("cancelled").await.unwrap().unwrap();
+        assert_eq!(cancelled.cancel_requested_at, Some(cancelled_at));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn duplicates_inside_one_batch_have_exactly_one_winner() {
         let Some(db) = fresh().await else { return };

@@ -232,10 +232,11 @@ impl WorkflowContext {
         mut journal: Vec<JournalEntry>,
         cancel: CancelWatch,
         clock: Clock,
+        commit_hold: Duration,
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
-        let deferred = DeferredStep::new(metrics.clone());
-        let chains = storage.location().is_some();
+        let deferred = DeferredStep::new(commit_hold, metrics.clone());
+        let chains = storage.location().is_some() && deferred.holds();
         WorkflowContext {
             inner: Arc::new(ContextInner {
                 execution_id,

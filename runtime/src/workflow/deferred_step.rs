@@ -9,22 +9,23 @@
 //!   ([`ActivityTransaction::carry_on`]), a savepoint is set, and the next activity writes
 //!   and journals in the same transaction, so three activities and the execution's end are
 //!   one commit. A failed attempt rolls back to the savepoint and hands the chain back
-//!   here. A chain older than [`FLUSH_AFTER`] is committed instead of continued, so
-//!   progress is never held back for long by a run of quick activities;
+//!   here. A chain older than the hold (`workflow_commit_hold`, 20 ms by default) is
+//!   committed instead of continued, so progress is never held back for long by a run of
+//!   quick activities (a hold of zero commits every activity at once);
 //! * any other step of the run (call, sleep, marker, a failure's record) commits it first,
 //!   so the journal keeps its order and progress is durable before anything else happens;
 //! * when the body returns, the delivery layer commits it together with the execution's
 //!   end, in one commit (when the journal, the engine and the message storage share a
 //!   database; otherwise it is committed first, on its own);
-//! * if nothing has taken it after [`FLUSH_AFTER`] (the body awaits something that is not
+//! * if nothing has taken it after the hold (the body awaits something that is not
 //!   a step), a timer commits it, so a pooled connection is never held for long.
 //!
 //! Nothing is lost by the wait: until the commit, the activity's writes are not in the
 //! database either, so a crash runs the activity again on replay, as a crash just before
 //! the commit always did. An activity continuing a chain holds its predecessors' commit
-//! until it ends: a crash while it runs runs them again too. The body may have seen a result that then is never journaled;
-//! that is what a crash before an activity's commit always meant, and the body's own code
-//! must be deterministic. If the commit finds the position taken by another run with a
+//! until it ends: a crash while it runs runs them again too. The body may have seen a
+//! result that then is never journaled; that is what a crash before an activity's commit
+//! always meant, and the body's own code must be deterministic. If the commit finds the position taken by another run with a
 //! different result, the run is failed as an engine failure and replays with the journaled
 //! one.
 //!
@@ -40,10 +41,6 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::metrics::ClusterMetrics;
-
-/// How long a held-back commit may wait for the run to go on, and how old a chain may be
-/// and still be continued.
-pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
 /// An activity's open transaction and what its commit journals.
 pub(crate) struct PendingStep {
@@ -159,18 +156,27 @@ pub(crate) struct Continued {
 
 pub(crate) struct DeferredStep {
     state: Mutex<State>,
+    /// How long a held-back commit may wait for the run to go on, and how old a chain may
+    /// be and still be continued; zero commits every step at once.
+    hold: Duration,
     metrics: Arc<ClusterMetrics>,
 }
 
 impl DeferredStep {
-    pub(crate) fn new(metrics: Arc<ClusterMetrics>) -> Arc<Self> {
+    pub(crate) fn new(hold: Duration, metrics: Arc<ClusterMetrics>) -> Arc<Self> {
         Arc::new(DeferredStep {
             state: Mutex::new(State {
                 slot: Slot::Empty,
                 chain_started: None,
             }),
+            hold,
             metrics,
         })
+    }
+
+    /// Whether steps are held back at all (a hold of zero commits each at once).
+    pub(crate) fn holds(&self) -> bool {
+        !self.hold.is_zero()
     }
 
     /// Holds `step` back (committing any step held before it first). A `step` whose
@@ -189,16 +195,20 @@ impl DeferredStep {
             _ => Some(Instant::now()),
         };
         state.slot = Slot::Pending(step);
+        if !self.holds() {
+            return self.commit_held(&mut state).await;
+        }
         drop(state);
         self.flush_later();
         Ok(())
     }
 
-    /// Commits the held-back step if nothing takes it within [`FLUSH_AFTER`].
+    /// Commits the held-back step if nothing takes it within the hold.
     fn flush_later(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
+        let hold = self.hold;
         tokio::spawn(async move {
-            tokio::time::sleep(FLUSH_AFTER).await;
+            tokio::time::sleep(hold).await;
             if let Some(this) = this.upgrade() {
                 if let Err(err) = this.flush().await {
                     tracing::debug!(%err, "committing a held-back activity failed; its run is retried");
@@ -240,7 +250,7 @@ impl DeferredStep {
 
     /// The held-back step's transaction, continued for the next activity to write in
     /// (its entry carried, a mark set): `None` when nothing is held back, or the chain is
-    /// older than [`FLUSH_AFTER`] (it is committed now instead).
+    /// older than the hold (it is committed now instead).
     ///
     /// # Errors
     /// Carrying (or committing) the held-back step failed; the run must be retried.
@@ -248,7 +258,7 @@ impl DeferredStep {
         let mut state = self.state.lock().await;
         let young = state
             .chain_started
-            .is_some_and(|started| started.elapsed() < FLUSH_AFTER);
+            .is_some_and(|started| started.elapsed() < self.hold);
         if !young || !matches!(state.slot, Slot::Pending(_)) {
             self.commit_held(&mut state).await?;
             return Ok(None);

@@ -355,6 +355,7 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
             )
             .checked_at_start(),
             self.config.clock.clone(),
+            self.config.workflow_commit_hold,
         );
         let body = AssertUnwindSafe(self.body.clone().execute(ctx.clone(), request)).catch_unwind();
         let outcome = tokio::select! {
