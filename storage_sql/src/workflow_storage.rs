@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use cruster_types::{ClusterError, ReplyWithExit, StoreLocation};
 use cruster_workflow_storage::{
     ActivityKey, ActivityTransaction, CommitOutcome, ExecutionRecord, JournalEntry, WorkflowStorage,
@@ -260,6 +261,24 @@ impl SqlActivityTransaction {
         })
     }
 
+    /// SQLite has one writer at a time: a chain would hold the database's write lock
+    /// between activities and stall every other writer (the lease's renewal too), so
+    /// SQLite transactions are committed, never carried on.
+    fn refuse_chain_on_sqlite(&self) -> Result<(), ClusterError> {
+        match &self.tx {
+            #[cfg(feature = "sqlite")]
+            OpenTransaction::Sqlite(_) => Err(ClusterError::Unsupported {
+                operation: "carrying an activity's transaction on to the next activity \
+                            (one writer at a time: a chain would hold the write lock \
+                            between activities)"
+                    .to_string(),
+                backend: "SQLite".to_string(),
+            }),
+            #[cfg(feature = "postgres")]
+            OpenTransaction::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Writes the staged key-value writes into the open transaction and forgets them.
     async fn write_staged(
         &mut self,
@@ -339,6 +358,7 @@ impl ActivityTransaction for SqlActivityTransaction {
     }
 
     async fn carry_on(&mut self, entry: Option<&JournalEntry>) -> Result<(), ClusterError> {
+        self.refuse_chain_on_sqlite()?;
         let doing = || match entry {
             Some(entry) => format!(
                 "carrying step {}#{} of {} on to the next activity",
@@ -373,6 +393,7 @@ impl ActivityTransaction for SqlActivityTransaction {
     }
 
     async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {
+        self.refuse_chain_on_sqlite()?;
         self.staged.clear();
         per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
             sqlx::query(d::sql::ROLLBACK_TO_ACTIVITY_MARK)
@@ -383,7 +404,27 @@ impl ActivityTransaction for SqlActivityTransaction {
         .map_err(|e| failed("rolling a chained activity back to its mark", e))
     }
 
+    async fn cancellation_requested(
+        &mut self,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError> {
+        let stored: Option<Option<i64>> = per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
+            sqlx::query_scalar(d::sql::CANCELLATION_REQUESTED)
+                .bind(execution_id)
+                .fetch_optional(&mut **tx)
+                .await
+        })
+        .map_err(|e| {
+            failed(
+                format_args!("reading the cancellation of execution {execution_id} in a chain"),
+                e,
+            )
+        })?;
+        Ok(stored.flatten().map(rows::instant))
+    }
+
     async fn commit_carried(self: Box<Self>) -> Result<(), ClusterError> {
+        self.refuse_chain_on_sqlite()?;
         let mut this = *self;
         let doing = || "committing the steps an activity transaction carried".to_string();
         this.write_staged(&doing).await?;

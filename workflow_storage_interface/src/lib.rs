@@ -157,8 +157,10 @@ pub trait ActivityTransaction: Send + 'static {
     /// entry's position taken fails with `PersistenceError` instead of answering
     /// [`CommitOutcome::AlreadyRecorded`], so carried entries are never dropped silently.
     ///
-    /// The runtime chains only on a backend that reports a location
-    /// ([`WorkflowStorage::location`]), so such a backend must implement this.
+    /// The runtime tries to chain only on a backend that reports a location
+    /// ([`WorkflowStorage::location`]). A backend that refuses with `Unsupported` (before
+    /// writing anything; for example one whose database has a single writer, where a chain
+    /// would hold the write lock between activities) has its transaction committed instead.
     ///
     /// # Errors
     /// `Unsupported` (the default); `PersistenceError` when storage cannot be written or
@@ -176,6 +178,22 @@ pub trait ActivityTransaction: Send + 'static {
     /// `Unsupported` (the default); `PersistenceError` when storage fails (the transaction
     /// must then be dropped) or `carry_on` was never called.
     async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {
+        Err(chaining_unsupported())
+    }
+
+    /// When cancellation of `execution_id` was requested, if it was, read inside this
+    /// transaction (as [`WorkflowEngine::cancellation_requested`] reads it on its own), so a
+    /// run holding a chain asks at its next suspension point without a second connection.
+    /// The runtime asks only when the engine reports this storage's location.
+    ///
+    /// # Errors
+    /// `Unsupported` (the default: the runtime then asks the engine); `PersistenceError`
+    /// when storage cannot be read.
+    async fn cancellation_requested(
+        &mut self,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError> {
+        let _ = execution_id;
         Err(chaining_unsupported())
     }
 

@@ -282,6 +282,15 @@ async fn run(name: &str, pool: SqlPool, group_commit: bool) -> anyhow::Result<()
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Warnings and errors of the runtime (a lost lease, failed commits) go to stderr;
+    // `RUST_LOG` chooses more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let group_commit = !args.iter().any(|a| a == "--no-group-commit");
     let pool_size: u32 = match args.iter().position(|a| a == "--pool") {

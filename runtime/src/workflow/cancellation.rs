@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use cruster_types::ClusterError;
 use cruster_workflow_storage::{ExecutionStatus, WorkflowEngine};
 
+use super::deferred_step::DeferredStep;
+
 /// What `WorkflowClient::cancel` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -96,18 +98,37 @@ impl CancelWatch {
     /// # Errors
     /// `WorkflowCancelled`; storage errors reading the request.
     pub(crate) async fn check(&self) -> Result<(), ClusterError> {
+        self.check_through(None).await
+    }
+
+    /// As [`CancelWatch::check`], reading through the run's held-back transaction when
+    /// `held` is given and holds one (no second pooled connection while a chain waits).
+    ///
+    /// # Errors
+    /// `WorkflowCancelled`; storage errors reading the request.
+    pub(crate) async fn check_through(
+        &self,
+        held: Option<&DeferredStep>,
+    ) -> Result<(), ClusterError> {
         if self.observed() {
             return Err(self.cancelled());
         }
         if self.fresh.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        if self
-            .engine
-            .cancellation_requested(&self.execution_id)
-            .await?
-            .is_some()
-        {
+        let through_held = match held {
+            Some(held) => held.cancellation_requested(&self.execution_id).await,
+            None => None,
+        };
+        let requested = match through_held {
+            Some(requested) => requested?,
+            None => {
+                self.engine
+                    .cancellation_requested(&self.execution_id)
+                    .await?
+            }
+        };
+        if requested.is_some() {
             self.observed.store(true, Ordering::SeqCst);
             tracing::info!(execution_id = %self.execution_id, "workflow execution cancelled at a suspension point");
             return Err(self.cancelled());

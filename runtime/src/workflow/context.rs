@@ -203,6 +203,9 @@ pub(crate) struct ContextInner {
     /// Whether activities continue the held-back transaction instead of committing it
     /// first (the journal storage reports a location: see `deferred_step.rs`).
     chains: bool,
+    /// Whether a suspension point reads the cancellation through the held-back
+    /// transaction (chains, and the engine shares the journal's database).
+    cancel_through_chain: bool,
 }
 
 /// The context of one workflow execution run (see the module docs).
@@ -237,6 +240,7 @@ impl WorkflowContext {
         journal.sort_by_key(|e| e.key.sequence);
         let deferred = DeferredStep::new(commit_hold, metrics.clone());
         let chains = storage.location().is_some() && deferred.holds();
+        let cancel_through_chain = chains && engine.location() == storage.location();
         WorkflowContext {
             inner: Arc::new(ContextInner {
                 execution_id,
@@ -257,6 +261,7 @@ impl WorkflowContext {
                 engine_failures: Mutex::new(Vec::new()),
                 deferred,
                 chains,
+                cancel_through_chain,
                 cancel,
                 fault: RunFault::default(),
             }),
@@ -476,7 +481,11 @@ impl WorkflowContext {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            self.inner.cancel.check().await?;
+            let held = self
+                .inner
+                .cancel_through_chain
+                .then_some(self.inner.deferred.as_ref());
+            self.inner.cancel.check_through(held).await?;
             let tx = ActivityTx::lazy(
                 self.inner.storage.clone(),
                 self.inner.execution_id.clone(),

@@ -271,10 +271,40 @@ impl DeferredStep {
                 carried: step.steps(),
                 tx: step.tx,
             })),
+            Err(ClusterError::Unsupported { .. }) => {
+                // This backend does not chain (it refused before writing anything): the
+                // step is committed, and the next activity begins its own transaction.
+                state.slot = Slot::Pending(step);
+                self.commit_held(&mut state).await?;
+                Ok(None)
+            }
             Err(err) => {
                 state.chain_started = None;
                 state.slot = Slot::Failed(err.to_string());
                 Err(err)
+            }
+        }
+    }
+
+    /// Reads when cancellation of `execution_id` was requested through the held-back
+    /// transaction: `None` when nothing is held back (or the backend cannot), so the caller
+    /// asks the engine. A failed read fails the held-back step too (its transaction may be
+    /// unusable): the run is retried.
+    pub(crate) async fn cancellation_requested(
+        &self,
+        execution_id: &str,
+    ) -> Option<Result<Option<chrono::DateTime<chrono::Utc>>, ClusterError>> {
+        let mut state = self.state.lock().await;
+        let Slot::Pending(step) = &mut state.slot else {
+            return None;
+        };
+        match step.tx.cancellation_requested(execution_id).await {
+            Ok(requested) => Some(Ok(requested)),
+            Err(ClusterError::Unsupported { .. }) => None,
+            Err(err) => {
+                state.chain_started = None;
+                state.slot = Slot::Failed(err.to_string());
+                Some(Err(err))
             }
         }
     }
