@@ -159,10 +159,10 @@ async fn each_durable_path_costs_the_commits_the_readme_states() {
         3
     );
 
-    // Journal-only activities: the request, the `Running` record, one statement per
-    // activity, and the end (record and reply) in one commit.
+    // Journal-only activities chain the same way: the request, the `Running` record, and
+    // one transaction holding the three entries and the end.
     assert_eq!(journal_steps.execute(&"b".to_string()).await.unwrap(), 6);
-    assert_eq!(commits(&pool).await, 6, "three journal-only activities");
+    assert_eq!(commits(&pool).await, 3, "three journal-only activities");
 
     // The same key again is answered from storage: no commit at all.
     assert_eq!(sql_steps.execute(&"a".to_string()).await.unwrap(), 3);

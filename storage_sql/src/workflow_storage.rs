@@ -145,6 +145,17 @@ impl WorkflowStorage for SqlWorkflowStorage {
         Some(self.pool.location())
     }
 
+    /// PostgreSQL chains (row locks); SQLite does not (one writer at a time: a chain would
+    /// hold the write lock between activities).
+    fn chains_activities(&self) -> bool {
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(_) => true,
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(_) => false,
+        }
+    }
+
     async fn delete_journal(&self, execution_id: &str) -> Result<(), ClusterError> {
         per_dialect!(&self.pool, SqlPool, |pool, d| {
             sqlx::query(d::sql::DELETE_JOURNAL)
@@ -364,7 +375,7 @@ impl ActivityTransaction for SqlActivityTransaction {
                 "carrying step {}#{} of {} on to the next activity",
                 entry.key.name, entry.key.sequence, entry.execution_id
             ),
-            None => "marking an activity transaction for the next activity".to_string(),
+            None => "carrying an activity transaction's writes on".to_string(),
         };
         if let Some(entry) = entry {
             let columns = JournalColumns::of(entry)?;
@@ -382,14 +393,18 @@ impl ActivityTransaction for SqlActivityTransaction {
             }
             self.carried = true;
         }
-        self.write_staged(&doing).await?;
+        self.write_staged(&doing).await
+    }
+
+    async fn mark(&mut self) -> Result<(), ClusterError> {
+        self.refuse_chain_on_sqlite()?;
         per_dialect!(&mut self.tx, OpenTransaction, |tx, d| {
             sqlx::query(d::sql::MARK_ACTIVITY)
                 .execute(&mut **tx)
                 .await
                 .map(drop)
         })
-        .map_err(|e| failed(doing(), e))
+        .map_err(|e| failed("marking a chained activity's transaction", e))
     }
 
     async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {

@@ -490,7 +490,8 @@ pub async fn append_entry_stores_the_first_entry_at_a_position<S: WorkflowStorag
 
 /// A chain: [`ActivityTransaction::carry_on`] keeps an activity's entry and writes in its
 /// transaction for the next activity, and they commit with the chain's final commit;
-/// [`ActivityTransaction::rollback_to_mark`] discards only what came after the mark; a
+/// [`ActivityTransaction::rollback_to_mark`] discards only what came after the
+/// [`ActivityTransaction::mark`]; a
 /// dropped chain applies nothing; a chain whose final position (or a carried one) is taken
 /// fails instead of dropping what it carried; [`ActivityTransaction::commit_carried`]
 /// commits the carried entries alone. A backend without chains answers `Unsupported`.
@@ -504,10 +505,19 @@ pub async fn chained_transactions_commit_carried_entries_together<S: WorkflowSto
     match tx.carry_on(Some(&first)).await {
         Ok(()) => {}
         Err(err) if is_unsupported(&err) => {
-            let mark = tx.rollback_to_mark().await;
+            assert!(
+                !storage.chains_activities(),
+                "a storage that chains activities must carry them on"
+            );
+            let mark = tx.mark().await;
             assert!(
                 mark.as_ref().is_err_and(is_unsupported),
-                "carry_on answered Unsupported, so rollback_to_mark must too: {mark:?}"
+                "carry_on answered Unsupported, so mark must too: {mark:?}"
+            );
+            let back = tx.rollback_to_mark().await;
+            assert!(
+                back.as_ref().is_err_and(is_unsupported),
+                "carry_on answered Unsupported, so rollback_to_mark must too: {back:?}"
             );
             tx.rollback().await.unwrap();
             assert!(storage.journal("exec-chain").await.unwrap().is_empty());
@@ -515,6 +525,7 @@ pub async fn chained_transactions_commit_carried_entries_together<S: WorkflowSto
         }
         Err(err) => panic!("carry_on must succeed or answer Unsupported, got: {err:?}"),
     }
+    tx.mark().await.unwrap();
     stage(tx.as_mut(), "chain/b", "b").await;
     tx.rollback_to_mark().await.unwrap();
     stage(tx.as_mut(), "chain/c", "c").await;

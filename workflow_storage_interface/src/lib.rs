@@ -117,6 +117,14 @@ pub trait WorkflowStorage: Send + Sync + 'static {
             .await
     }
 
+    /// Whether the runtime may chain activities of one run through one transaction
+    /// ([`ActivityTransaction::carry_on`] and the methods after it): a storage whose
+    /// database takes concurrent writers says yes, and implements them. `false` (the
+    /// default): every activity commits its own transaction.
+    fn chains_activities(&self) -> bool {
+        false
+    }
+
     /// Reads a value committed through [`ActivityTransaction::put`].
     ///
     /// # Errors
@@ -149,18 +157,17 @@ pub trait ActivityTransaction: Send + 'static {
     async fn rollback(self: Box<Self>) -> Result<(), ClusterError>;
 
     /// Keeps this transaction open for the next activity of the same execution (a chain):
-    /// stores `entry` (when given) and every staged write in it *without committing*, and
-    /// sets the mark [`ActivityTransaction::rollback_to_mark`] returns to. What is carried
-    /// this way commits with the transaction's final commit ([`ActivityTransaction::commit`],
-    /// [`ActivityTransaction::commit_finishing`] or [`ActivityTransaction::commit_carried`]),
-    /// or is discarded with it. Once an entry is carried, a final commit that finds its own
-    /// entry's position taken fails with `PersistenceError` instead of answering
-    /// [`CommitOutcome::AlreadyRecorded`], so carried entries are never dropped silently.
+    /// stores `entry` (when given) and every staged write in it *without committing*. What
+    /// is carried this way commits with the transaction's final commit
+    /// ([`ActivityTransaction::commit`], [`ActivityTransaction::commit_finishing`] or
+    /// [`ActivityTransaction::commit_carried`]), or is discarded with it. Once an entry is
+    /// carried, a final commit that finds its own entry's position taken fails with
+    /// `PersistenceError` instead of answering [`CommitOutcome::AlreadyRecorded`], so
+    /// carried entries are never dropped silently.
     ///
-    /// The runtime tries to chain only on a backend that reports a location
-    /// ([`WorkflowStorage::location`]). A backend that refuses with `Unsupported` (before
-    /// writing anything; for example one whose database has a single writer, where a chain
-    /// would hold the write lock between activities) has its transaction committed instead.
+    /// The runtime chains only on a storage whose [`WorkflowStorage::chains_activities`] is
+    /// true. A backend that refuses with `Unsupported` (before writing anything) has its
+    /// transaction committed instead.
     ///
     /// # Errors
     /// `Unsupported` (the default); `PersistenceError` when storage cannot be written or
@@ -171,12 +178,23 @@ pub trait ActivityTransaction: Send + 'static {
         Err(chaining_unsupported())
     }
 
-    /// Discards the writes staged since the last [`ActivityTransaction::carry_on`], keeping
-    /// what it carried (an activity of a chain failed; the chain goes on without its writes).
+    /// Sets the point [`ActivityTransaction::rollback_to_mark`] returns to: what the next
+    /// activity of a chain writes after it can be discarded alone.
     ///
     /// # Errors
     /// `Unsupported` (the default); `PersistenceError` when storage fails (the transaction
-    /// must then be dropped) or `carry_on` was never called.
+    /// must then be dropped).
+    async fn mark(&mut self) -> Result<(), ClusterError> {
+        Err(chaining_unsupported())
+    }
+
+    /// Discards what was written and staged since the last [`ActivityTransaction::mark`],
+    /// keeping what was carried before it (an activity of a chain failed; the chain goes on
+    /// without its writes).
+    ///
+    /// # Errors
+    /// `Unsupported` (the default); `PersistenceError` when storage fails (the transaction
+    /// must then be dropped) or `mark` was never called.
     async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {
         Err(chaining_unsupported())
     }

@@ -92,7 +92,7 @@ type Opened = (
 impl Opener {
     async fn open(&self) -> Result<Opened, ClusterError> {
         if let Some(deferred) = &self.chain_from {
-            if let Some(Continued { tx, carried }) = deferred.continue_chain().await? {
+            if let Some(Continued { tx, carried }) = deferred.continue_chain(true).await? {
                 return Ok((tx, Some((deferred.clone(), carried))));
             }
         }

@@ -239,7 +239,7 @@ impl WorkflowContext {
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
         let deferred = DeferredStep::new(commit_hold, metrics.clone());
-        let chains = storage.location().is_some() && deferred.holds();
+        let chains = storage.chains_activities() && deferred.holds();
         let cancel_through_chain = chains && engine.location() == storage.location();
         WorkflowContext {
             inner: Arc::new(ContextInner {
@@ -442,6 +442,20 @@ impl WorkflowContext {
         Ok(outcome)
     }
 
+    /// A transaction to hold the entry of an activity that wrote nothing of its own: the
+    /// held-back chain continued, or a new one.
+    async fn chain_for_entry(&self, key: &ActivityKey) -> Result<ToCommit, ClusterError> {
+        if let Some(Continued { tx, carried }) = self.inner.deferred.continue_chain(false).await? {
+            return Ok(ToCommit { tx, carried });
+        }
+        let tx = self
+            .inner
+            .storage
+            .begin_activity(&self.inner.execution_id, key)
+            .await?;
+        Ok(ToCommit { tx, carried: 0 })
+    }
+
     /// Runs (or replays) one activity call. `run` makes one attempt's future from the
     /// attempt's transaction; it is called again for each retry. The transaction is opened
     /// by the attempt's first use of it, or just to commit the result.
@@ -532,15 +546,13 @@ impl WorkflowContext {
                         .await
                         .map_err(|err| self.engine_failure(err))?;
                     // An activity that never used its transaction joins the held-back one,
-                    // if there is one to continue.
+                    // or starts a chain of its own.
                     let transaction = match transaction {
-                        None if self.inner.chains => self
-                            .inner
-                            .deferred
-                            .continue_chain()
-                            .await
-                            .map_err(|err| self.engine_failure(err))?
-                            .map(|Continued { tx, carried }| ToCommit { tx, carried }),
+                        None if self.inner.chains => Some(
+                            self.chain_for_entry(&key)
+                                .await
+                                .map_err(|err| self.engine_failure(err))?,
+                        ),
                         transaction => transaction,
                     };
                     let committed = match transaction {

@@ -4,11 +4,13 @@
 //! journal entry. Committing it at once and then, a moment later, committing the
 //! execution's end (its record and its request's reply) costs two commits where one would
 //! do. So the activity's result is handed to the body at once, and its commit waits:
-//! * the next activity of the run *continues* it (a chain, when the journal storage reports
-//!   a location, i.e. is SQL): the entry is written into the open transaction
-//!   ([`ActivityTransaction::carry_on`]), a savepoint is set, and the next activity writes
-//!   and journals in the same transaction, so three activities and the execution's end are
-//!   one commit. A failed attempt rolls back to the savepoint and hands the chain back
+//! * the next activity of the run *continues* it (a chain, when the journal storage chains:
+//!   PostgreSQL): the entry is written into the open transaction
+//!   ([`ActivityTransaction::carry_on`]), a savepoint is set if the next activity writes
+//!   through `self.tx`, and the next activity journals (and writes) in the same
+//!   transaction, so three activities and the execution's end are one commit. An activity
+//!   that writes nothing of its own starts a chain too (a transaction holding just its
+//!   entry), so journal-only steps fold the same way. A failed attempt rolls back to the savepoint and hands the chain back
 //!   here. A chain older than the hold (`workflow_commit_hold`, 20 ms by default) is
 //!   committed instead of continued, so progress is never held back for long by a run of
 //!   quick activities (a hold of zero commits every activity at once);
@@ -248,13 +250,17 @@ impl DeferredStep {
         }
     }
 
-    /// The held-back step's transaction, continued for the next activity to write in
-    /// (its entry carried, a mark set): `None` when nothing is held back, or the chain is
-    /// older than the hold (it is committed now instead).
+    /// The held-back step's transaction, continued for the next activity (its entry
+    /// carried; a mark set when `mark`, for an activity writing through it): `None` when
+    /// nothing is held back, or the chain is older than the hold (it is committed now
+    /// instead).
     ///
     /// # Errors
     /// Carrying (or committing) the held-back step failed; the run must be retried.
-    pub(crate) async fn continue_chain(&self) -> Result<Option<Continued>, ClusterError> {
+    pub(crate) async fn continue_chain(
+        &self,
+        mark: bool,
+    ) -> Result<Option<Continued>, ClusterError> {
         let mut state = self.state.lock().await;
         let young = state
             .chain_started
@@ -266,7 +272,11 @@ impl DeferredStep {
         let Slot::Pending(mut step) = std::mem::replace(&mut state.slot, Slot::Empty) else {
             return Ok(None);
         };
-        match step.tx.carry_on(step.entry.as_ref()).await {
+        let mut carried = step.tx.carry_on(step.entry.as_ref()).await;
+        if mark && carried.is_ok() {
+            carried = step.tx.mark().await;
+        }
+        match carried {
             Ok(()) => Ok(Some(Continued {
                 carried: step.steps(),
                 tx: step.tx,
