@@ -11,17 +11,14 @@
 //! runs its upsert alone.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::ExecutionRecord;
-use tokio::sync::mpsc;
 
 use crate::dialect::per_dialect;
 use crate::finish::ExecutionColumns;
-use crate::group_commit::{answer_all, run_writer, submit, Answer, Queued};
+use crate::group_commit::{answer_all, run_writer, Answer, BatchWriter, Queued};
 use crate::pool::SqlPool;
 
 /// An execution record's bind values, owned so it can wait in a queue.
@@ -51,47 +48,27 @@ impl ExecutionItem {
     }
 }
 
-type ExecutionQueue = mpsc::UnboundedSender<Queued<ExecutionItem, ()>>;
-
-/// The handle an engine (and its clones) shares; dropping the last one stops the writer.
+/// The writer an engine (and its clones) shares; dropping the last handle stops it.
+#[derive(Debug)]
 pub(crate) struct ExecutionGroupCommit {
-    /// Spawned on first use; `None` when there was no tokio runtime to spawn it on.
-    writer: OnceLock<Option<ExecutionQueue>>,
-}
-
-impl fmt::Debug for ExecutionGroupCommit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.writer.get() {
-            None => "not started",
-            Some(None) => "unavailable (no tokio runtime)",
-            Some(Some(_)) => "running",
-        };
-        f.debug_struct("ExecutionGroupCommit")
-            .field("writer", &state)
-            .finish()
-    }
+    upserts: BatchWriter<ExecutionItem, ()>,
 }
 
 impl ExecutionGroupCommit {
     /// A handle whose writer starts with the first upsert.
     pub(crate) fn new() -> Self {
         ExecutionGroupCommit {
-            writer: OnceLock::new(),
+            upserts: BatchWriter::new(),
         }
     }
 
     /// Upserts an execution with whatever other upserts are waiting.
     pub(crate) async fn upsert(&self, pool: &SqlPool, item: ExecutionItem) -> Answer<()> {
-        let writer = self.writer.get_or_init(|| {
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
-            let (executions, queue) = mpsc::unbounded_channel();
-            runtime.spawn(run_writer(pool.clone(), queue, write_executions));
-            Some(executions)
-        });
-        match writer {
-            Some(executions) => submit(executions, item).await,
-            None => Answer::RunAlone,
-        }
+        self.upserts
+            .submit(item, |runtime, queue| {
+                runtime.spawn(run_writer(pool.clone(), queue, write_executions));
+            })
+            .await
     }
 }
 
@@ -168,12 +145,7 @@ async fn upsert_many(pool: &SqlPool, rows: &[&ExecutionItem]) -> Result<(), sqlx
     match pool {
         #[cfg(feature = "postgres")]
         SqlPool::Postgres(pool) => {
-            fn column<'a, T>(
-                rows: &[&'a ExecutionItem],
-                value: impl Fn(&'a ExecutionItem) -> T,
-            ) -> Vec<T> {
-                rows.iter().map(|row| value(row)).collect()
-            }
+            use crate::group_commit::column;
             sqlx::query(crate::queries::postgres::UPSERT_EXECUTIONS)
                 .bind(column(rows, |r| r.execution_id.as_str()))
                 .bind(column(rows, |r| r.workflow.as_str()))

@@ -130,78 +130,91 @@ pub(crate) struct Queued<I, T> {
     pub(crate) answer: oneshot::Sender<Answer<T>>,
 }
 
-type RequestQueue = mpsc::UnboundedSender<Queued<RequestItem, bool>>;
-type ReplyQueue = mpsc::UnboundedSender<Queued<ReplyItem, ()>>;
-
-/// The handle a storage (and its clones) shares; dropping the last one stops the writers.
-pub(crate) struct GroupCommit {
-    /// Spawned on first use; `None` when there was no tokio runtime to spawn them on.
-    writers: OnceLock<Option<(RequestQueue, ReplyQueue)>>,
+/// One kind of write's queue, and the writer task behind it (spawned on first use, on the
+/// caller's tokio runtime; it stops once this handle is dropped and the queue is empty).
+pub(crate) struct BatchWriter<I, T> {
+    /// `None` when there was no tokio runtime to spawn the writer on.
+    queue: OnceLock<Option<mpsc::UnboundedSender<Queued<I, T>>>>,
 }
 
-impl fmt::Debug for GroupCommit {
+impl<I, T> BatchWriter<I, T> {
+    /// A writer that starts with the first write.
+    pub(crate) fn new() -> Self {
+        BatchWriter {
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Queues `item` with whatever else is waiting and waits for its answer; on the first
+    /// call, `start` spawns the writer on `runtime` over the queue's receiving end.
+    pub(crate) async fn submit(
+        &self,
+        item: I,
+        start: impl FnOnce(&tokio::runtime::Handle, mpsc::UnboundedReceiver<Queued<I, T>>),
+    ) -> Answer<T> {
+        let queue = self.queue.get_or_init(|| {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let (queue, received) = mpsc::unbounded_channel();
+            start(&runtime, received);
+            Some(queue)
+        });
+        let Some(queue) = queue else {
+            return Answer::RunAlone;
+        };
+        let (answer, answered) = oneshot::channel();
+        if queue.send(Queued { item, answer }).is_err() {
+            // The writer is gone (its runtime shut down): the caller writes alone.
+            return Answer::RunAlone;
+        }
+        answered.await.unwrap_or(Answer::RunAlone)
+    }
+}
+
+impl<I, T> fmt::Debug for BatchWriter<I, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.writers.get() {
+        f.write_str(match self.queue.get() {
             None => "not started",
             Some(None) => "unavailable (no tokio runtime)",
             Some(Some(_)) => "running",
-        };
-        f.debug_struct("GroupCommit")
-            .field("writers", &state)
-            .finish()
+        })
     }
+}
+
+/// The writers a message storage (and its clones) shares; dropping the last handle stops
+/// them.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    requests: BatchWriter<RequestItem, bool>,
+    replies: BatchWriter<ReplyItem, ()>,
 }
 
 impl GroupCommit {
     /// A handle whose writers start with the first write.
     pub(crate) fn new() -> Self {
         GroupCommit {
-            writers: OnceLock::new(),
+            requests: BatchWriter::new(),
+            replies: BatchWriter::new(),
         }
     }
 
     /// Inserts a request with whatever other requests are waiting: `Done(Ok(true))` when
     /// it was inserted, `Done(Ok(false))` when it conflicted (look up the duplicate).
     pub(crate) async fn save_request(&self, pool: &SqlPool, item: RequestItem) -> Answer<bool> {
-        match self.writers(pool) {
-            Some((requests, _)) => submit(requests, item).await,
-            None => Answer::RunAlone,
-        }
+        self.requests
+            .submit(item, |runtime, queue| {
+                runtime.spawn(run_writer(pool.clone(), queue, write_requests));
+            })
+            .await
     }
 
     /// Inserts a reply with whatever other replies are waiting.
     pub(crate) async fn save_reply(&self, pool: &SqlPool, item: ReplyItem) -> Answer<()> {
-        match self.writers(pool) {
-            Some((_, replies)) => submit(replies, item).await,
-            None => Answer::RunAlone,
-        }
-    }
-
-    fn writers(&self, pool: &SqlPool) -> Option<&(RequestQueue, ReplyQueue)> {
-        self.writers
-            .get_or_init(|| {
-                let runtime = tokio::runtime::Handle::try_current().ok()?;
-                let (requests, request_queue) = mpsc::unbounded_channel();
-                let (replies, reply_queue) = mpsc::unbounded_channel();
-                runtime.spawn(run_writer(pool.clone(), request_queue, write_requests));
-                runtime.spawn(run_writer(pool.clone(), reply_queue, write_replies));
-                Some((requests, replies))
+        self.replies
+            .submit(item, |runtime, queue| {
+                runtime.spawn(run_writer(pool.clone(), queue, write_replies));
             })
-            .as_ref()
+            .await
     }
-}
-
-/// Queues `item` and waits for its answer. A writer that is gone (its runtime shut down)
-/// means the caller writes alone.
-pub(crate) async fn submit<I, T>(
-    queue: &mpsc::UnboundedSender<Queued<I, T>>,
-    item: I,
-) -> Answer<T> {
-    let (answer, answered) = oneshot::channel();
-    if queue.send(Queued { item, answer }).is_err() {
-        return Answer::RunAlone;
-    }
-    answered.await.unwrap_or(Answer::RunAlone)
 }
 
 /// A writer: takes what is queued, up to [`MAX_BATCH`], writes it, answers, repeats; ends
@@ -354,12 +367,6 @@ async fn insert_requests(
     match pool {
         #[cfg(feature = "postgres")]
         SqlPool::Postgres(pool) => {
-            fn column<'a, T>(
-                rows: &[&'a RequestItem],
-                value: impl Fn(&'a RequestItem) -> T,
-            ) -> Vec<T> {
-                rows.iter().map(|row| value(row)).collect()
-            }
             let inserted: Vec<i64> = sqlx::query_scalar(crate::queries::postgres::INSERT_REQUESTS)
                 .bind(column(rows, |r| r.request_id))
                 .bind(column(rows, |r| r.shard.as_str()))
@@ -395,6 +402,12 @@ async fn insert_requests(
             Ok(inserted)
         }
     }
+}
+
+/// One column of a multi-row statement: `value` of every row, in order.
+#[cfg(feature = "postgres")]
+pub(crate) fn column<'a, R, T>(rows: &[&'a R], value: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(|row| value(row)).collect()
 }
 
 /// One reply, as the direct path writes it.

@@ -104,6 +104,11 @@
 //! error. The writer tasks start on the first save and stop when the storage and all its
 //! clones are dropped. [`SqlMessageStorage::with_group_commit`]`(false)` turns it off.
 //!
+//! [`SqlWorkflowEngine`] batches `upsert_execution` the same way (every workflow run's
+//! `Running` record goes through it): one multi-row upsert on PostgreSQL, one transaction
+//! on SQLite. An execution id repeated among the queued upserts is written after the
+//! batch, so the later write still wins.
+//!
 //! # Activity transactions (`self.tx`)
 //!
 //! [`SqlWorkflowStorage::begin_activity`](cruster_workflow_storage::WorkflowStorage::begin_activity)
@@ -111,6 +116,14 @@
 //! `sqlx::Transaction<'static, sqlx::Postgres>` (or `…, sqlx::Sqlite>`), which
 //! [`postgres_transaction`] / [`sqlite_transaction`] downcast to. Writes made through it
 //! commit together with the activity's journal entry, or not at all.
+//!
+//! On PostgreSQL ([`WorkflowStorage::chains_activities`](cruster_workflow_storage::WorkflowStorage::chains_activities))
+//! the runtime chains a run's activities through one such transaction:
+//! `carry_on` writes an activity's entry into it without committing, `mark` sets a
+//! savepoint (`SAVEPOINT cruster_activity`) for the next activity, `rollback_to_mark`
+//! discards only that activity's writes, and the chain commits once, with the execution's
+//! end. SQLite refuses chains with `Unsupported` (one writer at a time: a chain would hold
+//! the write lock between activities).
 #![deny(missing_docs)]
 
 /// The constructors and `migrate` every backend of this crate has.

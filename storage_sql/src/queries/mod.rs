@@ -36,10 +36,22 @@ pub(crate) use pending;
 /// also use it inside a `WITH` of a statement that writes more.
 macro_rules! upsert_execution {
     () => {
-        "INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
-            request, result, created_at_ns, updated_at_ns, attempts, progress_mark, last_error) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-        ON CONFLICT (execution_id) DO UPDATE SET \
+        concat!(
+            "INSERT INTO cruster_executions (execution_id, workflow, status, \
+                suspended_until_ns, request, result, created_at_ns, updated_at_ns, attempts, \
+                progress_mark, last_error) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ",
+            $crate::queries::replace_execution!()
+        )
+    };
+}
+pub(crate) use upsert_execution;
+
+/// The conflict clause of an execution upsert: every column but the id and
+/// `cancel_requested_at_ns` (only `REQUEST_CANCELLATION` sets it) is replaced.
+macro_rules! replace_execution {
+    () => {
+        "ON CONFLICT (execution_id) DO UPDATE SET \
             workflow = excluded.workflow, \
             status = excluded.status, \
             suspended_until_ns = excluded.suspended_until_ns, \
@@ -52,7 +64,7 @@ macro_rules! upsert_execution {
             last_error = excluded.last_error"
     };
 }
-pub(crate) use upsert_execution;
+pub(crate) use replace_execution;
 
 /// The runner-storage statements that differ between the dialects only in how they read
 /// the database clock: `$now` is an SQL expression giving the database's current time in

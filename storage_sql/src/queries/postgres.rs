@@ -101,26 +101,17 @@ pub(crate) const INSERT_REQUESTS: &str = "\
 /// `UPSERT_EXECUTION` for many executions (distinct ids) in one statement: `$1`…`$11` are
 /// arrays of the same columns. Like the single upsert, it never sets
 /// `cancel_requested_at_ns`.
-pub(crate) const UPSERT_EXECUTIONS: &str = "\
-    INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
+pub(crate) const UPSERT_EXECUTIONS: &str = concat!(
+    "INSERT INTO cruster_executions (execution_id, workflow, status, suspended_until_ns, \
         request, result, created_at_ns, updated_at_ns, attempts, progress_mark, last_error) \
     SELECT k.execution_id, k.workflow, k.status, k.suspended_until_ns, k.request, k.result, \
         k.created_at_ns, k.updated_at_ns, k.attempts, k.progress_mark, k.last_error \
     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[], $6::BYTEA[], \
         $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BYTEA[]) \
         AS k(execution_id, workflow, status, suspended_until_ns, request, result, \
-            created_at_ns, updated_at_ns, attempts, progress_mark, last_error) \
-    ON CONFLICT (execution_id) DO UPDATE SET \
-        workflow = excluded.workflow, \
-        status = excluded.status, \
-        suspended_until_ns = excluded.suspended_until_ns, \
-        request = excluded.request, \
-        result = excluded.result, \
-        created_at_ns = excluded.created_at_ns, \
-        updated_at_ns = excluded.updated_at_ns, \
-        attempts = excluded.attempts, \
-        progress_mark = excluded.progress_mark, \
-        last_error = excluded.last_error";
+            created_at_ns, updated_at_ns, attempts, progress_mark, last_error) ",
+    super::replace_execution!()
+);
 
 /// `INSERT_REPLY` for many replies in one statement: `$1`…`$4` are arrays of request ids,
 /// final flags, sequences and bodies. Rows are inserted in array order; the first reply
