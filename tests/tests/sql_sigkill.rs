@@ -1,6 +1,8 @@
 //! A runner killed with SIGKILL between an activity's `self.tx` write and its commit: the
 //! write is gone, and a restarted runner completes the workflow with each activity's
-//! effect present exactly once (PostgreSQL).
+//! effect present exactly once (PostgreSQL). With no commit hold the first activity was
+//! committed before the second began; with a hold the second continued the first's
+//! transaction (a chain), so the kill takes both and the restart runs both again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -15,9 +17,14 @@ use cruster_tests::{WORKFLOW_DONE, WRITTEN_NOT_COMMITTED};
 const CHILD: &str = env!("CARGO_BIN_EXE_sql_workflow_child");
 
 /// Starts the child and returns it with a channel of its stdout lines.
-fn spawn_child(url: &str, schema: &str, mode: &str) -> (Child, mpsc::Receiver<String>) {
+fn spawn_child(
+    url: &str,
+    schema: &str,
+    mode: &str,
+    hold_ms: &str,
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(CHILD)
-        .args([url, schema, mode])
+        .args([url, schema, mode, hold_ms])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -55,6 +62,21 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn sigkill_between_write_and_commit_leaves_nothing_and_restart_completes_once() {
+    // No hold: step one is committed on its own before step two begins.
+    kill_mid_step_then_finish("0", 1).await;
+}
+
+#[tokio::test]
+async fn sigkill_inside_a_chain_takes_its_earlier_steps_and_restart_completes_once() {
+    // A hold far longer than the test: step two continues step one's transaction, so
+    // step one is not committed either when the process dies.
+    kill_mid_step_then_finish("600000", 0).await;
+}
+
+/// Kills the child while step two's write is uncommitted, checks that `step_one_committed`
+/// rows of step one (and as many journal entries) survived and none of step two, then
+/// finishes the workflow in a new process and checks each effect is there exactly once.
+async fn kill_mid_step_then_finish(hold_ms: &str, step_one_committed: i64) {
     let Ok(url) = std::env::var("DATABASE_URL") else {
         eprintln!(
             "\n==============================================================\n\
@@ -64,7 +86,7 @@ async fn sigkill_between_write_and_commit_leaves_nothing_and_restart_completes_o
         );
         return;
     };
-    let schema = format!("cruster_sigkill_{}", std::process::id());
+    let schema = format!("cruster_sigkill_{}_{hold_ms}", std::process::id());
     let admin = PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
@@ -83,15 +105,15 @@ async fn sigkill_between_write_and_commit_leaves_nothing_and_restart_completes_o
         .unwrap();
 
     // 1. The child writes step two through self.tx and blocks before committing: SIGKILL.
-    let (mut child, lines) = spawn_child(&url, &schema, "block");
+    let (mut child, lines) = spawn_child(&url, &schema, "block", hold_ms);
     wait_for(&lines, WRITTEN_NOT_COMMITTED, Duration::from_secs(60));
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
 
     assert_eq!(
         count(&pool, "SELECT COUNT(*) FROM effects WHERE step = 'one'").await,
-        1,
-        "step one committed before the kill"
+        step_one_committed,
+        "step one committed before the kill (hold {hold_ms} ms)"
     );
     assert_eq!(
         count(&pool, "SELECT COUNT(*) FROM effects WHERE step = 'two'").await,
@@ -104,12 +126,12 @@ async fn sigkill_between_write_and_commit_leaves_nothing_and_restart_completes_o
             "SELECT COUNT(*) FROM cruster_journal WHERE execution_id = 'job-1'"
         )
         .await,
-        1,
-        "only step one is journaled"
+        step_one_committed,
+        "only a committed step one is journaled"
     );
 
     // 2. A new process on the same database finishes the workflow.
-    let (mut child, lines) = spawn_child(&url, &schema, "finish");
+    let (mut child, lines) = spawn_child(&url, &schema, "finish", hold_ms);
     let done = wait_for(&lines, WORKFLOW_DONE, Duration::from_secs(60));
     assert!(done.ends_with("job-1 done"), "{done}");
     assert!(child.wait().unwrap().success());

@@ -1,12 +1,15 @@
 //! A single cruster node on PostgreSQL that runs one two-activity workflow whose activities
 //! write through `self.tx`, for the SIGKILL test (`tests/sql_sigkill.rs`).
 //!
-//! `sql_workflow_child <database url> <schema> <block|finish>`
+//! `sql_workflow_child <database url> <schema> <block|finish> <commit hold in ms>`
 //!
 //! * `block`: the second activity writes its row, prints `WRITTEN-NOT-COMMITTED` and waits
 //!   forever before returning, so its transaction stays open until the parent kills the
 //!   process.
 //! * `finish`: runs (or resumes) the workflow to the end and prints `WORKFLOW-DONE`.
+//!
+//! The hold is `workflow_commit_hold`: 0 commits the first activity before the second
+//! begins; a long one makes the second continue the first's transaction (a chain).
 
 use std::io::Write;
 use std::str::FromStr;
@@ -63,9 +66,12 @@ fn say(line: &str) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, schema, mode] = args.as_slice() else {
-        return Err("usage: sql_workflow_child <database url> <schema> <block|finish>".into());
+    let [_, url, schema, mode, hold_ms] = args.as_slice() else {
+        return Err(
+            "usage: sql_workflow_child <database url> <schema> <block|finish> <hold ms>".into(),
+        );
     };
+    let hold = Duration::from_millis(hold_ms.parse()?);
     let options = PgConnectOptions::from_str(url)?.options([("search_path", schema.as_str())]);
     let pool = PgPoolOptions::new()
         .max_connections(8)
@@ -74,6 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runner = SingleRunner::builder()
         .config(ShardingConfig {
             storage_poll_interval: Duration::from_millis(50),
+            workflow_commit_hold: hold,
             ..Default::default()
         })
         .postgres(pool)
