@@ -228,8 +228,10 @@ impl DeferredStep {
         self.commit_held(&mut state).await
     }
 
+    /// Commits what the slot holds. An empty slot leaves the chain's age alone: the chain
+    /// may be out with a running activity, and the timer of an earlier step must not make
+    /// it young again.
     async fn commit_held(&self, state: &mut State) -> Result<(), ClusterError> {
-        state.chain_started = None;
         match std::mem::replace(&mut state.slot, Slot::Empty) {
             Slot::Empty => Ok(()),
             Slot::Failed(reason) => {
@@ -237,16 +239,19 @@ impl DeferredStep {
                 state.slot = Slot::Failed(reason);
                 Err(err)
             }
-            Slot::Pending(step) => match step.commit().await {
-                Ok(steps) => {
-                    self.metrics.workflow_steps.inc_by(steps);
-                    Ok(())
+            Slot::Pending(step) => {
+                state.chain_started = None;
+                match step.commit().await {
+                    Ok(steps) => {
+                        self.metrics.workflow_steps.inc_by(steps);
+                        Ok(())
+                    }
+                    Err(err) => {
+                        state.slot = Slot::Failed(err.to_string());
+                        Err(err)
+                    }
                 }
-                Err(err) => {
-                    state.slot = Slot::Failed(err.to_string());
-                    Err(err)
-                }
-            },
+            }
         }
     }
 
@@ -272,28 +277,34 @@ impl DeferredStep {
         let Slot::Pending(mut step) = std::mem::replace(&mut state.slot, Slot::Empty) else {
             return Ok(None);
         };
-        let mut carried = step.tx.carry_on(step.entry.as_ref()).await;
-        if mark && carried.is_ok() {
-            carried = step.tx.mark().await;
-        }
-        match carried {
-            Ok(()) => Ok(Some(Continued {
-                carried: step.steps(),
-                tx: step.tx,
-            })),
+        match step.tx.carry_on(step.entry.as_ref()).await {
+            Ok(()) => {}
             Err(ClusterError::Unsupported { .. }) => {
                 // This backend does not chain (it refused before writing anything): the
                 // step is committed, and the next activity begins its own transaction.
                 state.slot = Slot::Pending(step);
                 self.commit_held(&mut state).await?;
-                Ok(None)
+                return Ok(None);
             }
-            Err(err) => {
-                state.chain_started = None;
-                state.slot = Slot::Failed(err.to_string());
-                Err(err)
+            Err(err) => return Err(Self::lose_chain(&mut state, err)),
+        }
+        if mark {
+            if let Err(err) = step.tx.mark().await {
+                return Err(Self::lose_chain(&mut state, err));
             }
         }
+        Ok(Some(Continued {
+            carried: step.steps(),
+            tx: step.tx,
+        }))
+    }
+
+    /// The chain's transaction is unusable (it is dropped, so rolled back): the run fails
+    /// at its next step and is retried.
+    fn lose_chain(state: &mut State, err: ClusterError) -> ClusterError {
+        state.chain_started = None;
+        state.slot = Slot::Failed(err.to_string());
+        err
     }
 
     /// Reads when cancellation of `execution_id` was requested through the held-back
@@ -311,11 +322,7 @@ impl DeferredStep {
         match step.tx.cancellation_requested(execution_id).await {
             Ok(requested) => Some(Ok(requested)),
             Err(ClusterError::Unsupported { .. }) => None,
-            Err(err) => {
-                state.chain_started = None;
-                state.slot = Slot::Failed(err.to_string());
-                Some(Err(err))
-            }
+            Err(err) => Some(Err(Self::lose_chain(&mut state, err))),
         }
     }
 
@@ -338,8 +345,7 @@ impl DeferredStep {
             }
             Err(err) => {
                 tracing::debug!(%err, "rolling a chained activity back failed; its run is retried");
-                state.chain_started = None;
-                state.slot = Slot::Failed(err.to_string());
+                Self::lose_chain(&mut state, err);
             }
         }
     }
@@ -367,5 +373,136 @@ fn failed(reason: &str) -> ClusterError {
     ClusterError::PersistenceError {
         reason: format!("committing the run's latest activity failed: {reason}"),
         source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::Any;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use cruster_types::ExitResult;
+    use cruster_workflow_storage::ActivityKey;
+    use parking_lot::Mutex as Log;
+
+    use super::*;
+
+    /// A transaction that only writes down what was asked of it.
+    struct Recorder(Arc<Log<Vec<String>>>);
+
+    impl Recorder {
+        fn note(&self, what: String) {
+            self.0.lock().push(what);
+        }
+    }
+
+    #[async_trait]
+    impl ActivityTransaction for Recorder {
+        fn backend_mut(&mut self) -> &mut (dyn Any + Send) {
+            self
+        }
+        async fn put(&mut self, _key: &str, _value: Bytes) -> Result<(), ClusterError> {
+            Ok(())
+        }
+        async fn get(&mut self, _key: &str) -> Result<Option<Bytes>, ClusterError> {
+            Ok(None)
+        }
+        async fn commit(
+            self: Box<Self>,
+            entry: &JournalEntry,
+        ) -> Result<CommitOutcome, ClusterError> {
+            self.note(format!("commit {}", entry.key.sequence));
+            Ok(CommitOutcome::Committed)
+        }
+        async fn rollback(self: Box<Self>) -> Result<(), ClusterError> {
+            self.note("rollback".into());
+            Ok(())
+        }
+        async fn carry_on(&mut self, entry: Option<&JournalEntry>) -> Result<(), ClusterError> {
+            self.note(format!("carry {:?}", entry.map(|e| e.key.sequence)));
+            Ok(())
+        }
+        async fn mark(&mut self) -> Result<(), ClusterError> {
+            self.note("mark".into());
+            Ok(())
+        }
+        async fn rollback_to_mark(&mut self) -> Result<(), ClusterError> {
+            self.note("rollback to mark".into());
+            Ok(())
+        }
+        async fn commit_carried(self: Box<Self>) -> Result<(), ClusterError> {
+            self.note("commit carried".into());
+            Ok(())
+        }
+    }
+
+    fn entry(sequence: u32) -> JournalEntry {
+        JournalEntry {
+            execution_id: "exec".into(),
+            key: ActivityKey {
+                name: "step".into(),
+                sequence,
+            },
+            result: ExitResult::Success(Bytes::new()),
+            attempts: 1,
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    const HOLD: Duration = Duration::from_millis(50);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_steps_timer_does_not_make_a_chain_young_again() {
+        let log = Arc::new(Log::new(Vec::new()));
+        let deferred = DeferredStep::new(HOLD, Arc::new(ClusterMetrics::unregistered()));
+        let step = PendingStep::new(Box::new(Recorder(log.clone())), entry(0), 0);
+        deferred.defer(step).await.unwrap();
+
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let continued = deferred.continue_chain(true).await.unwrap().expect("young");
+        assert_eq!(continued.carried, 1);
+        // The first step's timer fires while the chain is out with the second activity.
+        tokio::time::sleep(Duration::from_millis(45)).await;
+        let step = PendingStep::new(continued.tx, entry(1), continued.carried);
+        deferred.defer(step).await.unwrap();
+
+        // 56 ms after the chain began: too old to continue, so it is committed.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(deferred.continue_chain(true).await.unwrap().is_none());
+        assert_eq!(*log.lock(), ["carry Some(0)", "mark", "commit 1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_hands_the_chain_back_for_the_retry() {
+        let log = Arc::new(Log::new(Vec::new()));
+        let deferred = DeferredStep::new(HOLD, Arc::new(ClusterMetrics::unregistered()));
+        let step = PendingStep::new(Box::new(Recorder(log.clone())), entry(0), 0);
+        deferred.defer(step).await.unwrap();
+
+        let continued = deferred.continue_chain(true).await.unwrap().expect("young");
+        deferred.give_back(continued).await;
+        // The retry continues the chain: nothing more to carry, a new mark.
+        let retried = deferred
+            .continue_chain(true)
+            .await
+            .unwrap()
+            .expect("still young");
+        assert_eq!(retried.carried, 1, "the first step is still carried");
+        let step = PendingStep::new(retried.tx, entry(1), retried.carried);
+        deferred.defer(step).await.unwrap();
+        let end = deferred.take().await.unwrap().expect("held back");
+        assert_eq!(end.commit().await.unwrap(), 2, "both steps are journaled");
+        assert_eq!(
+            *log.lock(),
+            [
+                "carry Some(0)",
+                "mark",
+                "rollback to mark",
+                "carry None",
+                "mark",
+                "commit 1"
+            ]
+        );
     }
 }
