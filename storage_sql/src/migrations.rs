@@ -63,6 +63,11 @@ const POSTGRES: &[Embedded] = &[
         "retention",
         include_str!("../migrations/postgres/0007_retention.sql"),
     ),
+    (
+        8,
+        "mark processed per statement",
+        include_str!("../migrations/postgres/0008_mark_processed_per_statement.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]
@@ -101,6 +106,11 @@ const SQLITE: &[Embedded] = &[
         7,
         "retention",
         include_str!("../migrations/sqlite/0007_retention.sql"),
+    ),
+    (
+        8,
+        "mark processed per statement",
+        include_str!("../migrations/sqlite/0008_mark_processed_per_statement.sql"),
     ),
 ];
 

@@ -271,14 +271,14 @@ pub async fn migrating_twice_changes_nothing(db: &TestDatabase) {
     assert_eq!(
         db.fetch_i64(&pool, "SELECT COUNT(*) FROM _cruster_migrations")
             .await,
-        7,
-        "each of the seven migration files applied once"
+        8,
+        "each of the eight migration files applied once"
     );
     assert_eq!(pending_ids(&messages).await, vec![1]);
     pool.close().await;
 }
 
-/// Migration 7 (retention) on a database of version 6: a request processed before it gets
+/// Migrations 7 (retention) and 8 on a database of version 6: a request processed before it gets
 /// the upgrade instant as its processing time (kept one full retention from the upgrade,
 /// then deleted like any other), pending requests get none, and requests processed
 /// afterwards are stamped by the triggers.
@@ -288,7 +288,19 @@ pub async fn migrating_to_retention_stamps_processed_requests_with_the_upgrade_i
     let pool = db.migrated().await;
     let back_to_version_6 = match db.dialect {
         Dialect::Postgres => {
-            "DROP TRIGGER cruster_processed_at_on_insert ON cruster_messages; \
+            "DROP TRIGGER cruster_final_replies_mark_processed ON cruster_replies; \
+             DROP FUNCTION cruster_mark_requests_processed(); \
+             CREATE FUNCTION cruster_mark_request_processed() RETURNS trigger \
+                 LANGUAGE plpgsql AS $$ BEGIN \
+                     UPDATE cruster_messages SET processed = TRUE \
+                     WHERE request_id = NEW.request_id AND NOT processed; \
+                     RETURN NULL; \
+                 END $$; \
+             CREATE TRIGGER cruster_final_reply_marks_processed AFTER INSERT ON cruster_replies \
+                 FOR EACH ROW WHEN (NEW.is_final) \
+                 EXECUTE FUNCTION cruster_mark_request_processed(); \
+             DELETE FROM _cruster_migrations WHERE version = 8; \
+             DROP TRIGGER cruster_processed_at_on_insert ON cruster_messages; \
              DROP TRIGGER cruster_processed_at_on_update ON cruster_messages; \
              DROP FUNCTION cruster_stamp_processed_at(); \
              DROP INDEX cruster_messages_processed; \
@@ -298,7 +310,14 @@ pub async fn migrating_to_retention_stamps_processed_requests_with_the_upgrade_i
              DELETE FROM _cruster_migrations WHERE version = 7;"
         }
         Dialect::Sqlite => {
-            "DROP TRIGGER cruster_processed_at_on_insert; \
+            "DROP TRIGGER cruster_final_reply_marks_processed; \
+             CREATE TRIGGER cruster_final_reply_marks_processed AFTER INSERT ON cruster_replies \
+                 FOR EACH ROW WHEN NEW.is_final BEGIN \
+                     UPDATE cruster_messages SET processed = TRUE \
+                     WHERE request_id = NEW.request_id AND NOT processed; \
+                 END; \
+             DELETE FROM _cruster_migrations WHERE version = 8; \
+             DROP TRIGGER cruster_processed_at_on_insert; \
              DROP TRIGGER cruster_processed_at_on_update; \
              DROP INDEX cruster_messages_processed; \
              DROP INDEX cruster_executions_finished; \
