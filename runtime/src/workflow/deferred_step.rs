@@ -82,6 +82,17 @@ impl PendingStep {
         Ok(steps)
     }
 
+    /// Commits the step (and what it carries) on its own, counting the steps journaled in
+    /// `metrics`.
+    ///
+    /// # Errors
+    /// As [`PendingStep::commit`].
+    pub(crate) async fn commit_counted(self, metrics: &ClusterMetrics) -> Result<(), ClusterError> {
+        let steps = self.commit().await?;
+        metrics.workflow_steps.inc_by(steps);
+        Ok(())
+    }
+
     /// Commits the step together with the execution's end (`record` and its request's
     /// `reply`): `Ok(Some(steps))` when all of it is stored, `Ok(None)` when only the
     /// journal is (an identical entry was journaled already, or the transaction carried
@@ -241,11 +252,8 @@ impl DeferredStep {
             }
             Slot::Pending(step) => {
                 state.chain_started = None;
-                match step.commit().await {
-                    Ok(steps) => {
-                        self.metrics.workflow_steps.inc_by(steps);
-                        Ok(())
-                    }
+                match step.commit_counted(&self.metrics).await {
+                    Ok(()) => Ok(()),
                     Err(err) => {
                         state.slot = Slot::Failed(err.to_string());
                         Err(err)

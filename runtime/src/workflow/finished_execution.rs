@@ -83,8 +83,7 @@ impl FinishedExecution {
                 // Only the journal was stored (see `PendingStep::commit_finishing`): the
                 // end is stored below.
             } else {
-                let steps = step.commit().await?;
-                self.metrics.workflow_steps.inc_by(steps);
+                step.commit_counted(&self.metrics).await?;
             }
         }
         if shared {
@@ -99,8 +98,7 @@ impl FinishedExecution {
     pub(crate) async fn store_record(&self) -> Result<(), ClusterError> {
         let step = self.step.lock().take();
         if let Some(step) = step {
-            let steps = step.commit().await?;
-            self.metrics.workflow_steps.inc_by(steps);
+            step.commit_counted(&self.metrics).await?;
         }
         self.engine.upsert_execution(&self.record).await
     }

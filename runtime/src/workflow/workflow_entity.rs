@@ -162,8 +162,7 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
     /// Commits a held-back activity on its own (before an outcome other than the end).
     async fn commit_step(&self, step: Option<PendingStep>) -> Result<(), ClusterError> {
         if let Some(step) = step {
-            let steps = step.commit().await?;
-            self.metrics.workflow_steps.inc_by(steps);
+            step.commit_counted(&self.metrics).await?;
         }
         Ok(())
     }
