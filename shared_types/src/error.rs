@@ -252,6 +252,22 @@ pub enum ClusterError {
         execution_id: String,
     },
 
+    /// Two workflows derived the same execution id: the execution under this id belongs to
+    /// another workflow, so this one can neither run nor read it.
+    #[error(
+        "execution id `{execution_id}` belongs to an execution of workflow `{taken_by}`, so \
+         workflow `{workflow}` cannot use it: execution ids are shared by all workflows, so \
+         give this workflow's key a prefix of its own (for example `{workflow}-<key>`)"
+    )]
+    ExecutionIdTaken {
+        /// The id both workflows derived.
+        execution_id: String,
+        /// The workflow that asked for it.
+        workflow: String,
+        /// The workflow whose execution holds it.
+        taken_by: String,
+    },
+
     /// An operation on a parked execution found the execution in another state.
     #[error(
         "workflow execution `{execution_id}` is {status}, not parked: only a parked execution \
@@ -436,6 +452,11 @@ pub enum WireError {
         execution_id: String,
         status: String,
     },
+    ExecutionIdTaken {
+        execution_id: String,
+        workflow: String,
+        taken_by: String,
+    },
 }
 
 impl From<&ClusterError> for WireError {
@@ -546,6 +567,15 @@ impl From<&ClusterError> for WireError {
                 workflow: workflow.clone(),
                 execution_id: execution_id.clone(),
             },
+            E::ExecutionIdTaken {
+                execution_id,
+                workflow,
+                taken_by,
+            } => WireError::ExecutionIdTaken {
+                execution_id: execution_id.clone(),
+                workflow: workflow.clone(),
+                taken_by: taken_by.clone(),
+            },
             E::WorkflowNotParked {
                 execution_id,
                 status,
@@ -654,6 +684,15 @@ impl From<WireError> for ClusterError {
             } => E::WorkflowNotFound {
                 workflow,
                 execution_id,
+            },
+            WireError::ExecutionIdTaken {
+                execution_id,
+                workflow,
+                taken_by,
+            } => E::ExecutionIdTaken {
+                execution_id,
+                workflow,
+                taken_by,
             },
             WireError::WorkflowNotParked {
                 execution_id,
@@ -806,6 +845,11 @@ mod tests {
             ClusterError::WorkflowNotParked {
                 execution_id: "e".into(),
                 status: "running".into(),
+            },
+            ClusterError::ExecutionIdTaken {
+                execution_id: "order-1".into(),
+                workflow: "Refund".into(),
+                taken_by: "Order".into(),
             },
         ];
         for err in samples {

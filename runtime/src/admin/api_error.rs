@@ -54,6 +54,7 @@ impl From<ClusterError> for ApiError {
             }
             ClusterError::WorkflowNotFound { .. } => StatusCode::NOT_FOUND,
             ClusterError::WorkflowNotParked { .. } => StatusCode::CONFLICT,
+            ClusterError::ExecutionIdTaken { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {

@@ -10,7 +10,7 @@ use cruster_workflow_storage::{ExecutionRecord, ExecutionStatus, WorkflowEngine}
 use super::cancel_execution::cancel_by_id;
 use super::cancellation::CancelOutcome;
 use super::client_from_sharding::ClientFromSharding;
-use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::definition::{id_taken, WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::execution_id::execution_id_from_key;
 use super::inspect::missing_part;
 use super::result_push::ResultPush;
@@ -93,6 +93,9 @@ fn answer_of<W: WorkflowDefinition>(
 fn result_of<W: WorkflowDefinition>(
     record: &ExecutionRecord,
 ) -> Result<Option<W::Response>, ClusterError> {
+    if let Some(taken) = id_taken(record, W::NAME) {
+        return Err(taken);
+    }
     match (&record.status, &record.result) {
         (ExecutionStatus::Completed, Some(ExitResult::Success(bytes))) => {
             wire::decode(bytes).map(Some)

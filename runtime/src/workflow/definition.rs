@@ -75,6 +75,19 @@ pub trait WorkflowBody: Send + Sync + 'static {
     ) -> WorkflowFuture<<Self::Workflow as WorkflowDefinition>::Response>;
 }
 
+/// `ExecutionIdTaken` when `record` belongs to a workflow other than `workflow` (two
+/// workflows derived the same execution id).
+pub(crate) fn id_taken(
+    record: &cruster_workflow_storage::ExecutionRecord,
+    workflow: &str,
+) -> Option<cruster_types::ClusterError> {
+    (record.workflow != workflow).then(|| cruster_types::ClusterError::ExecutionIdTaken {
+        execution_id: record.execution_id.clone(),
+        workflow: workflow.to_string(),
+        taken_by: record.workflow.clone(),
+    })
+}
+
 /// What the hidden workflow entity answers to `execute` and `resume`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WorkflowReply {

@@ -27,7 +27,7 @@ use futures::FutureExt;
 use super::cancellation::CancelWatch;
 use super::context::WorkflowContext;
 use super::deferred_step::PendingStep;
-use super::definition::{WorkflowBody, WorkflowDefinition, WorkflowReply};
+use super::definition::{id_taken, WorkflowBody, WorkflowDefinition, WorkflowReply};
 use super::finished_execution::{FinishPorts, FinishedExecution};
 use super::result_push::ResultPush;
 use super::run_fault::panic_message;
@@ -257,6 +257,15 @@ impl<B: WorkflowBody> WorkflowInstance<B> {
     ) -> Result<Bytes, ClusterError> {
         let exec = self.execution_id().to_string();
         let stored = self.engine.execution(&exec).await?;
+        if let Some(taken) = stored
+            .as_ref()
+            .and_then(|record| id_taken(record, Self::workflow_name()))
+        {
+            // Another workflow's execution: neither run nor touched. Answered as a reply, so
+            // the request is not redelivered.
+            tracing::warn!(execution_id = %exec, %taken, "execution id taken by another workflow");
+            return wire::encode(&WorkflowReply::Failed(taken.to_wire()));
+        }
         // A run saves its record before it journals anything (and retention deletes a
         // journal before its record), so an execution without a record has no journal.
         let fresh = stored.is_none();
