@@ -67,6 +67,7 @@ conformance_tests!(
         delete_journal_forgets_only_that_execution,
         append_entry_stores_the_first_entry_at_a_position,
         chained_transactions_commit_carried_entries_together,
+        held_back_entries_are_appended_all_or_none,
         key_value_writes_are_supported_or_refused_explicitly,
         journal_is_unique_by_execution_and_sequence,
         random_transactions_match_a_model,

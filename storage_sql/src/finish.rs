@@ -98,6 +98,27 @@ impl<'a> Finish<'a> {
         .map(drop)
     }
 
+    /// One statement: `entries` journaled, the upsert and the reply's insert; a taken
+    /// journal position fails it whole.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn write_postgres_with_entries<'c>(
+        &self,
+        executor: impl sqlx::PgExecutor<'c>,
+        entries: &crate::workflow_storage::JournalArrays<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let (request_id, is_final, sequence, body) = &self.reply;
+        let query = bind_execution!(
+            sqlx::query(crate::queries::postgres::FINISH_WITH_REPLY_AND_ENTRIES),
+            self.record,
+            self.columns
+        )
+        .bind(*request_id)
+        .bind(*is_final)
+        .bind(*sequence)
+        .bind(body.as_ref());
+        entries.bind(query).execute(executor).await.map(drop)
+    }
+
     /// Two statements on `conn`, inside the caller's transaction.
     #[cfg(feature = "sqlite")]
     pub(crate) async fn write_sqlite(

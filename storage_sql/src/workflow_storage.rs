@@ -141,6 +141,84 @@ impl WorkflowStorage for SqlWorkflowStorage {
         })
     }
 
+    /// PostgreSQL: one statement (`APPEND_JOURNAL_ENTRIES`), no `BEGIN`/`COMMIT` round
+    /// trips. SQLite never holds steps back together: carried entries are `Unsupported`.
+    async fn append_entries(
+        &self,
+        carried: &[JournalEntry],
+        last: &JournalEntry,
+    ) -> Result<CommitOutcome, ClusterError> {
+        if carried.is_empty() {
+            return self.append_entry(last).await;
+        }
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(pool) => {
+                let doing = || held_back_steps(carried, last);
+                let arrays = JournalArrays::of(carried, last)?;
+                arrays
+                    .bind(sqlx::query(
+                        crate::queries::postgres::APPEND_JOURNAL_ENTRIES,
+                    ))
+                    .execute(pool)
+                    .await
+                    .map_err(|e| match journal_position_taken(&e) {
+                        true => taken_while_carrying(doing()),
+                        false => failed(doing(), e),
+                    })?;
+                Ok(CommitOutcome::Committed)
+            }
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(_) => Err(sqlite_holds_nothing_back()),
+        }
+    }
+
+    /// PostgreSQL: one statement (`FINISH_WITH_REPLY_AND_ENTRIES`). SQLite: the last
+    /// entry's own transaction (carried entries are `Unsupported`).
+    async fn append_entries_finishing(
+        &self,
+        carried: &[JournalEntry],
+        last: &JournalEntry,
+        record: &ExecutionRecord,
+        reply: &ReplyWithExit,
+    ) -> Result<CommitOutcome, ClusterError> {
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(pool) => {
+                let doing =
+                    || format!("{} with the end of its run", held_back_steps(carried, last));
+                let finish = Finish::of(record, reply)?;
+                let arrays = JournalArrays::of(carried, last)?;
+                let written = finish.write_postgres_with_entries(pool, &arrays).await;
+                match written {
+                    Ok(()) => Ok(CommitOutcome::Committed),
+                    Err(e) if journal_position_taken(&e) && carried.is_empty() => {
+                        // Nothing was applied: answer with the entry holding the position.
+                        let existing = sqlx::query(crate::queries::postgres::JOURNAL_ENTRY_AT)
+                            .bind(last.execution_id.as_str())
+                            .bind(i64::from(last.key.sequence))
+                            .fetch_optional(pool)
+                            .await
+                            .map_err(|e| failed(doing(), e))?;
+                        existing_entry(existing.as_ref(), doing)
+                    }
+                    Err(e) if journal_position_taken(&e) => Err(taken_while_carrying(doing())),
+                    Err(e) => Err(failed(doing(), e)),
+                }
+            }
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(_) => {
+                if !carried.is_empty() {
+                    return Err(sqlite_holds_nothing_back());
+                }
+                self.begin_activity(&last.execution_id, &last.key)
+                    .await?
+                    .commit_finishing(last, record, reply)
+                    .await
+            }
+        }
+    }
+
     fn location(&self) -> Option<StoreLocation> {
         Some(self.pool.location())
     }
@@ -228,6 +306,10 @@ impl SqlActivityTransaction {
         let (execution_id, sequence, activity) =
             (columns.execution_id, columns.sequence, columns.activity);
         let doing = || format!("committing activity {activity}#{sequence} of {execution_id}");
+        #[cfg(feature = "postgres")]
+        if let (Some(finish), OpenTransaction::Postgres(_)) = (finish, &self.tx) {
+            return self.commit_finishing_postgres(entry, finish).await;
+        }
         let this = *self;
         per_dialect!(this.tx, OpenTransaction, |tx, d| {
             let mut tx = tx;
@@ -270,6 +352,58 @@ impl SqlActivityTransaction {
             tx.rollback().await.map_err(|e| failed(doing(), e))?;
             existing_entry(existing.as_ref(), doing)
         })
+    }
+
+    /// PostgreSQL's `commit_finishing`: the staged writes, then the entry, the record and
+    /// the reply in one statement (`FINISH_WITH_REPLY_AND_ENTRIES`, which applies nothing
+    /// when the entry's position is taken), then the commit.
+    #[cfg(feature = "postgres")]
+    async fn commit_finishing_postgres(
+        mut self: Box<Self>,
+        entry: &JournalEntry,
+        finish: &Finish<'_>,
+    ) -> Result<CommitOutcome, ClusterError> {
+        let doing = || {
+            format!(
+                "committing activity {}#{} of {} with the end of its run",
+                entry.key.name, entry.key.sequence, entry.execution_id
+            )
+        };
+        self.write_staged(&doing).await?;
+        let this = *self;
+        let mut tx = match this.tx {
+            OpenTransaction::Postgres(tx) => tx,
+            #[cfg(feature = "sqlite")]
+            OpenTransaction::Sqlite(_) => return Err(not_postgres(doing())),
+        };
+        let arrays = JournalArrays::of(&[], entry)?;
+        match finish.write_postgres_with_entries(&mut *tx, &arrays).await {
+            Ok(()) => {
+                tx.commit().await.map_err(|e| failed(doing(), e))?;
+                Ok(CommitOutcome::Committed)
+            }
+            Err(e) if journal_position_taken(&e) => {
+                // Another run journaled this position first: nothing of this transaction
+                // is applied.
+                tx.rollback().await.map_err(|e| failed(doing(), e))?;
+                if this.carried {
+                    return Err(taken_while_carrying(doing()));
+                }
+                let pool = match &this.storage.pool {
+                    SqlPool::Postgres(pool) => pool,
+                    #[cfg(feature = "sqlite")]
+                    SqlPool::Sqlite(_) => return Err(not_postgres(doing())),
+                };
+                let existing = sqlx::query(crate::queries::postgres::JOURNAL_ENTRY_AT)
+                    .bind(entry.execution_id.as_str())
+                    .bind(i64::from(entry.key.sequence))
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| failed(doing(), e))?;
+                existing_entry(existing.as_ref(), doing)
+            }
+            Err(e) => Err(failed(doing(), e)),
+        }
     }
 
     /// SQLite has one writer at a time: a chain would hold the database's write lock
@@ -438,6 +572,49 @@ impl ActivityTransaction for SqlActivityTransaction {
         Ok(stored.flatten().map(rows::instant))
     }
 
+    /// On PostgreSQL the entry's insert and the read are one statement.
+    async fn carry_on_reading_cancellation(
+        &mut self,
+        entry: Option<&JournalEntry>,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError> {
+        self.refuse_chain_on_sqlite()?;
+        #[cfg(feature = "postgres")]
+        if let (Some(entry), OpenTransaction::Postgres(tx)) = (entry, &mut self.tx) {
+            if entry.execution_id == execution_id {
+                let doing = || {
+                    format!(
+                        "carrying step {}#{} of {} on to the next activity and reading its \
+                         cancellation",
+                        entry.key.name, entry.key.sequence, entry.execution_id
+                    )
+                };
+                let columns = JournalColumns::of(entry)?;
+                let row = columns
+                    .bind(sqlx::query(
+                        crate::queries::postgres::CARRY_JOURNAL_ENTRY_READING_CANCELLATION,
+                    ))
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(|e| failed(doing(), e))?;
+                let read = || -> Result<(i64, Option<i64>), sqlx::Error> {
+                    use sqlx::Row as _;
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                };
+                let (inserted, requested) = read().map_err(|e| failed(doing(), e))?;
+                if inserted != 1 {
+                    return Err(taken_while_carrying(doing()));
+                }
+                self.carried = true;
+                self.write_staged(&doing).await?;
+                return Ok(requested.map(rows::instant));
+            }
+        }
+        let requested = self.cancellation_requested(execution_id).await?;
+        self.carry_on(entry).await?;
+        Ok(requested)
+    }
+
     async fn commit_carried(self: Box<Self>) -> Result<(), ClusterError> {
         self.refuse_chain_on_sqlite()?;
         let mut this = *self;
@@ -496,6 +673,97 @@ fn existing_entry<R: rows::Columns>(
             ),
             source: None,
         }),
+    }
+}
+
+/// A PostgreSQL-only path reached with SQLite parts (a bug: the callers check first).
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+fn not_postgres(doing: String) -> ClusterError {
+    ClusterError::PersistenceError {
+        reason: format!("{doing}: a PostgreSQL path was given a SQLite transaction or pool"),
+        source: None,
+    }
+}
+
+/// What storing journal-only steps held back together is doing, for errors.
+#[cfg(feature = "postgres")]
+fn held_back_steps(carried: &[JournalEntry], last: &JournalEntry) -> String {
+    format!(
+        "journaling {} held-back steps (up to {}#{}) of {}",
+        carried.len() + 1,
+        last.key.name,
+        last.key.sequence,
+        last.execution_id
+    )
+}
+
+/// Whether a statement writing journal entries without `ON CONFLICT` failed on a position
+/// that is taken (nothing of the statement is applied).
+#[cfg(feature = "postgres")]
+fn journal_position_taken(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}
+
+/// SQLite never holds journal-only steps back together (it does not chain).
+#[cfg(feature = "sqlite")]
+fn sqlite_holds_nothing_back() -> ClusterError {
+    ClusterError::Unsupported {
+        operation: "journaling several held-back steps in one commit (SQLite does not chain \
+                    activities)"
+            .to_string(),
+        backend: "SQLite".to_string(),
+    }
+}
+
+/// The bind values of `APPEND_JOURNAL_ENTRIES`: one array per column.
+#[cfg(feature = "postgres")]
+pub(crate) struct JournalArrays<'a> {
+    execution_ids: Vec<&'a str>,
+    sequences: Vec<i64>,
+    activities: Vec<&'a str>,
+    results: Vec<Bytes>,
+    attempts: Vec<i64>,
+    recorded_at_ns: Vec<i64>,
+}
+
+#[cfg(feature = "postgres")]
+impl<'a> JournalArrays<'a> {
+    fn of(carried: &'a [JournalEntry], last: &'a JournalEntry) -> Result<Self, ClusterError> {
+        let count = carried.len() + 1;
+        let mut arrays = JournalArrays {
+            execution_ids: Vec::with_capacity(count),
+            sequences: Vec::with_capacity(count),
+            activities: Vec::with_capacity(count),
+            results: Vec::with_capacity(count),
+            attempts: Vec::with_capacity(count),
+            recorded_at_ns: Vec::with_capacity(count),
+        };
+        for entry in carried.iter().chain(std::iter::once(last)) {
+            let columns = JournalColumns::of(entry)?;
+            arrays.execution_ids.push(columns.execution_id);
+            arrays.sequences.push(columns.sequence);
+            arrays.activities.push(columns.activity);
+            arrays.results.push(columns.result);
+            arrays.attempts.push(columns.attempts);
+            arrays.recorded_at_ns.push(columns.recorded_at_ns);
+        }
+        Ok(arrays)
+    }
+
+    /// `query` with the six arrays bound next.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let results: Vec<&[u8]> = self.results.iter().map(Bytes::as_ref).collect();
+        query
+            .bind(&self.execution_ids)
+            .bind(&self.sequences)
+            .bind(&self.activities)
+            .bind(results)
+            .bind(&self.attempts)
+            .bind(&self.recorded_at_ns)
     }
 }
 

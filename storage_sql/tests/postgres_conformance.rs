@@ -642,3 +642,101 @@ mod runner_lock_contention {
         db.remove().await;
     }
 }
+
+/// A chain's suspension point on PostgreSQL: the held entry's insert and the cancellation
+/// read are one statement, inside the chain's transaction.
+#[allow(clippy::unwrap_used)]
+mod carrying_while_reading_cancellation {
+    use bytes::Bytes;
+    use cruster_storage_sql::{SqlWorkflowEngine, SqlWorkflowStorage};
+    use cruster_types::{ClusterError, ExitResult};
+    use cruster_workflow_storage::{
+        ActivityKey, CommitOutcome, ExecutionRecord, JournalEntry, WorkflowEngine, WorkflowStorage,
+    };
+
+    use super::fresh;
+
+    fn entry(sequence: u32) -> JournalEntry {
+        JournalEntry {
+            execution_id: "exec-carry".into(),
+            key: ActivityKey {
+                name: format!("step-{sequence}"),
+                sequence,
+            },
+            result: ExitResult::Success(Bytes::from(format!("result {sequence}"))),
+            attempts: 1,
+            recorded_at: chrono::DateTime::from_timestamp_nanos(1_700_000_000_000_000_000),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_entry_is_carried_and_the_cancellation_read_in_one_statement() {
+        let Some(db) = fresh().await else { return };
+        let pool = db.migrated().await;
+        let storage = SqlWorkflowStorage::from_pool(pool.clone());
+        let engine = SqlWorkflowEngine::from_pool(pool);
+        engine
+            .upsert_execution(&ExecutionRecord::new(
+                "exec-carry",
+                "Carry",
+                Bytes::from_static(b"request"),
+                chrono::Utc::now(),
+            ))
+            .await
+            .unwrap();
+
+        let mut tx = storage
+            .begin_activity("exec-carry", &entry(0).key)
+            .await
+            .unwrap();
+        let read = tx
+            .carry_on_reading_cancellation(Some(&entry(0)), "exec-carry")
+            .await
+            .unwrap();
+        assert_eq!(read, None, "nothing was requested yet");
+        let requested = engine
+            .request_cancellation("exec-carry", chrono::Utc::now())
+            .await
+            .unwrap()
+            .and_then(|stored| stored.cancel_requested_at)
+            .expect("the cancellation is recorded");
+        let read = tx
+            .carry_on_reading_cancellation(Some(&entry(1)), "exec-carry")
+            .await
+            .unwrap();
+        assert_eq!(
+            read,
+            Some(requested),
+            "the chain sees the committed request"
+        );
+        assert!(
+            storage.journal("exec-carry").await.unwrap().is_empty(),
+            "carried entries wait for the chain's commit"
+        );
+        assert_eq!(
+            tx.commit(&entry(2)).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        assert_eq!(
+            storage.journal("exec-carry").await.unwrap(),
+            vec![entry(0), entry(1), entry(2)]
+        );
+
+        // A taken position fails the carry; nothing of the transaction is applied.
+        let mut tx = storage
+            .begin_activity("exec-carry", &entry(3).key)
+            .await
+            .unwrap();
+        tx.carry_on(Some(&entry(3))).await.unwrap();
+        let taken = tx
+            .carry_on_reading_cancellation(Some(&entry(1)), "exec-carry")
+            .await;
+        assert!(
+            matches!(taken, Err(ClusterError::PersistenceError { .. })),
+            "carrying at a taken position must fail, not answer {taken:?}"
+        );
+        drop(tx);
+        assert_eq!(storage.journal("exec-carry").await.unwrap().len(), 3);
+        db.remove().await;
+    }
+}

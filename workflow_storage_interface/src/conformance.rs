@@ -488,6 +488,62 @@ pub async fn append_entry_stores_the_first_entry_at_a_position<S: WorkflowStorag
     );
 }
 
+/// Journal-only steps held back together ([`WorkflowStorage::append_entries`]): stored all
+/// or none; with carried entries a taken position fails with `PersistenceError` and
+/// applies nothing; alone, the last entry answers as [`WorkflowStorage::append_entry`]. A
+/// storage without chains answers `Unsupported` for carried entries.
+pub async fn held_back_entries_are_appended_all_or_none<S: WorkflowStorage + ?Sized>(storage: &S) {
+    let alone = entry("exec-held-alone", &key("notify", 0), "sent");
+    assert_eq!(
+        storage.append_entries(&[], &alone).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let again = entry("exec-held-alone", &key("other", 0), "other");
+    assert_eq!(
+        storage.append_entries(&[], &again).await.unwrap(),
+        CommitOutcome::AlreadyRecorded(alone.clone()),
+        "alone, a taken position answers with the entry holding it"
+    );
+
+    let first = entry("exec-held", &key("reserve", 0), "reserved");
+    let second = entry("exec-held", &key("charge", 1), "charged");
+    let third = entry("exec-held", &key("ship", 2), "shipped");
+    let stored = storage
+        .append_entries(&[first.clone(), second.clone()], &third)
+        .await;
+    if !storage.chains_activities() {
+        assert!(
+            stored.as_ref().is_err_and(is_unsupported),
+            "a storage without chains refuses carried entries, got {stored:?}"
+        );
+        assert!(storage.journal("exec-held").await.unwrap().is_empty());
+        return;
+    }
+    assert_eq!(stored.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        storage.journal("exec-held").await.unwrap(),
+        vec![first.clone(), second.clone(), third.clone()]
+    );
+
+    // One taken position among them: nothing is applied, whichever entry it is.
+    let fourth = entry("exec-held", &key("invoice", 3), "invoiced");
+    let retaken = entry("exec-held", &key("ship", 2), "shipped again");
+    for (carried, last) in [
+        (vec![retaken.clone()], fourth.clone()),
+        (vec![fourth.clone()], retaken.clone()),
+    ] {
+        let outcome = storage.append_entries(&carried, &last).await;
+        assert!(
+            matches!(outcome, Err(ClusterError::PersistenceError { .. })),
+            "a taken position among held-back entries must fail, not answer {outcome:?}"
+        );
+    }
+    assert_eq!(
+        storage.journal("exec-held").await.unwrap(),
+        vec![first, second, third]
+    );
+}
+
 /// A chain: [`ActivityTransaction::carry_on`] keeps an activity's entry and writes in its
 /// transaction for the next activity, and they commit with the chain's final commit;
 /// [`ActivityTransaction::rollback_to_mark`] discards only what came after the
@@ -1862,6 +1918,7 @@ where
     delete_journal_forgets_only_that_execution(&new_storage().await).await;
     append_entry_stores_the_first_entry_at_a_position(&new_storage().await).await;
     chained_transactions_commit_carried_entries_together(&new_storage().await).await;
+    held_back_entries_are_appended_all_or_none(&new_storage().await).await;
     key_value_writes_are_supported_or_refused_explicitly(&new_storage().await).await;
     concurrent_commits_of_one_activity_have_exactly_one_winner(Arc::new(new_storage().await)).await;
     journal_is_unique_by_execution_and_sequence(&new_storage().await).await;

@@ -117,6 +117,62 @@ pub trait WorkflowStorage: Send + Sync + 'static {
             .await
     }
 
+    /// Stores the entries of journal-only steps of one execution held back together: the
+    /// `carried` ones (in sequence order) and `last`, atomically, as one chain of
+    /// transactions would ([`ActivityTransaction::carry_on`] for each carried entry, then
+    /// [`ActivityTransaction::commit`] of `last`). With no carried entry this is
+    /// [`WorkflowStorage::append_entry`]. With carried entries, a taken position (any of
+    /// them) applies nothing and answers `PersistenceError`, never
+    /// [`CommitOutcome::AlreadyRecorded`], so no entry is dropped silently: the run is
+    /// retried and replays.
+    ///
+    /// The runtime holds journal-only steps back together (without a transaction, so
+    /// without a connection) only on a storage that
+    /// [chains activities](WorkflowStorage::chains_activities). The default does what the
+    /// chain would; a backend can store them in one statement instead.
+    ///
+    /// # Errors
+    /// `PersistenceError` when storage cannot be written or a position is taken (see
+    /// above); `Unsupported` with carried entries on a backend without chains.
+    async fn append_entries(
+        &self,
+        carried: &[JournalEntry],
+        last: &JournalEntry,
+    ) -> Result<CommitOutcome, ClusterError> {
+        if carried.is_empty() {
+            return self.append_entry(last).await;
+        }
+        let mut tx = self.begin_activity(&last.execution_id, &last.key).await?;
+        for entry in carried {
+            tx.carry_on(Some(entry)).await?;
+        }
+        tx.commit(last).await
+    }
+
+    /// [`WorkflowStorage::append_entries`] and, in the same commit, the execution's end, as
+    /// [`ActivityTransaction::commit_finishing`] stores it: with
+    /// [`CommitOutcome::AlreadyRecorded`] (no carried entry, `last`'s position taken)
+    /// nothing at all is applied. The runtime calls it only where it would call
+    /// `commit_finishing` (the journal, the engine and the message storage report one
+    /// location).
+    ///
+    /// # Errors
+    /// As [`WorkflowStorage::append_entries`] and
+    /// [`ActivityTransaction::commit_finishing`].
+    async fn append_entries_finishing(
+        &self,
+        carried: &[JournalEntry],
+        last: &JournalEntry,
+        record: &ExecutionRecord,
+        reply: &ReplyWithExit,
+    ) -> Result<CommitOutcome, ClusterError> {
+        let mut tx = self.begin_activity(&last.execution_id, &last.key).await?;
+        for entry in carried {
+            tx.carry_on(Some(entry)).await?;
+        }
+        tx.commit_finishing(last, record, reply).await
+    }
+
     /// Whether the runtime may chain activities of one run through one transaction
     /// ([`ActivityTransaction::carry_on`] and the methods after it): a storage whose
     /// database takes concurrent writers says yes, and implements them. `false` (the
@@ -213,6 +269,27 @@ pub trait ActivityTransaction: Send + 'static {
     ) -> Result<Option<DateTime<Utc>>, ClusterError> {
         let _ = execution_id;
         Err(chaining_unsupported())
+    }
+
+    /// [`ActivityTransaction::carry_on`] with `entry`, then
+    /// [`ActivityTransaction::cancellation_requested`] of `execution_id`: what a run holding
+    /// a chain does at its next activity's suspension point, before the activity runs. A
+    /// backend may do both in one round trip (PostgreSQL does); the default reads, then
+    /// carries on. The read need not see the carried entry.
+    ///
+    /// # Errors
+    /// As [`ActivityTransaction::carry_on`] and
+    /// [`ActivityTransaction::cancellation_requested`]. `Unsupported` only before anything
+    /// was written (the runtime then holds the entry back as it was); after any other
+    /// error the transaction must be dropped and its run retried.
+    async fn carry_on_reading_cancellation(
+        &mut self,
+        entry: Option<&JournalEntry>,
+        execution_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ClusterError> {
+        let requested = self.cancellation_requested(execution_id).await?;
+        self.carry_on(entry).await?;
+        Ok(requested)
     }
 
     /// Commits what [`ActivityTransaction::carry_on`] carried, adding no entry.

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use super::activity_tx::ActivityTx;
 use super::activity_tx::ToCommit;
 use super::cancellation::{CancelWatch, OnCancel};
-use super::deferred_step::{Continued, DeferredStep, PendingStep};
+use super::deferred_step::{DeferredStep, PendingStep};
 use super::run_fault::{panic_message, RunFault};
 use crate::clock::Clock;
 use crate::metrics::ClusterMetrics;
@@ -238,7 +238,7 @@ impl WorkflowContext {
         commit_hold: Duration,
     ) -> Self {
         journal.sort_by_key(|e| e.key.sequence);
-        let deferred = DeferredStep::new(commit_hold, metrics.clone());
+        let deferred = DeferredStep::new(commit_hold, metrics.clone(), storage.clone());
         let chains = storage.chains_activities() && deferred.holds();
         let cancel_through_chain = chains && engine.location() == storage.location();
         WorkflowContext {
@@ -442,20 +442,6 @@ impl WorkflowContext {
         Ok(outcome)
     }
 
-    /// A transaction to hold the entry of an activity that wrote nothing of its own: the
-    /// held-back chain continued, or a new one.
-    async fn chain_for_entry(&self, key: &ActivityKey) -> Result<ToCommit, ClusterError> {
-        if let Some(Continued { tx, carried }) = self.inner.deferred.continue_chain(false).await? {
-            return Ok(ToCommit { tx, carried });
-        }
-        let tx = self
-            .inner
-            .storage
-            .begin_activity(&self.inner.execution_id, key)
-            .await?;
-        Ok(ToCommit { tx, carried: 0 })
-    }
-
     /// Runs (or replays) one activity call. `run` makes one attempt's future from the
     /// attempt's transaction; it is called again for each retry. The transaction is opened
     /// by the attempt's first use of it, or just to commit the result.
@@ -545,16 +531,16 @@ impl WorkflowContext {
                         .take_for_commit()
                         .await
                         .map_err(|err| self.engine_failure(err))?;
-                    // An activity that never used its transaction joins the held-back one,
-                    // or starts a chain of its own.
-                    let transaction = match transaction {
-                        None if self.inner.chains => Some(
-                            self.chain_for_entry(&key)
-                                .await
-                                .map_err(|err| self.engine_failure(err))?,
-                        ),
-                        transaction => transaction,
-                    };
+                    // An activity that never used its transaction is held back with the
+                    // run's held-back step (see `DeferredStep::defer_entry`).
+                    if transaction.is_none() && self.inner.chains {
+                        self.inner
+                            .deferred
+                            .defer_entry(entry)
+                            .await
+                            .map_err(|err| self.engine_failure(err))?;
+                        return Ok(value);
+                    }
                     let committed = match transaction {
                         Some(ToCommit { tx, carried }) => {
                             // Committed when the run goes on (with its end, if this was

@@ -38,35 +38,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cruster_types::ClusterError;
-use cruster_workflow_storage::{ActivityTransaction, CommitOutcome, JournalEntry};
+use cruster_workflow_storage::{ActivityTransaction, CommitOutcome, JournalEntry, WorkflowStorage};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::metrics::ClusterMetrics;
 
+/// What a run holds back: an activity's open transaction, or the entries of journal-only
+/// activities that no transaction holds yet.
+pub(crate) enum PendingStep {
+    /// An open transaction (an activity wrote through it, or it carries a chain).
+    Open(OpenStep),
+    /// Entries of activities that wrote nothing of their own, in sequence order (never
+    /// empty), held back without a transaction, so without a connection: they are stored
+    /// together in one statement ([`WorkflowStorage::append_entries`], or with the run's
+    /// end [`WorkflowStorage::append_entries_finishing`]), or carried into a transaction
+    /// begun for the next activity that writes through `self.tx`.
+    Entries {
+        storage: Arc<dyn WorkflowStorage>,
+        entries: Vec<JournalEntry>,
+    },
+}
+
 /// An activity's open transaction and what its commit journals.
-pub(crate) struct PendingStep {
+pub(crate) struct OpenStep {
     tx: Box<dyn ActivityTransaction>,
     /// The entry the commit adds; `None` when everything is carried already (a chained
-    /// attempt failed and handed the chain back).
+    /// attempt failed and handed the chain back, or the entry went with a cancellation
+    /// read).
     entry: Option<JournalEntry>,
     /// Entries the transaction carries from earlier activities of the chain.
     carried: u64,
 }
 
+impl OpenStep {
+    /// How many steps the commit journals.
+    fn steps(&self) -> u64 {
+        self.carried + u64::from(self.entry.is_some())
+    }
+}
+
 impl PendingStep {
     /// `tx`, to be committed with `entry`, carrying `carried` earlier entries.
     pub(crate) fn new(tx: Box<dyn ActivityTransaction>, entry: JournalEntry, carried: u64) -> Self {
-        PendingStep {
+        PendingStep::Open(OpenStep {
             tx,
             entry: Some(entry),
             carried,
-        }
+        })
     }
 
     /// How many steps the commit journals.
     fn steps(&self) -> u64 {
-        self.carried + u64::from(self.entry.is_some())
+        match self {
+            PendingStep::Open(step) => step.steps(),
+            PendingStep::Entries { entries, .. } => entries.len() as u64,
+        }
     }
 
     /// Commits the step (and what it carries) on its own; the number of steps journaled.
@@ -75,9 +102,16 @@ impl PendingStep {
     /// The commit failed, or found the position taken by another run with another result.
     pub(crate) async fn commit(self) -> Result<u64, ClusterError> {
         let steps = self.steps();
-        match &self.entry {
-            Some(entry) => settled(entry, self.tx.commit(entry).await)?,
-            None => self.tx.commit_carried().await?,
+        match self {
+            PendingStep::Open(step) => match &step.entry {
+                Some(entry) => settled(entry, step.tx.commit(entry).await)?,
+                None => step.tx.commit_carried().await?,
+            },
+            PendingStep::Entries { storage, entries } => {
+                if let Some((last, carried)) = entries.split_last() {
+                    settled(last, storage.append_entries(carried, last).await)?;
+                }
+            }
         }
         Ok(steps)
     }
@@ -106,17 +140,33 @@ impl PendingStep {
         reply: &cruster_types::ReplyWithExit,
     ) -> Result<Option<u64>, ClusterError> {
         let steps = self.steps();
-        let Some(entry) = &self.entry else {
-            self.tx.commit_carried().await?;
-            return Ok(None);
+        let (outcome, entry) = match self {
+            PendingStep::Open(step) => {
+                let Some(entry) = step.entry else {
+                    step.tx.commit_carried().await?;
+                    return Ok(None);
+                };
+                (step.tx.commit_finishing(&entry, record, reply).await, entry)
+            }
+            PendingStep::Entries {
+                storage,
+                mut entries,
+            } => {
+                let Some(last) = entries.pop() else {
+                    return Ok(None);
+                };
+                let outcome = storage
+                    .append_entries_finishing(&entries, &last, record, reply)
+                    .await;
+                (outcome, last)
+            }
         };
-        let outcome = self.tx.commit_finishing(entry, record, reply).await;
         if let Ok(CommitOutcome::Committed) = outcome {
             return Ok(Some(steps));
         }
         // An identical entry was already journaled (nothing was applied): the end is
         // stored on its own. Anything else fails the delivery.
-        settled(entry, outcome)?;
+        settled(&entry, outcome)?;
         Ok(None)
     }
 }
@@ -160,6 +210,14 @@ struct State {
     chain_started: Option<Instant>,
 }
 
+/// Why no transaction came of held-back entries.
+enum Begun {
+    /// None could be begun: the entries (carried, last) are given back untouched.
+    Nothing(Vec<JournalEntry>, JournalEntry, ClusterError),
+    /// Begun, but carrying failed: the transaction is dropped with what it carried.
+    Lost(ClusterError),
+}
+
 /// A transaction continued from the held-back step, for the next activity to write in.
 pub(crate) struct Continued {
     pub(crate) tx: Box<dyn ActivityTransaction>,
@@ -169,6 +227,8 @@ pub(crate) struct Continued {
 
 pub(crate) struct DeferredStep {
     state: Mutex<State>,
+    /// The run's journal, for the entries held back without a transaction.
+    storage: Arc<dyn WorkflowStorage>,
     /// How long a held-back commit may wait for the run to go on, and how old a chain may
     /// be and still be continued; zero commits every step at once.
     hold: Duration,
@@ -176,12 +236,17 @@ pub(crate) struct DeferredStep {
 }
 
 impl DeferredStep {
-    pub(crate) fn new(hold: Duration, metrics: Arc<ClusterMetrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        hold: Duration,
+        metrics: Arc<ClusterMetrics>,
+        storage: Arc<dyn WorkflowStorage>,
+    ) -> Arc<Self> {
         Arc::new(DeferredStep {
             state: Mutex::new(State {
                 slot: Slot::Empty,
                 chain_started: None,
             }),
+            storage,
             hold,
             metrics,
         })
@@ -199,7 +264,8 @@ impl DeferredStep {
     /// # Errors
     /// The earlier step's commit failed.
     pub(crate) async fn defer(self: &Arc<Self>, step: PendingStep) -> Result<(), ClusterError> {
-        let chained = step.carried > 0 || step.entry.is_none();
+        let chained =
+            matches!(&step, PendingStep::Open(open) if open.carried > 0 || open.entry.is_none());
         let mut state = self.state.lock().await;
         let started = state.chain_started;
         self.commit_held(&mut state).await?;
@@ -275,22 +341,41 @@ impl DeferredStep {
         mark: bool,
     ) -> Result<Option<Continued>, ClusterError> {
         let mut state = self.state.lock().await;
-        let young = state
-            .chain_started
-            .is_some_and(|started| started.elapsed() < self.hold);
+        let young = self.young(&state);
         if !young || !matches!(state.slot, Slot::Pending(_)) {
             self.commit_held(&mut state).await?;
             return Ok(None);
         }
-        let Slot::Pending(mut step) = std::mem::replace(&mut state.slot, Slot::Empty) else {
+        let Slot::Pending(step) = std::mem::replace(&mut state.slot, Slot::Empty) else {
             return Ok(None);
+        };
+        let mut step = match step {
+            PendingStep::Open(step) => step,
+            PendingStep::Entries {
+                storage,
+                mut entries,
+            } => {
+                let Some(last) = entries.pop() else {
+                    return Ok(None);
+                };
+                match Self::begin_with(&storage, entries, last).await {
+                    Ok(step) => step,
+                    Err(Begun::Nothing(mut entries, last, err)) => {
+                        // The entries stay held back as they were.
+                        entries.push(last);
+                        state.slot = Slot::Pending(PendingStep::Entries { storage, entries });
+                        return Err(err);
+                    }
+                    Err(Begun::Lost(err)) => return Err(Self::lose_chain(&mut state, err)),
+                }
+            }
         };
         match step.tx.carry_on(step.entry.as_ref()).await {
             Ok(()) => {}
             Err(ClusterError::Unsupported { .. }) => {
                 // This backend does not chain (it refused before writing anything): the
                 // step is committed, and the next activity begins its own transaction.
-                state.slot = Slot::Pending(step);
+                state.slot = Slot::Pending(PendingStep::Open(step));
                 self.commit_held(&mut state).await?;
                 return Ok(None);
             }
@@ -307,6 +392,69 @@ impl DeferredStep {
         }))
     }
 
+    /// A transaction begun for journal-only entries held back without one: it carries
+    /// `carried`, and is to commit (or carry on) `last` next.
+    async fn begin_with(
+        storage: &Arc<dyn WorkflowStorage>,
+        carried: Vec<JournalEntry>,
+        last: JournalEntry,
+    ) -> Result<OpenStep, Begun> {
+        let mut tx = match storage.begin_activity(&last.execution_id, &last.key).await {
+            Ok(tx) => tx,
+            Err(err) => return Err(Begun::Nothing(carried, last, err)),
+        };
+        for entry in &carried {
+            if let Err(err) = tx.carry_on(Some(entry)).await {
+                // Dropped, so rolled back: nothing of it is applied.
+                return Err(Begun::Lost(err));
+            }
+        }
+        Ok(OpenStep {
+            tx,
+            entry: Some(last),
+            carried: carried.len() as u64,
+        })
+    }
+
+    /// Holds back the entry of an activity that wrote nothing of its own: carried into the
+    /// held-back transaction when a young chain is open, else with the journal-only entries
+    /// held back before it (no transaction, no connection), committing anything older
+    /// first.
+    ///
+    /// # Errors
+    /// Carrying it, or committing what was held back before it, failed.
+    pub(crate) async fn defer_entry(
+        self: &Arc<Self>,
+        entry: JournalEntry,
+    ) -> Result<(), ClusterError> {
+        let mut entry = Some(entry);
+        let open_chain = {
+            let mut state = self.state.lock().await;
+            let young = self.young(&state);
+            match &mut state.slot {
+                Slot::Pending(PendingStep::Entries { entries, .. }) if young => {
+                    entries.extend(entry.take());
+                    return Ok(());
+                }
+                Slot::Pending(PendingStep::Open(_)) => young,
+                _ => false,
+            }
+        };
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        if open_chain {
+            if let Some(Continued { tx, carried }) = self.continue_chain(false).await? {
+                return self.defer(PendingStep::new(tx, entry, carried)).await;
+            }
+        }
+        self.defer(PendingStep::Entries {
+            storage: self.storage.clone(),
+            entries: vec![entry],
+        })
+        .await
+    }
+
     /// The chain's transaction is unusable (it is dropped, so rolled back): the run fails
     /// at its next step and is retried.
     fn lose_chain(state: &mut State, err: ClusterError) -> ClusterError {
@@ -317,21 +465,50 @@ impl DeferredStep {
 
     /// Reads when cancellation of `execution_id` was requested through the held-back
     /// transaction: `None` when nothing is held back (or the backend cannot), so the caller
-    /// asks the engine. A failed read fails the held-back step too (its transaction may be
-    /// unusable): the run is retried.
+    /// asks the engine. A young chain carries its held entry on in the same round trip
+    /// (the next activity is about to continue it): what is held back then journals
+    /// nothing more of its own, and continuing it writes nothing. A failed read fails the
+    /// held-back step too (its transaction may be unusable): the run is retried.
     pub(crate) async fn cancellation_requested(
         &self,
         execution_id: &str,
     ) -> Option<Result<Option<chrono::DateTime<chrono::Utc>>, ClusterError>> {
         let mut state = self.state.lock().await;
-        let Slot::Pending(step) = &mut state.slot else {
+        let young = self.young(&state);
+        let Slot::Pending(PendingStep::Open(step)) = &mut state.slot else {
             return None;
         };
-        match step.tx.cancellation_requested(execution_id).await {
+        let read = match step.entry.take() {
+            Some(entry) if young => {
+                let read = step
+                    .tx
+                    .carry_on_reading_cancellation(Some(&entry), execution_id)
+                    .await;
+                match &read {
+                    Ok(_) => step.carried += 1,
+                    // Refused before anything was written: still held back as it was.
+                    Err(ClusterError::Unsupported { .. }) => step.entry = Some(entry),
+                    Err(_) => {}
+                }
+                read
+            }
+            entry => {
+                step.entry = entry;
+                step.tx.cancellation_requested(execution_id).await
+            }
+        };
+        match read {
             Ok(requested) => Some(Ok(requested)),
             Err(ClusterError::Unsupported { .. }) => None,
             Err(err) => Some(Err(Self::lose_chain(&mut state, err))),
         }
+    }
+
+    /// Whether the chain held back may still be continued (it is younger than the hold).
+    fn young(&self, state: &State) -> bool {
+        state
+            .chain_started
+            .is_some_and(|started| started.elapsed() < self.hold)
     }
 
     /// Takes back a continued transaction whose activity attempt failed: its own writes
@@ -343,11 +520,11 @@ impl DeferredStep {
         let mut state = self.state.lock().await;
         match tx.rollback_to_mark().await {
             Ok(()) => {
-                state.slot = Slot::Pending(PendingStep {
+                state.slot = Slot::Pending(PendingStep::Open(OpenStep {
                     tx,
                     entry: None,
                     carried,
-                });
+                }));
                 drop(state);
                 self.flush_later();
             }
@@ -391,7 +568,7 @@ mod tests {
     use async_trait::async_trait;
     use bytes::Bytes;
     use cruster_types::ExitResult;
-    use cruster_workflow_storage::ActivityKey;
+    use cruster_workflow_storage::{ActivityKey, ExecutionRecord};
     use parking_lot::Mutex as Log;
 
     use super::*;
@@ -443,6 +620,82 @@ mod tests {
             self.note("commit carried".into());
             Ok(())
         }
+        async fn cancellation_requested(
+            &mut self,
+            execution_id: &str,
+        ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ClusterError> {
+            self.note(format!("cancelled {execution_id}?"));
+            Ok(None)
+        }
+    }
+
+    /// A journal that only writes down what was asked of it, in the same log.
+    struct FakeJournal(Arc<Log<Vec<String>>>);
+
+    #[async_trait]
+    impl WorkflowStorage for FakeJournal {
+        async fn journal_entry(
+            &self,
+            _execution_id: &str,
+            _key: &ActivityKey,
+        ) -> Result<Option<JournalEntry>, ClusterError> {
+            Ok(None)
+        }
+        async fn journal(&self, _execution_id: &str) -> Result<Vec<JournalEntry>, ClusterError> {
+            Ok(Vec::new())
+        }
+        async fn begin_activity(
+            &self,
+            _execution_id: &str,
+            key: &ActivityKey,
+        ) -> Result<Box<dyn ActivityTransaction>, ClusterError> {
+            self.0.lock().push(format!("begin {}", key.sequence));
+            Ok(Box::new(Recorder(self.0.clone())))
+        }
+        async fn delete_journal(&self, _execution_id: &str) -> Result<(), ClusterError> {
+            Ok(())
+        }
+        async fn get_value(&self, _key: &str) -> Result<Option<Bytes>, ClusterError> {
+            Ok(None)
+        }
+        async fn append_entries(
+            &self,
+            carried: &[JournalEntry],
+            last: &JournalEntry,
+        ) -> Result<CommitOutcome, ClusterError> {
+            let sequences: Vec<u32> = carried
+                .iter()
+                .chain([last])
+                .map(|e| e.key.sequence)
+                .collect();
+            self.0.lock().push(format!("append {sequences:?}"));
+            Ok(CommitOutcome::Committed)
+        }
+        async fn append_entries_finishing(
+            &self,
+            carried: &[JournalEntry],
+            last: &JournalEntry,
+            _record: &ExecutionRecord,
+            _reply: &cruster_types::ReplyWithExit,
+        ) -> Result<CommitOutcome, ClusterError> {
+            let sequences: Vec<u32> = carried
+                .iter()
+                .chain([last])
+                .map(|e| e.key.sequence)
+                .collect();
+            self.0
+                .lock()
+                .push(format!("append {sequences:?} with the end"));
+            Ok(CommitOutcome::Committed)
+        }
+    }
+
+    fn deferred(log: &Arc<Log<Vec<String>>>) -> Arc<DeferredStep> {
+        DeferredStep::new(
+            HOLD,
+            Arc::new(ClusterMetrics::unregistered()),
+            Arc::new(FakeJournal(log.clone())),
+        )
     }
 
     fn entry(sequence: u32) -> JournalEntry {
@@ -463,7 +716,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_earlier_steps_timer_does_not_make_a_chain_young_again() {
         let log = Arc::new(Log::new(Vec::new()));
-        let deferred = DeferredStep::new(HOLD, Arc::new(ClusterMetrics::unregistered()));
+        let deferred = deferred(&log);
         let step = PendingStep::new(Box::new(Recorder(log.clone())), entry(0), 0);
         deferred.defer(step).await.unwrap();
 
@@ -484,7 +737,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_attempt_hands_the_chain_back_for_the_retry() {
         let log = Arc::new(Log::new(Vec::new()));
-        let deferred = DeferredStep::new(HOLD, Arc::new(ClusterMetrics::unregistered()));
+        let deferred = deferred(&log);
         let step = PendingStep::new(Box::new(Recorder(log.clone())), entry(0), 0);
         deferred.defer(step).await.unwrap();
 
@@ -512,5 +765,96 @@ mod tests {
                 "commit 1"
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_young_chain_carries_its_entry_on_while_reading_the_cancellation() {
+        let log = Arc::new(Log::new(Vec::new()));
+        let deferred = deferred(&log);
+        let step = PendingStep::new(Box::new(Recorder(log.clone())), entry(0), 0);
+        deferred.defer(step).await.unwrap();
+
+        let read = deferred.cancellation_requested("exec").await;
+        assert!(matches!(read, Some(Ok(None))), "{read:?}");
+        // Continuing writes nothing more: the entry went with the read.
+        let continued = deferred
+            .continue_chain(false)
+            .await
+            .unwrap()
+            .expect("young");
+        assert_eq!(continued.carried, 1);
+        let step = PendingStep::new(continued.tx, entry(1), continued.carried);
+        deferred.defer(step).await.unwrap();
+
+        let end = deferred.take().await.unwrap().expect("held back");
+        assert_eq!(end.commit().await.unwrap(), 2, "both steps are journaled");
+        assert_eq!(
+            *log.lock(),
+            ["cancelled exec?", "carry Some(0)", "carry None", "commit 1"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn journal_only_entries_are_held_back_without_a_transaction() {
+        let log = Arc::new(Log::new(Vec::new()));
+        let deferred = deferred(&log);
+        for sequence in 0..3 {
+            deferred.defer_entry(entry(sequence)).await.unwrap();
+        }
+        assert!(log.lock().is_empty(), "nothing is written while held back");
+        let read = deferred.cancellation_requested("exec").await;
+        assert!(
+            read.is_none(),
+            "no transaction to read through: the engine is asked"
+        );
+        let end = deferred.take().await.unwrap().expect("held back");
+        let record = ExecutionRecord::new("exec", "W", Bytes::new(), chrono::Utc::now());
+        let reply = cruster_types::ReplyWithExit {
+            request_id: cruster_types::Snowflake(1),
+            exit: ExitResult::Success(Bytes::new()),
+        };
+        assert_eq!(
+            end.commit_finishing(&record, &reply).await.unwrap(),
+            Some(3)
+        );
+        assert_eq!(*log.lock(), ["append [0, 1, 2] with the end"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_activity_writing_through_its_transaction_carries_the_held_entries() {
+        let log = Arc::new(Log::new(Vec::new()));
+        let deferred = deferred(&log);
+        deferred.defer_entry(entry(0)).await.unwrap();
+        deferred.defer_entry(entry(1)).await.unwrap();
+        let continued = deferred.continue_chain(true).await.unwrap().expect("young");
+        assert_eq!(continued.carried, 2);
+        let step = PendingStep::new(continued.tx, entry(2), continued.carried);
+        deferred.defer(step).await.unwrap();
+        // A journal-only step after it joins the open transaction.
+        deferred.defer_entry(entry(3)).await.unwrap();
+        let end = deferred.take().await.unwrap().expect("held back");
+        assert_eq!(end.commit().await.unwrap(), 4);
+        assert_eq!(
+            *log.lock(),
+            [
+                "begin 1",
+                "carry Some(0)",
+                "carry Some(1)",
+                "mark",
+                "carry Some(2)",
+                "commit 3"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_entries_are_committed_together_when_nothing_takes_them() {
+        let log = Arc::new(Log::new(Vec::new()));
+        let deferred = deferred(&log);
+        deferred.defer_entry(entry(0)).await.unwrap();
+        deferred.defer_entry(entry(1)).await.unwrap();
+        tokio::time::sleep(HOLD * 2).await;
+        assert_eq!(*log.lock(), ["append [0, 1]"]);
+        assert!(deferred.take().await.unwrap().is_none());
     }
 }

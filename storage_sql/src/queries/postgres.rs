@@ -124,6 +124,61 @@ pub(crate) const INSERT_REPLIES: &str = "\
     ORDER BY k.position \
     ON CONFLICT DO NOTHING";
 
+/// `INSERT_JOURNAL_ENTRY` (`$1`…`$6`) and `CANCELLATION_REQUESTED` of the entry's execution
+/// in one round trip, for a chain carrying its held entry on at the next activity's
+/// suspension point: the rows inserted (0 when the position is taken) and the cancellation
+/// instant (NULL when none was requested). The read does not see the insert, nor needs to.
+pub(crate) const CARRY_JOURNAL_ENTRY_READING_CANCELLATION: &str = "\
+    WITH carried AS ( \
+        INSERT INTO cruster_journal (execution_id, sequence, activity, result, attempts, \
+            recorded_at_ns) \
+        VALUES ($1, $2, $3, $4, $5, $6) \
+        ON CONFLICT DO NOTHING \
+        RETURNING 1) \
+    SELECT (SELECT COUNT(*) FROM carried), \
+        (SELECT cancel_requested_at_ns FROM cruster_executions WHERE execution_id = $1)";
+
+/// Journal entries from the arrays `$a`…`$a+5` (the columns of `INSERT_JOURNAL_ENTRY`), all
+/// or none: without `ON CONFLICT`, a taken position fails the whole statement.
+macro_rules! insert_journal_entries {
+    ($execution_id:literal, $sequence:literal, $activity:literal, $result:literal,
+     $attempts:literal, $recorded_at_ns:literal) => {
+        concat!(
+            "INSERT INTO cruster_journal (execution_id, sequence, activity, result, attempts, \
+                recorded_at_ns) \
+            SELECT * FROM UNNEST(",
+            $execution_id,
+            "::TEXT[], ",
+            $sequence,
+            "::BIGINT[], ",
+            $activity,
+            "::TEXT[], ",
+            $result,
+            "::BYTEA[], ",
+            $attempts,
+            "::BIGINT[], ",
+            $recorded_at_ns,
+            "::BIGINT[])"
+        )
+    };
+}
+
+/// Journal-only steps held back together, in one statement: `$1`…`$6` are arrays of the
+/// entries' columns.
+pub(crate) const APPEND_JOURNAL_ENTRIES: &str =
+    insert_journal_entries!("$1", "$2", "$3", "$4", "$5", "$6");
+
+/// `FINISH_WITH_REPLY` (`$1`…`$15`) with journal entries (`$16`…`$21`, arrays of their
+/// columns) in the same statement: a taken position applies nothing.
+pub(crate) const FINISH_WITH_REPLY_AND_ENTRIES: &str = concat!(
+    "WITH journaled AS (",
+    insert_journal_entries!("$16", "$17", "$18", "$19", "$20", "$21"),
+    "), execution AS (",
+    upsert_execution!(),
+    ") INSERT INTO cruster_replies (request_id, is_final, sequence, body) \
+    VALUES ($12, $13, $14, $15) ON CONFLICT DO NOTHING"
+);
+
 // ---- retention (see `message_storage.rs`, `workflow_engine.rs`) --------------------------
 
 /// At most `$3` processed requests of the shards in `$1` (`TEXT[]`) processed at or before

@@ -335,6 +335,7 @@ macro_rules! sql_backend_tests {
                     delete_journal_forgets_only_that_execution,
                     append_entry_stores_the_first_entry_at_a_position,
                     chained_transactions_commit_carried_entries_together,
+                    held_back_entries_are_appended_all_or_none,
                     key_value_writes_are_supported_or_refused_explicitly,
                     journal_is_unique_by_execution_and_sequence,
                     random_transactions_match_a_model,
@@ -523,6 +524,7 @@ macro_rules! sql_backend_tests {
                 attempt_counts_from_two_pools_are_never_lost,
                 final_replies_racing_from_two_pools_keep_the_first,
                 finished_execution_is_stored_with_its_reply,
+                held_back_steps_are_stored_with_the_end_of_their_run,
             );
         }
     };

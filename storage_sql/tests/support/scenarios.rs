@@ -833,3 +833,178 @@ pub async fn finished_execution_is_stored_with_its_reply(db: &TestDatabase) {
     other_pool.close().await;
     pool.close().await;
 }
+
+/// Journal-only steps held back together go out with the end of their run in one commit
+/// (`append_entries_finishing`): entries, record and reply all, or (a taken position)
+/// none of them. Alone, the last entry's taken position answers with the entry holding it;
+/// with carried entries it fails. SQLite never holds steps back together: carried entries
+/// are `Unsupported`.
+pub async fn held_back_steps_are_stored_with_the_end_of_their_run(db: &TestDatabase) {
+    let pool = db.migrated().await;
+    let messages = SqlMessageStorage::from_pool(pool.clone());
+    let engine = SqlWorkflowEngine::from_pool(pool.clone());
+    let journal = SqlWorkflowStorage::from_pool(pool.clone());
+    let step = |execution_id: &str, name: &str, sequence: u32| JournalEntry {
+        execution_id: execution_id.to_owned(),
+        key: key(name, sequence),
+        result: ExitResult::Success(Bytes::from(format!("{name} done"))),
+        attempts: 1,
+        recorded_at: t0() + Duration::milliseconds(i64::from(sequence)),
+    };
+    let finished = |execution_id: &str| {
+        let mut record = ExecutionRecord::new(execution_id, "Held", Bytes::from("req"), t0());
+        record.status = ExecutionStatus::Completed;
+        record.result = Some(ExitResult::Success(Bytes::from("done")));
+        record
+    };
+    let processed = |id: i64| {
+        let messages = &messages;
+        async move {
+            messages
+                .request(Snowflake(id))
+                .await
+                .unwrap()
+                .unwrap()
+                .processed
+        }
+    };
+
+    // The last step alone, with the end.
+    messages.save_request(&request(21)).await.unwrap();
+    let only = step("exec-held-1", "notify", 0);
+    let outcome = journal
+        .append_entries_finishing(&[], &only, &finished("exec-held-1"), &final_reply(21, "ok"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed);
+    assert_eq!(
+        journal.journal("exec-held-1").await.unwrap(),
+        vec![only.clone()]
+    );
+    assert_eq!(
+        engine.execution("exec-held-1").await.unwrap(),
+        Some(finished("exec-held-1"))
+    );
+    assert_eq!(
+        messages.replies_for(Snowflake(21)).await.unwrap(),
+        vec![Reply::WithExit(final_reply(21, "ok"))]
+    );
+    assert!(processed(21).await);
+
+    // Its position taken: nothing applied, the holder returned.
+    messages.save_request(&request(22)).await.unwrap();
+    let mut running = ExecutionRecord::new("exec-held-1b", "Held", Bytes::from("req"), t0());
+    running.status = ExecutionStatus::Running;
+    engine.upsert_execution(&running).await.unwrap();
+    journal
+        .append_entry(&step("exec-held-1b", "notify", 0))
+        .await
+        .unwrap();
+    let outcome = journal
+        .append_entries_finishing(
+            &[],
+            &step("exec-held-1b", "other", 0),
+            &finished("exec-held-1b"),
+            &final_reply(22, "ok"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CommitOutcome::AlreadyRecorded(step("exec-held-1b", "notify", 0))
+    );
+    assert_eq!(
+        engine.execution("exec-held-1b").await.unwrap(),
+        Some(running.clone())
+    );
+    assert!(messages
+        .replies_for(Snowflake(22))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!processed(22).await);
+
+    // The same through an activity's transaction (`commit_finishing`): its staged writes
+    // are not applied either.
+    let mut tx = journal
+        .begin_activity("exec-held-1b", &key("other", 0))
+        .await
+        .unwrap();
+    let support = tx.put("held/staged", Bytes::from("staged")).await;
+    let outcome = tx
+        .commit_finishing(
+            &step("exec-held-1b", "other", 0),
+            &finished("exec-held-1b"),
+            &final_reply(22, "ok"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CommitOutcome::AlreadyRecorded(step("exec-held-1b", "notify", 0))
+    );
+    assert_eq!(
+        engine.execution("exec-held-1b").await.unwrap(),
+        Some(running)
+    );
+    assert!(messages
+        .replies_for(Snowflake(22))
+        .await
+        .unwrap()
+        .is_empty());
+    if support.is_ok() {
+        assert_eq!(journal.get_value("held/staged").await.unwrap(), None);
+    }
+
+    // Carried steps with the last one and the end.
+    messages.save_request(&request(23)).await.unwrap();
+    let carried = [step("exec-held-3", "a", 0), step("exec-held-3", "b", 1)];
+    let last = step("exec-held-3", "c", 2);
+    let outcome = journal
+        .append_entries_finishing(
+            &carried,
+            &last,
+            &finished("exec-held-3"),
+            &final_reply(23, "ok"),
+        )
+        .await;
+    if db.dialect == Dialect::Sqlite {
+        assert!(
+            matches!(outcome, Err(ClusterError::Unsupported { .. })),
+            "SQLite holds no steps back together, got {outcome:?}"
+        );
+        assert!(journal.journal("exec-held-3").await.unwrap().is_empty());
+        assert!(!processed(23).await);
+        pool.close().await;
+        return;
+    }
+    assert_eq!(outcome.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        journal.journal("exec-held-3").await.unwrap(),
+        vec![carried[0].clone(), carried[1].clone(), last.clone()]
+    );
+    assert!(processed(23).await);
+
+    // A taken position among carried steps: nothing at all is applied.
+    messages.save_request(&request(24)).await.unwrap();
+    let outcome = journal
+        .append_entries_finishing(
+            &[step("exec-held-3", "c again", 2)],
+            &step("exec-held-3", "d", 3),
+            &finished("exec-held-3"),
+            &final_reply(24, "ok"),
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(ClusterError::PersistenceError { .. })),
+        "a taken carried position must fail, not answer {outcome:?}"
+    );
+    assert_eq!(journal.journal("exec-held-3").await.unwrap().len(), 3);
+    assert!(messages
+        .replies_for(Snowflake(24))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!processed(24).await);
+    pool.close().await;
+}
