@@ -10,4 +10,5 @@ pub const WRITTEN_NOT_COMMITTED: &str = "WRITTEN-NOT-COMMITTED";
 pub const WORKFLOW_DONE: &str = "WORKFLOW-DONE";
 
 pub mod client_driver;
+pub mod dial_via;
 pub mod node_app;

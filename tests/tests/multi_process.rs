@@ -45,9 +45,11 @@
 //!   are not installed.
 //! * **Partition.** Runner 2 advertises the address of a [`TcpProxy`] of the test in front
 //!   of its gRPC port, so the driver and the other runners reach it only through the
-//!   proxy; its storage stays reachable. From 3 s to 9 s the proxy refuses connections,
-//!   from 13 s to 19 s it black-holes them (accepts, never forwards); each cut closes the
-//!   existing connections. Its callers must get answers or errors, never a hang.
+//!   proxy, and it reaches each other runner through a proxy of its own
+//!   (`cruster-node --dial-via`); its storage stays reachable. From 3 s to 9 s the three
+//!   proxies refuse connections, from 13 s to 19 s they black-hole them (accept, never
+//!   forward); each cut closes the existing connections. Its callers must get answers or
+//!   errors, never a hang.
 //!
 //! In every scenario the same checks run afterwards ([`Run::finish`]); besides those of the
 //! kill scenario: no call of the driver timed out (each is bounded:
@@ -302,6 +304,8 @@ struct RunnerSlot {
     port: u16,
     /// The port it listens on.
     listen_port: u16,
+    /// `--dial-via` of the runner: peers it reaches through proxies of the test.
+    dial_via: Option<String>,
     child: Option<Child>,
     starts: usize,
     log: PathBuf,
@@ -330,6 +334,7 @@ impl ProcessCluster {
             .map(|(i, port)| RunnerSlot {
                 port,
                 listen_port: port,
+                dial_via: None,
                 child: None,
                 starts: 0,
                 log: log_dir.join(format!("runner-{i}.log")),
@@ -352,6 +357,21 @@ impl ProcessCluster {
             "runner {i} is already running"
         );
         self.slots[i].port = proxy_port;
+    }
+
+    /// Makes runner `i` (not started yet) reach runner `peer` through `proxy_port`, a proxy
+    /// forwarding to where `peer` listens (the others still reach `peer` directly).
+    fn dial_through_proxy(&mut self, i: usize, peer: usize, proxy_port: u16) {
+        assert!(
+            self.slots[i].child.is_none(),
+            "runner {i} is already running"
+        );
+        let pair = format!("{}=127.0.0.1:{proxy_port}", self.address(peer));
+        let slot = &mut self.slots[i];
+        slot.dial_via = Some(match slot.dial_via.take() {
+            Some(earlier) => format!("{earlier},{pair}"),
+            None => pair,
+        });
     }
 
     /// Where runner `i` listens (behind its proxy, if it has one).
@@ -387,8 +407,14 @@ impl ProcessCluster {
         .unwrap();
         let listen = format!("127.0.0.1:{}", slot.listen_port);
         let advertise = format!("127.0.0.1:{}", slot.port);
+        let dial_via = slot
+            .dial_via
+            .as_ref()
+            .map(|via| vec!["--dial-via".to_string(), via.clone()])
+            .unwrap_or_default();
         let mut child = Command::new(NODE)
             .args(["--listen", &listen, "--advertise", &advertise])
+            .args(dial_via)
             .args(["--database-url", &self.url, "--schema", &self.schema])
             .args(self.membership.node_args())
             .args(["--pool-size", "5"])
@@ -1208,10 +1234,12 @@ async fn three_runner_processes_recover_from_a_postgres_outage_losing_nothing() 
     drop(postgres);
 }
 
-/// Runner 2 is cut off from its callers (the driver and the other runners reach it only
-/// through a proxy of the test), but not from PostgreSQL: first refused, then black-holed.
-/// Its callers get errors or answers in time, never a hang; it keeps its shards (its locks
-/// are renewed in storage), so nothing runs on two runners at once.
+/// Runner 2 is cut off from the other runners, both ways, but not from PostgreSQL: the
+/// driver and the other runners reach it only through a proxy of the test, and it reaches
+/// each of them only through a proxy of its own (`--dial-via`); the cuts switch the three
+/// proxies together, first refusing, then black-holing. Its callers get errors or answers
+/// in time, never a hang; it keeps its shards (its locks are renewed in storage), so
+/// nothing runs on two runners at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_runner_cut_off_from_its_peers_but_not_from_storage_loses_nothing_and_hangs_nobody() {
     let Some(schema) = TestSchema::create().await else {
@@ -1220,26 +1248,50 @@ async fn a_runner_cut_off_from_its_peers_but_not_from_storage_loses_nothing_and_
     let serial = one_scenario_at_a_time().await.unwrap();
     let membership = Membership::Postgres;
     let mut cluster = ProcessCluster::new(&schema, &membership, RUNNERS);
-    let proxy = TcpProxy::start(free_port(), cluster.listen_address(2)).await;
-    cluster.behind_proxy(2, proxy.port());
+    let inbound = TcpProxy::start(free_port(), cluster.listen_address(2)).await;
+    cluster.behind_proxy(2, inbound.port());
+    let mut proxies = vec![inbound];
+    for peer in [0, 1] {
+        let outbound = TcpProxy::start(free_port(), cluster.listen_address(peer)).await;
+        cluster.dial_through_proxy(2, peer, outbound.port());
+        proxies.push(outbound);
+    }
+    let cut = |mode: ProxyMode| {
+        for proxy in &proxies {
+            proxy.set_mode(mode);
+        }
+    };
     let mut run = Run::begin("partition", serial, schema, &membership, cluster).await;
     run.at(3).await;
-    proxy.set_mode(ProxyMode::Refuse);
-    run.fault("runner 2 cut off: connections refused");
+    cut(ProxyMode::Refuse);
+    run.fault("runner 2 cut off both ways: connections refused");
     run.at(9).await;
-    proxy.set_mode(ProxyMode::Forward);
+    cut(ProxyMode::Forward);
     run.fault("runner 2 reachable again");
     run.at(13).await;
-    proxy.set_mode(ProxyMode::Blackhole);
-    run.fault("runner 2 cut off: connections black-holed");
+    cut(ProxyMode::Blackhole);
+    run.fault("runner 2 cut off both ways: connections black-holed");
     run.at(19).await;
-    proxy.set_mode(ProxyMode::Forward);
+    cut(ProxyMode::Forward);
     run.fault("runner 2 reachable again");
     run.at(25).await;
+    // Runner 2 calls its peers rarely (the application's handlers write to PostgreSQL and
+    // answer), so only the way in is sure to have carried traffic.
+    println!(
+        "multi_process partition: connections through the proxies: into runner 2: {}, \
+         runner 2 to runner 0: {}, runner 2 to runner 1: {}",
+        proxies[0].accepted(),
+        proxies[1].accepted(),
+        proxies[2].accepted()
+    );
+    assert!(
+        proxies[0].accepted() > 0,
+        "no connection reached runner 2 through its proxy: the partition did not cut it"
+    );
     run.finish(Excuses {
         cut_runs: false,
         cron_repeats: 0,
     })
     .await;
-    drop(proxy);
+    drop(proxies);
 }

@@ -18,6 +18,7 @@
 //! | `--poll-interval-ms` | `CRUSTER_POLL_INTERVAL_MS` | `500` |
 //! | `--shutdown-timeout-ms` | `CRUSTER_SHUTDOWN_TIMEOUT_MS` | `10000` |
 //! | `--pool-size` | `CRUSTER_POOL_SIZE` | `10` (the application's pool; the SQL runner storage has 4 more) |
+//! | `--dial-via` | `CRUSTER_DIAL_VIA` | none: `PEER=VIA,…` reaches the runner advertised as `PEER` at `VIA` (a test's proxy) |
 //!
 //! With `--schema`, every connection sets `search_path` to that schema (created if
 //! missing), so tests can run clusters side by side in one database.
@@ -45,6 +46,7 @@ use cruster::tonic::transport::server::TcpIncoming;
 use cruster::tonic::transport::Server;
 use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::RunnerAddress;
+use cruster_tests::dial_via::{parse_dial_via, DialVia};
 use cruster_tests::node_app::{
     register_singleton_and_cron, Counter, LoadTarget, ThreeStepWorkflow, APP_TABLES,
 };
@@ -80,12 +82,14 @@ struct Options {
     poll_interval: Duration,
     shutdown_timeout: Duration,
     pool_size: u32,
+    /// Peers reached at another address (`--dial-via`).
+    dial_via: std::collections::HashMap<RunnerAddress, RunnerAddress>,
 }
 
 const USAGE: &str = "usage: cruster-node [--listen ADDR] [--advertise HOST:PORT] \
 [--database-url URL] [--schema NAME] [--runner-storage sql|etcd] [--etcd-endpoints URLS] \
 [--etcd-prefix PREFIX] [--shards-per-group N] [--lock-ttl-ms MS] [--poll-interval-ms MS] \
-[--shutdown-timeout-ms MS] [--pool-size N] (every flag also reads an environment variable: see the docs)";
+[--shutdown-timeout-ms MS] [--pool-size N] [--dial-via PEER=VIA,...] (every flag also reads an environment variable: see the docs)";
 
 impl Options {
     fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, Error> {
@@ -188,6 +192,10 @@ impl Options {
                 .map_err(|e| format!("bad --pool-size `{v}`: {e}"))?,
             None => 10,
         };
+        let dial_via = match get("dial-via", "CRUSTER_DIAL_VIA") {
+            Some(v) => parse_dial_via(&v).map_err(|e| format!("bad --dial-via: {e}"))?,
+            None => Default::default(),
+        };
         if let Some(unknown) = flags.keys().next() {
             return Err(format!("unknown flag `--{unknown}`\n{USAGE}").into());
         }
@@ -204,6 +212,7 @@ impl Options {
             poll_interval,
             shutdown_timeout,
             pool_size,
+            dial_via,
         })
     }
 
@@ -319,7 +328,11 @@ async fn run(options: Options) -> Result<(), Error> {
 
     // Transport.
     let grpc_runners = Arc::new(GrpcRunners::new());
-    let runner_health = Arc::new(GrpcRunnerHealth::new(grpc_runners.clone()));
+    let runner_health = Arc::new(DialVia::new(
+        Arc::new(GrpcRunnerHealth::new(grpc_runners.clone())),
+        options.dial_via.clone(),
+    ));
+    let runners = Arc::new(DialVia::new(grpc_runners, options.dial_via.clone()));
 
     let sharding = ShardingImpl::builder()
         .config(ShardingConfig {
@@ -330,7 +343,7 @@ async fn run(options: Options) -> Result<(), Error> {
             shutdown_timeout: options.shutdown_timeout,
             ..Default::default()
         })
-        .runners(grpc_runners)
+        .runners(runners)
         .runner_storage(runner_storage)
         .runner_health(runner_health)
         .message_storage(message_storage)

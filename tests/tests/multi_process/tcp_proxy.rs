@@ -1,8 +1,11 @@
 //! [`TcpProxy`]: a TCP forwarder the test controls, placed in front of one runner's gRPC
-//! port (the runner advertises the proxy's address), to cut that runner off from its
-//! callers while it keeps its storage.
+//! port (the runner advertises the proxy's address) or on one runner's way to a peer
+//! (`cruster-node --dial-via`), to cut that runner off from the others while it keeps its
+//! storage.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +30,8 @@ pub struct TcpProxy {
     port: u16,
     mode: watch::Sender<ProxyMode>,
     task: JoinHandle<()>,
+    /// Connections accepted so far, in any mode.
+    accepted: Arc<AtomicU64>,
 }
 
 impl TcpProxy {
@@ -34,8 +39,25 @@ impl TcpProxy {
     pub async fn start(port: u16, target: SocketAddr) -> TcpProxy {
         let listener = bind(port).await;
         let (mode, watching) = watch::channel(ProxyMode::Forward);
-        let task = tokio::spawn(serve(Some(listener), port, target, watching));
-        TcpProxy { port, mode, task }
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve(
+            Some(listener),
+            port,
+            target,
+            watching,
+            accepted.clone(),
+        ));
+        TcpProxy {
+            port,
+            mode,
+            task,
+            accepted,
+        }
+    }
+
+    /// How many connections it accepted so far (forwarded or black-holed).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// The port callers connect to.
@@ -80,6 +102,7 @@ async fn serve(
     port: u16,
     target: SocketAddr,
     mut mode: watch::Receiver<ProxyMode>,
+    accepted_count: Arc<AtomicU64>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -99,6 +122,7 @@ async fn serve(
             }
             accepted = accept(&listener) => {
                 let Ok((inbound, _)) = accepted else { continue };
+                accepted_count.fetch_add(1, Ordering::Relaxed);
                 match current {
                     ProxyMode::Forward => {
                         connections.spawn(forward(inbound, target));
