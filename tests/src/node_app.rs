@@ -109,6 +109,9 @@ pub struct Touch {
     pub counter: String,
     /// The caller's id of this request.
     pub request_id: String,
+    /// Another counter the handler touches in turn (a plain call from this runner to the
+    /// one owning it, recorded under `<request_id>/relayed`) before answering.
+    pub relay_to: Option<String>,
 }
 
 /// A counter whose every applied increment is a row of `mp_increments`.
@@ -119,6 +122,8 @@ pub struct Counter {
     pub pool: PgPool,
     /// The runner this instance lives on, recorded with every effect.
     pub runner: String,
+    /// Other counters, for relayed touches.
+    pub peers: CounterClient,
 }
 
 #[entity_impl]
@@ -168,6 +173,14 @@ impl Counter {
         .bind(&self.runner)
         .execute(&self.pool)
         .await?;
+        if let Some(next) = &request.relay_to {
+            let relayed = Touch {
+                counter: next.clone(),
+                request_id: format!("{}/relayed", request.request_id),
+                relay_to: None,
+            };
+            self.peers.touch(&EntityId::new(next), &relayed).await?;
+        }
         Ok(self.runner.clone())
     }
 }

@@ -602,15 +602,30 @@ async fn drive(sharding: Arc<ShardingImpl>, tally: Arc<Tally>, stop: Arc<AtomicB
         }
         if n.is_multiple_of(TOUCH_EVERY) {
             let (counters, tally) = (counters.clone(), tally.clone());
+            // Every touch is relayed by its handler to another counter: a plain call from
+            // the runner owning the first to the one owning the second. The pairs vary, so
+            // every runner calls every other one.
+            let relay_to = Some(format!(
+                "counter-{}",
+                (n / TOUCH_EVERY * 7 + 3) % COUNTERS as u64
+            ));
             let request = Touch {
                 counter: counter.clone(),
                 request_id: format!("touch-{n:06}"),
+                relay_to,
             };
             tally.touches_sent.fetch_add(1, Ordering::SeqCst);
             requests.spawn(async move {
                 let id = EntityId::new(&request.counter);
                 match tokio::time::timeout(PLAIN_TIMEOUT, counters.touch(&id, &request)).await {
-                    Ok(Ok(_)) => tally.touches_acked.lock().push(request.request_id),
+                    Ok(Ok(_)) => {
+                        let mut acked = tally.touches_acked.lock();
+                        if request.relay_to.is_some() {
+                            // Answered only after the relayed touch was.
+                            acked.push(format!("{}/relayed", request.request_id));
+                        }
+                        acked.push(request.request_id);
+                    }
                     Ok(Err(err)) => count(&tally.touches_failed, error_kind(&err)),
                     Err(_) => count(&tally.touches_failed, "timeout".into()),
                 }
@@ -1088,8 +1103,8 @@ impl Run {
              ({dupe_rows} increments); {increment_runs} runs, {cut} cut, none on two runners \
              at once\n\
              messages redelivered by the storage poll: {redelivered}\n\
-             plain sends: {touch_sent} sent, {touch_acked} acknowledged, {touch_failed:?} \
-             failed, {touch_rows} handled, none twice\n\
+             plain sends: {touch_sent} sent (each relayed by its handler to another \
+             counter), {touch_acked} acknowledged effects (an acknowledged send is two), {touch_failed:?} failed, {touch_rows} handled, none twice\n\
              workflows: {wf_sent} sent, {wf_started} started and completed, each activity \
              once; {wf_failed:?} failed to start\n\
              singleton runs: {singleton_runs}, none overlapping; cron runs: {cron_runs} \
@@ -1275,8 +1290,6 @@ async fn a_runner_cut_off_from_its_peers_but_not_from_storage_loses_nothing_and_
     cut(ProxyMode::Forward);
     run.fault("runner 2 reachable again");
     run.at(25).await;
-    // Runner 2 calls its peers rarely (the application's handlers write to PostgreSQL and
-    // answer), so only the way in is sure to have carried traffic.
     println!(
         "multi_process partition: connections through the proxies: into runner 2: {}, \
          runner 2 to runner 0: {}, runner 2 to runner 1: {}",
@@ -1284,10 +1297,16 @@ async fn a_runner_cut_off_from_its_peers_but_not_from_storage_loses_nothing_and_
         proxies[1].accepted(),
         proxies[2].accepted()
     );
-    assert!(
-        proxies[0].accepted() > 0,
-        "no connection reached runner 2 through its proxy: the partition did not cut it"
-    );
+    for (proxy, path) in proxies.iter().zip([
+        "into runner 2",
+        "from runner 2 to runner 0",
+        "from runner 2 to runner 1",
+    ]) {
+        assert!(
+            proxy.accepted() > 0,
+            "no connection went {path} through its proxy: the partition did not cut that way"
+        );
+    }
     run.finish(Excuses {
         cut_runs: false,
         cron_repeats: 0,

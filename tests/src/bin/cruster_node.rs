@@ -48,7 +48,7 @@ use cruster::transport::grpc::{GrpcRunnerHealth, GrpcRunnerServer, GrpcRunners};
 use cruster::types::RunnerAddress;
 use cruster_tests::dial_via::{parse_dial_via, DialVia};
 use cruster_tests::node_app::{
-    register_singleton_and_cron, Counter, LoadTarget, ThreeStepWorkflow, APP_TABLES,
+    register_singleton_and_cron, Counter, CounterClient, LoadTarget, ThreeStepWorkflow, APP_TABLES,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -354,6 +354,7 @@ async fn run(options: Options) -> Result<(), Error> {
     Counter {
         pool: pool.clone(),
         runner: runner.clone(),
+        peers: CounterClient::new(sharding.clone()),
     }
     .register(sharding.clone())
     .await?;
@@ -383,6 +384,9 @@ async fn run(options: Options) -> Result<(), Error> {
 
     sharding.start().await?;
     tracing::info!(%runner, listen = %options.listen, storage = ?options.runner_storage, "runner serving");
+    for (peer, via) in &options.dial_via {
+        tracing::info!(%peer, %via, "this runner reaches a peer through another address");
+    }
     println!("READY {runner}");
 
     let mut terminate = signal(SignalKind::terminate())?;
