@@ -16,9 +16,9 @@ use bytes::Bytes;
 use cruster_types::ClusterError;
 use cruster_workflow_storage::ExecutionRecord;
 
+use crate::batch_writer::{answer_all, Answer, BatchWriter, Queued};
 use crate::dialect::per_dialect;
 use crate::finish::ExecutionColumns;
-use crate::group_commit::{answer_all, run_writer, Answer, BatchWriter, Queued};
 use crate::pool::SqlPool;
 
 /// An execution record's bind values, owned so it can wait in a queue.
@@ -48,14 +48,14 @@ impl ExecutionItem {
     }
 }
 
-/// The writer an engine (and its clones) shares; dropping the last handle stops it.
+/// The writer an engine (and its clones) shares.
 #[derive(Debug)]
 pub(crate) struct ExecutionGroupCommit {
     upserts: BatchWriter<ExecutionItem, ()>,
 }
 
 impl ExecutionGroupCommit {
-    /// A handle whose writer starts with the first upsert.
+    /// An idle writer.
     pub(crate) fn new() -> Self {
         ExecutionGroupCommit {
             upserts: BatchWriter::new(),
@@ -65,8 +65,8 @@ impl ExecutionGroupCommit {
     /// Upserts an execution with whatever other upserts are waiting.
     pub(crate) async fn upsert(&self, pool: &SqlPool, item: ExecutionItem) -> Answer<()> {
         self.upserts
-            .submit(item, |runtime, queue| {
-                runtime.spawn(run_writer(pool.clone(), queue, write_executions));
+            .submit(pool, item, |pool, batch| {
+                Box::pin(write_executions(pool, batch))
             })
             .await
     }

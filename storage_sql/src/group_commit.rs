@@ -2,21 +2,19 @@
 //! calls) share one commit, so N callers waiting at once cost one commit (and on PostgreSQL
 //! one round trip) instead of N.
 //!
-//! Each kind of write has a queue and a writer task. The writer takes whatever is queued
-//! when it becomes free (at most [`MAX_BATCH`] writes) and writes it at once: on PostgreSQL
-//! as one multi-row statement (`UNNEST` arrays), on SQLite as one transaction of single-row
-//! statements (in-process, so only the commit, an fsync, is worth sharing). It answers
-//! every caller through its oneshot once that commit is done. There is no
-//! timer: a lone caller finds the writer idle and its row goes out at once, as the same
-//! single-row statement the direct path runs; batches form only while an earlier batch is
-//! in the database.
+//! Each kind of write has a [`BatchWriter`](crate::batch_writer::BatchWriter): a caller
+//! finding it idle writes its own row at once, on its own task, as the same single-row
+//! statement the direct path runs; callers arriving while a write is in the database queue
+//! up and go out together next (at most `MAX_BATCH` writes): on PostgreSQL as one
+//! multi-row statement (`UNNEST` arrays), on SQLite as one transaction of single-row
+//! statements (in-process, so only the commit, an fsync, is worth sharing). Each caller is
+//! answered through its oneshot once that commit is done. There is no timer: batches form
+//! only while an earlier write is in the database.
 //!
 //! What this module owns, and what it must never do:
-//! * The writer tasks own a pool handle and their queue's receiver, nothing else. They are
-//!   spawned on the first write (on the caller's tokio runtime) and stop once the last
-//!   [`GroupCommit`] handle, i.e. the last clone of the storage, is dropped.
-//! * No lock is held across an await: the only shared state is the `OnceLock` holding the
-//!   queues' senders.
+//! * The writers hold a queue and a busy flag, nothing else; a drain task exists only while
+//!   queued writes are being written (see `batch_writer.rs`).
+//! * No lock is held across an await.
 //! * Semantics stay the database's. A row that would conflict with an earlier row of the
 //!   same batch (same request id, or same address + dedupe key) is not sent; its caller
 //!   hears "not inserted" after the batch committed and looks up the duplicate exactly as
@@ -27,28 +25,15 @@
 //!   one bad row fails only its own caller.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use cruster_types::EnvelopeRequest;
-use tokio::sync::{mpsc, oneshot};
+
+use crate::batch_writer::{answer_all, Answer, BatchWriter, Queued};
 
 use crate::dialect::per_dialect;
 use crate::pool::SqlPool;
 use crate::rows::RequestRow;
-
-/// The most writes one batch (one statement or transaction) carries.
-pub(crate) const MAX_BATCH: usize = 256;
-
-/// What a caller hears back from a writer.
-pub(crate) enum Answer<T> {
-    /// The write ran (alone or in a batch that committed): its own result.
-    Done(Result<T, sqlx::Error>),
-    /// Nothing was written for this caller (its batch failed, or group commit is not
-    /// running): the caller runs its write on the direct path.
-    RunAlone,
-}
 
 /// A request's bind values, owned so it can wait in a queue.
 pub(crate) struct RequestItem {
@@ -124,64 +109,7 @@ impl ReplyItem {
     }
 }
 
-/// A write waiting for its writer, and where to send its answer.
-pub(crate) struct Queued<I, T> {
-    pub(crate) item: I,
-    pub(crate) answer: oneshot::Sender<Answer<T>>,
-}
-
-/// One kind of write's queue, and the writer task behind it (spawned on first use, on the
-/// caller's tokio runtime; it stops once this handle is dropped and the queue is empty).
-pub(crate) struct BatchWriter<I, T> {
-    /// `None` when there was no tokio runtime to spawn the writer on.
-    queue: OnceLock<Option<mpsc::UnboundedSender<Queued<I, T>>>>,
-}
-
-impl<I, T> BatchWriter<I, T> {
-    /// A writer that starts with the first write.
-    pub(crate) fn new() -> Self {
-        BatchWriter {
-            queue: OnceLock::new(),
-        }
-    }
-
-    /// Queues `item` with whatever else is waiting and waits for its answer; on the first
-    /// call, `start` spawns the writer on `runtime` over the queue's receiving end.
-    pub(crate) async fn submit(
-        &self,
-        item: I,
-        start: impl FnOnce(&tokio::runtime::Handle, mpsc::UnboundedReceiver<Queued<I, T>>),
-    ) -> Answer<T> {
-        let queue = self.queue.get_or_init(|| {
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
-            let (queue, received) = mpsc::unbounded_channel();
-            start(&runtime, received);
-            Some(queue)
-        });
-        let Some(queue) = queue else {
-            return Answer::RunAlone;
-        };
-        let (answer, answered) = oneshot::channel();
-        if queue.send(Queued { item, answer }).is_err() {
-            // The writer is gone (its runtime shut down): the caller writes alone.
-            return Answer::RunAlone;
-        }
-        answered.await.unwrap_or(Answer::RunAlone)
-    }
-}
-
-impl<I, T> fmt::Debug for BatchWriter<I, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.queue.get() {
-            None => "not started",
-            Some(None) => "unavailable (no tokio runtime)",
-            Some(Some(_)) => "running",
-        })
-    }
-}
-
-/// The writers a message storage (and its clones) shares; dropping the last handle stops
-/// them.
+/// The writers a message storage (and its clones) shares.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     requests: BatchWriter<RequestItem, bool>,
@@ -189,7 +117,7 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// A handle whose writers start with the first write.
+    /// Idle writers.
     pub(crate) fn new() -> Self {
         GroupCommit {
             requests: BatchWriter::new(),
@@ -201,8 +129,8 @@ impl GroupCommit {
     /// it was inserted, `Done(Ok(false))` when it conflicted (look up the duplicate).
     pub(crate) async fn save_request(&self, pool: &SqlPool, item: RequestItem) -> Answer<bool> {
         self.requests
-            .submit(item, |runtime, queue| {
-                runtime.spawn(run_writer(pool.clone(), queue, write_requests));
+            .submit(pool, item, |pool, batch| {
+                Box::pin(write_requests(pool, batch))
             })
             .await
     }
@@ -210,38 +138,10 @@ impl GroupCommit {
     /// Inserts a reply with whatever other replies are waiting.
     pub(crate) async fn save_reply(&self, pool: &SqlPool, item: ReplyItem) -> Answer<()> {
         self.replies
-            .submit(item, |runtime, queue| {
-                runtime.spawn(run_writer(pool.clone(), queue, write_replies));
+            .submit(pool, item, |pool, batch| {
+                Box::pin(write_replies(pool, batch))
             })
             .await
-    }
-}
-
-/// A writer: takes what is queued, up to [`MAX_BATCH`], writes it, answers, repeats; ends
-/// when every sender is dropped and the queue is empty.
-pub(crate) async fn run_writer<I, T, F>(
-    pool: SqlPool,
-    mut queue: mpsc::UnboundedReceiver<Queued<I, T>>,
-    write: F,
-) where
-    F: AsyncFn(&SqlPool, &mut Vec<Queued<I, T>>),
-{
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(&pool, &mut batch).await;
-        batch.clear();
-    }
-}
-
-/// Answers every caller of the batch, in order, with `answer(position, item)`.
-pub(crate) fn answer_all<I, T>(
-    batch: &mut Vec<Queued<I, T>>,
-    mut answer: impl FnMut(usize, &I) -> Answer<T>,
-) {
-    for (position, queued) in batch.drain(..).enumerate() {
-        let reply = answer(position, &queued.item);
-        // A caller that gave up waiting does not need its answer.
-        let _ = queued.answer.send(reply);
     }
 }
 

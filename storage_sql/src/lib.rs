@@ -89,20 +89,21 @@
 //!
 //! [`SqlMessageStorage`] batches its two hot-path writes by default. Concurrent
 //! `save_request` calls (and, separately, concurrent `save_reply` calls) of one storage and
-//! its clones go through a writer task that takes whatever is queued when it becomes free
-//! (up to 256 calls) and commits it at once: on PostgreSQL as one multi-row
+//! its clones share a writer: a call finding it idle writes its own row at once, on its own
+//! task, as the usual single-row statement (so a lone call's latency is unchanged); calls
+//! arriving while a write is in the database queue up and are committed together next (up
+//! to 256 calls): on PostgreSQL as one multi-row
 //! `INSERT … SELECT … FROM UNNEST(…) ON CONFLICT DO NOTHING` statement, on SQLite as one
 //! transaction. N callers waiting at the same time thus share one commit (and, on
-//! PostgreSQL, one round trip). There is no timer: a lone call finds the writer idle and
-//! runs at once as the usual single-row statement, so its latency is unchanged.
+//! PostgreSQL, one round trip). There is no timer.
 //!
 //! Answers are those of calls made one at a time: within a batch, a second save of a
 //! request id, or of an address + dedupe key, is `Duplicate` naming the first; the first
 //! final reply of a request wins. A call returns `Ok` only after the commit carrying its
 //! row. If a batch fails (say one row holds data the database refuses), nothing of it was
 //! stored and each of its calls is retried alone, so only the bad row's caller sees an
-//! error. The writer tasks start on the first save and stop when the storage and all its
-//! clones are dropped. [`SqlMessageStorage::with_group_commit`]`(false)` turns it off.
+//! error. A task writes queued calls only while there are some.
+//! [`SqlMessageStorage::with_group_commit`]`(false)` turns it off.
 //!
 //! [`SqlWorkflowEngine`] batches `upsert_execution` the same way (every workflow run's
 //! `Running` record goes through it): one multi-row upsert on PostgreSQL, one transaction
@@ -176,6 +177,8 @@ macro_rules! backend_constructors {
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use backend_constructors;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod batch_writer;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod dialect;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

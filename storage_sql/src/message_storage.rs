@@ -15,8 +15,9 @@ use cruster_types::{
     StoreLocation,
 };
 
+use crate::batch_writer::Answer;
 use crate::dialect::per_dialect;
-use crate::group_commit::{Answer, GroupCommit, ReplyItem, RequestItem};
+use crate::group_commit::{GroupCommit, ReplyItem, RequestItem};
 use crate::pool::SqlPool;
 use crate::rows::{self, failed, nanos, sql_limit, Columns, RequestRow};
 
@@ -74,15 +75,15 @@ impl SqlMessageStorage {
     /// Turns group commit on (the default) or off.
     ///
     /// With group commit, concurrent `save_request` calls (and, separately, concurrent
-    /// `save_reply` calls) of this storage and its clones are written by one writer task
-    /// and committed together: one multi-row statement on PostgreSQL, one transaction on
+    /// `save_reply` calls) of this storage and its clones share a writer and are committed
+    /// together: one multi-row statement on PostgreSQL, one transaction on
     /// SQLite. Callers waiting at the same time share one commit (and on PostgreSQL one
     /// round trip). There is no timer: a lone call goes out at once, and a batch forms only
     /// from the calls that queued while the previous batch was being written (at most 256
     /// per batch). Each caller still gets exactly its own answer, only after the commit
     /// carrying its row; a batch that fails is retried one row at a time, so a bad row
-    /// fails only its own call. The writer tasks start on the first save and stop when the
-    /// storage and all its clones are dropped.
+    /// fails only its own call. A lone call writes its own row on its own task; a task
+    /// writes queued calls only while there are some.
     ///
     /// Turn it off to have every call run its own statement and commit. See the crate
     /// docs, section "Group commit".

@@ -8,10 +8,10 @@ use cruster_workflow_storage::{DurableTimer, ExecutionFilter, ExecutionRecord, W
 
 use std::sync::Arc;
 
+use crate::batch_writer::Answer;
 use crate::dialect::per_dialect;
 use crate::execution_group_commit::{ExecutionGroupCommit, ExecutionItem};
 use crate::finish::{ExecutionColumns, Finish};
-use crate::group_commit::Answer;
 use crate::pool::SqlPool;
 use crate::rows::{self, failed, nanos, sql_limit};
 
