@@ -194,13 +194,7 @@ impl WorkflowStorage for SqlWorkflowStorage {
                     Ok(()) => Ok(CommitOutcome::Committed),
                     Err(e) if journal_position_taken(&e) && carried.is_empty() => {
                         // Nothing was applied: answer with the entry holding the position.
-                        let existing = sqlx::query(crate::queries::postgres::JOURNAL_ENTRY_AT)
-                            .bind(last.execution_id.as_str())
-                            .bind(i64::from(last.key.sequence))
-                            .fetch_optional(pool)
-                            .await
-                            .map_err(|e| failed(doing(), e))?;
-                        existing_entry(existing.as_ref(), doing)
+                        holder_of_position(pool, last, doing).await
                     }
                     Err(e) if journal_position_taken(&e) => Err(taken_while_carrying(doing())),
                     Err(e) => Err(failed(doing(), e)),
@@ -394,13 +388,7 @@ impl SqlActivityTransaction {
                     #[cfg(feature = "sqlite")]
                     SqlPool::Sqlite(_) => return Err(not_postgres(doing())),
                 };
-                let existing = sqlx::query(crate::queries::postgres::JOURNAL_ENTRY_AT)
-                    .bind(entry.execution_id.as_str())
-                    .bind(i64::from(entry.key.sequence))
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(|e| failed(doing(), e))?;
-                existing_entry(existing.as_ref(), doing)
+                holder_of_position(pool, entry, doing).await
             }
             Err(e) => Err(failed(doing(), e)),
         }
@@ -683,6 +671,23 @@ fn not_postgres(doing: String) -> ClusterError {
         reason: format!("{doing}: a PostgreSQL path was given a SQLite transaction or pool"),
         source: None,
     }
+}
+
+/// [`CommitOutcome::AlreadyRecorded`] with the entry holding `entry`'s position, read
+/// after a write of `entry` found the position taken and applied nothing.
+#[cfg(feature = "postgres")]
+async fn holder_of_position(
+    pool: &sqlx::PgPool,
+    entry: &JournalEntry,
+    doing: impl Fn() -> String,
+) -> Result<CommitOutcome, ClusterError> {
+    let existing = sqlx::query(crate::queries::postgres::JOURNAL_ENTRY_AT)
+        .bind(entry.execution_id.as_str())
+        .bind(i64::from(entry.key.sequence))
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| failed(doing(), e))?;
+    existing_entry(existing.as_ref(), doing)
 }
 
 /// What storing journal-only steps held back together is doing, for errors.
