@@ -247,14 +247,21 @@ mod tests {
         }
     }
 
+    /// Submits items to `writer`, each from a task of its own.
+    fn submitter(
+        writer: &Arc<BatchWriter<u32, u32>>,
+    ) -> impl Fn(u32) -> tokio::task::JoinHandle<Answer<u32>> {
+        let (writer, pool) = (writer.clone(), pool());
+        move |item| {
+            let (writer, pool) = (writer.clone(), pool.clone());
+            tokio::spawn(async move { writer.submit(&pool, item, slow).await })
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn queued_writes_go_out_together_after_the_leader() {
         let writer = Arc::new(BatchWriter::new());
-        let pool = pool();
-        let submit = |item: u32| {
-            let (writer, pool) = (writer.clone(), pool.clone());
-            tokio::spawn(async move { writer.submit(&pool, item, slow).await })
-        };
+        let submit = submitter(&writer);
         let leader = submit(1);
         tokio::time::sleep(Duration::from_millis(10)).await;
         let queued: Vec<_> = (2..5).map(submit).collect();
@@ -275,11 +282,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_dropped_mid_write_still_hands_over() {
         let writer = Arc::new(BatchWriter::new());
-        let pool = pool();
-        let submit = |item: u32| {
-            let (writer, pool) = (writer.clone(), pool.clone());
-            tokio::spawn(async move { writer.submit(&pool, item, slow).await })
-        };
+        let submit = submitter(&writer);
         let leader = submit(1);
         tokio::time::sleep(Duration::from_millis(10)).await;
         let follower = submit(2);

@@ -76,6 +76,20 @@ impl<'a> Finish<'a> {
         })
     }
 
+    /// `query` with the record (`$1`…`$11`) and the reply (`$12`…`$15`) bound.
+    #[cfg(feature = "postgres")]
+    fn bind_postgres<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let (request_id, is_final, sequence, body) = &self.reply;
+        bind_execution!(query, self.record, self.columns)
+            .bind(*request_id)
+            .bind(*is_final)
+            .bind(*sequence)
+            .bind(body.as_ref())
+    }
+
     /// One statement: the upsert in a `WITH`, then the reply's insert (whose trigger marks
     /// the request processed).
     #[cfg(feature = "postgres")]
@@ -83,19 +97,10 @@ impl<'a> Finish<'a> {
         &self,
         executor: impl sqlx::PgExecutor<'c>,
     ) -> Result<(), sqlx::Error> {
-        let (request_id, is_final, sequence, body) = &self.reply;
-        bind_execution!(
-            sqlx::query(crate::queries::postgres::FINISH_WITH_REPLY),
-            self.record,
-            self.columns
-        )
-        .bind(*request_id)
-        .bind(*is_final)
-        .bind(*sequence)
-        .bind(body.as_ref())
-        .execute(executor)
-        .await
-        .map(drop)
+        self.bind_postgres(sqlx::query(crate::queries::postgres::FINISH_WITH_REPLY))
+            .execute(executor)
+            .await
+            .map(drop)
     }
 
     /// One statement: `entries` journaled, the upsert and the reply's insert; a taken
@@ -106,17 +111,12 @@ impl<'a> Finish<'a> {
         executor: impl sqlx::PgExecutor<'c>,
         entries: &crate::workflow_storage::JournalArrays<'_>,
     ) -> Result<(), sqlx::Error> {
-        let (request_id, is_final, sequence, body) = &self.reply;
-        let query = bind_execution!(
-            sqlx::query(crate::queries::postgres::FINISH_WITH_REPLY_AND_ENTRIES),
-            self.record,
-            self.columns
-        )
-        .bind(*request_id)
-        .bind(*is_final)
-        .bind(*sequence)
-        .bind(body.as_ref());
-        entries.bind(query).execute(executor).await.map(drop)
+        let query = sqlx::query(crate::queries::postgres::FINISH_WITH_REPLY_AND_ENTRIES);
+        entries
+            .bind(self.bind_postgres(query))
+            .execute(executor)
+            .await
+            .map(drop)
     }
 
     /// Two statements on `conn`, inside the caller's transaction.

@@ -427,21 +427,17 @@ impl DeferredStep {
         self: &Arc<Self>,
         entry: JournalEntry,
     ) -> Result<(), ClusterError> {
-        let mut entry = Some(entry);
         let open_chain = {
             let mut state = self.state.lock().await;
             let young = self.young(&state);
             match &mut state.slot {
                 Slot::Pending(PendingStep::Entries { entries, .. }) if young => {
-                    entries.extend(entry.take());
+                    entries.push(entry);
                     return Ok(());
                 }
                 Slot::Pending(PendingStep::Open(_)) => young,
                 _ => false,
             }
-        };
-        let Some(entry) = entry else {
-            return Ok(());
         };
         if open_chain {
             if let Some(Continued { tx, carried }) = self.continue_chain(false).await? {

@@ -138,6 +138,20 @@ pub(crate) const CARRY_JOURNAL_ENTRY_READING_CANCELLATION: &str = "\
     SELECT (SELECT COUNT(*) FROM carried), \
         (SELECT cancel_requested_at_ns FROM cruster_executions WHERE execution_id = $1)";
 
+/// The upsert of a finished execution's record (`$1`…`$11`) as a `WITH` item named
+/// `execution`, then the insert of its request's final reply (`$12`…`$15`): the tail of the
+/// finishing statements.
+macro_rules! execution_then_reply {
+    () => {
+        concat!(
+            "execution AS (",
+            upsert_execution!(),
+            ") INSERT INTO cruster_replies (request_id, is_final, sequence, body) \
+            VALUES ($12, $13, $14, $15) ON CONFLICT DO NOTHING"
+        )
+    };
+}
+
 /// Journal entries from the arrays `$a`…`$a+5` (the columns of `INSERT_JOURNAL_ENTRY`), all
 /// or none: without `ON CONFLICT`, a taken position fails the whole statement.
 macro_rules! insert_journal_entries {
@@ -173,10 +187,8 @@ pub(crate) const APPEND_JOURNAL_ENTRIES: &str =
 pub(crate) const FINISH_WITH_REPLY_AND_ENTRIES: &str = concat!(
     "WITH journaled AS (",
     insert_journal_entries!("$16", "$17", "$18", "$19", "$20", "$21"),
-    "), execution AS (",
-    upsert_execution!(),
-    ") INSERT INTO cruster_replies (request_id, is_final, sequence, body) \
-    VALUES ($12, $13, $14, $15) ON CONFLICT DO NOTHING"
+    "), ",
+    execution_then_reply!()
 );
 
 // ---- retention (see `message_storage.rs`, `workflow_engine.rs`) --------------------------
@@ -278,9 +290,4 @@ pub(crate) const STOPPED_EXECUTIONS: &str = "\
 /// A finished execution's record (`$1`…`$11`, as `UPSERT_EXECUTION`) and the final reply
 /// of the request that ran it (`$12`…`$15`, as `INSERT_REPLY`) in one statement, so one
 /// commit. The reply's trigger marks the request processed, as after `INSERT_REPLY`.
-pub(crate) const FINISH_WITH_REPLY: &str = concat!(
-    "WITH execution AS (",
-    upsert_execution!(),
-    ") INSERT INTO cruster_replies (request_id, is_final, sequence, body) \
-    VALUES ($12, $13, $14, $15) ON CONFLICT DO NOTHING"
-);
+pub(crate) const FINISH_WITH_REPLY: &str = concat!("WITH ", execution_then_reply!());
